@@ -1,0 +1,29 @@
+"""st_contrast: fast, correct contrastive training of text embedding models on Sentence Transformers.
+
+Importing the package is cheap: the public names below load their modules on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_LAZY_NAMES = {
+    "FlashTransformer": "st_contrast.modules",
+    "load_model": "st_contrast.loading",
+    "available_backends": "st_contrast.attention",
+}
+
+__all__ = ["__version__", *_LAZY_NAMES]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(_LAZY_NAMES[name]), name)
+    raise AttributeError(f"module 'st_contrast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,39 @@
+"""Packed (``cu_seqlens``) attention: layout helpers, varlen kernels and their transformers registration."""
+
+from __future__ import annotations
+
+from st_contrast.attention.backends import (
+    ATTENTION_BACKENDS,
+    available_backends,
+    flash_attn_varlen_attention,
+    resolve_backend,
+    sdpa_varlen_attention,
+    torch_varlen_attention,
+)
+from st_contrast.attention.interface import (
+    attention_implementation_name,
+    packed_attention_forward,
+    register_packed_attention,
+)
+from st_contrast.attention.packing import (
+    PackedLayout,
+    cu_seqlens_from_attention_mask,
+    cu_seqlens_from_lengths,
+    packed_position_ids,
+)
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "PackedLayout",
+    "attention_implementation_name",
+    "available_backends",
+    "cu_seqlens_from_attention_mask",
+    "cu_seqlens_from_lengths",
+    "flash_attn_varlen_attention",
+    "packed_attention_forward",
+    "packed_position_ids",
+    "register_packed_attention",
+    "resolve_backend",
+    "sdpa_varlen_attention",
+    "torch_varlen_attention",
+]

@@ -1,0 +1,253 @@
+"""Variable-length attention kernels for packed batches, and the choice between them.
+
+Every kernel takes packed ``q [total, heads, dim]``, ``k``/``v [total, kv_heads, dim]`` and the
+``cu_seqlens`` of the batch, attends only within each sequence, and returns ``[total, heads, dim]``:
+
+- ``varlen``: :func:`torch.nn.attention.varlen.varlen_attn`, PyTorch's own flash kernel (CUDA,
+  fp16/bf16; no ``flash_attn`` build needed). Its signature changed across torch releases, so the
+  call is adapted to whatever the installed version accepts.
+- ``flash_attn``: ``flash_attn.flash_attn_varlen_func`` from the ``flash-attn`` package.
+- ``cpu``: exact on any device and dtype: the sequences are regrouped into a padded batch, run
+  through :func:`torch.nn.functional.scaled_dot_product_attention` with a key mask and scattered
+  back. The projections and MLPs around it still only see real tokens.
+- ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; ``cpu``
+  otherwise. Resolved per call from the tensors, so the same model runs on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import inspect
+import logging
+import math
+from typing import Callable, Protocol
+
+import torch
+import torch.nn.functional as F
+
+from st_contrast.attention.packing import packed_layout
+
+__all__ = [
+    "ATTENTION_BACKENDS",
+    "available_backends",
+    "resolve_backend",
+    "sdpa_varlen_attention",
+    "torch_varlen_attention",
+    "flash_attn_varlen_attention",
+    "check_backend_name",
+    "get_kernel",
+]
+
+logger = logging.getLogger(__name__)
+
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "cpu")
+_HALF_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class VarlenAttention(Protocol):
+    def __call__(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        cu_seqlens: torch.Tensor,
+        max_len: int,
+        *,
+        causal: bool,
+        scale: float | None,
+        dropout: float,
+        window: tuple[int, int] | None,
+    ) -> torch.Tensor: ...
+
+
+def sdpa_varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+    window: tuple[int, int] | None,
+) -> torch.Tensor:
+    """Exact reference kernel: regroup to ``[batch, heads, max_len, dim]``, masked SDPA, unpad."""
+    layout = packed_layout(cu_seqlens, max_len)
+    q, k, v = (layout.to_padded(t).transpose(1, 2) for t in (query, key, value))
+    mask = layout.attention_mask(causal, window)
+    out = F.scaled_dot_product_attention(
+        q,
+        k,
+        v,
+        attn_mask=mask,
+        dropout_p=dropout,
+        is_causal=causal and mask is None,
+        scale=scale,
+        enable_gqa=k.shape[1] != q.shape[1],
+    )
+    return layout.to_packed(out.transpose(1, 2))
+
+
+@functools.cache
+def _torch_varlen_parameters() -> frozenset[str]:
+    from torch.nn.attention.varlen import varlen_attn
+
+    return frozenset(inspect.signature(varlen_attn).parameters)
+
+
+def torch_varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+    window: tuple[int, int] | None,
+) -> torch.Tensor:
+    """:func:`torch.nn.attention.varlen.varlen_attn`, adapted to the installed torch's signature.
+
+    torch 2.10 takes ``is_causal``; later releases take ``window_size`` (``(-1, 0)`` = causal),
+    ``scale`` and ``enable_gqa``. Features the installed kernel lacks are emulated (scale, GQA) or
+    refused (sliding windows). The kernel has no dropout.
+    """
+    from torch.nn.attention.varlen import varlen_attn
+
+    params = _torch_varlen_parameters()
+    if dropout > 0.0:
+        _warn_once(
+            "torch varlen_attn has no attention dropout: the model's attention dropout "
+            f"({dropout}) is not applied. Use attention_backend='flash_attn' or 'cpu' to keep it."
+        )
+    kwargs: dict = {}
+    if "window_size" in params:
+        kwargs["window_size"] = window if window is not None else ((-1, 0) if causal else (-1, -1))
+    else:
+        if window is not None:
+            raise ValueError(
+                "This torch version's varlen_attn has no sliding-window support; upgrade torch (>= 2.11) "
+                "or use attention_backend='flash_attn' or 'cpu'."
+            )
+        kwargs["is_causal"] = causal
+    if scale is not None:
+        if "scale" in params:
+            kwargs["scale"] = scale
+        else:
+            query = query * (scale * math.sqrt(query.shape[-1]))
+    if key.shape[1] != query.shape[1]:
+        if "enable_gqa" in params:
+            kwargs["enable_gqa"] = True
+        else:
+            groups = query.shape[1] // key.shape[1]
+            key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    cu = cu_seqlens.to(torch.int32)
+    return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kwargs)
+
+
+def flash_attn_varlen_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+    window: tuple[int, int] | None,
+) -> torch.Tensor:
+    """``flash_attn.flash_attn_varlen_func`` from the ``flash-attn`` package (``pip install st-contrast[flash]``)."""
+    from flash_attn import flash_attn_varlen_func
+
+    cu = cu_seqlens.to(torch.int32)
+    return flash_attn_varlen_func(
+        query,
+        key,
+        value,
+        cu,
+        cu,
+        max_len,
+        max_len,
+        dropout_p=dropout,
+        softmax_scale=scale,
+        causal=causal,
+        window_size=window if window is not None else (-1, -1),
+    )
+
+
+_KERNELS: dict[str, VarlenAttention] = {
+    "varlen": torch_varlen_attention,
+    "flash_attn": flash_attn_varlen_attention,
+    "cpu": sdpa_varlen_attention,
+}
+
+
+@functools.cache
+def _has_torch_varlen() -> bool:
+    return importlib.util.find_spec("torch.nn.attention.varlen") is not None
+
+
+@functools.cache
+def _has_flash_attn() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend name mapped to None if it can run here, else the reason it cannot."""
+    cuda = torch.cuda.is_available()
+    return {
+        "auto": None,
+        "cpu": None,
+        "varlen": None
+        if _has_torch_varlen() and cuda
+        else ("needs CUDA" if _has_torch_varlen() else f"torch {torch.__version__} has no torch.nn.attention.varlen"),
+        "flash_attn": None
+        if _has_flash_attn() and cuda
+        else ("needs CUDA" if _has_flash_attn() else "the flash-attn package is not installed"),
+    }
+
+
+def check_backend_name(name: str) -> None:
+    """Raise a ValueError naming the valid backends if ``name`` is not one of them."""
+    if name not in ATTENTION_BACKENDS:
+        raise ValueError(f"Unknown attention backend {name!r}. Choose one of {list(ATTENTION_BACKENDS)}.")
+
+
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The concrete backend ``name`` runs on for tensors of ``device`` / ``dtype``.
+
+    ``auto`` never fails; an explicit backend that cannot run on these tensors raises a ValueError
+    that says why and what to use instead.
+    """
+    check_backend_name(name)
+    on_cuda_half = device.type == "cuda" and dtype in _HALF_DTYPES
+    if name == "auto":
+        if on_cuda_half and _has_flash_attn():
+            return "flash_attn"
+        if on_cuda_half and _has_torch_varlen():
+            return "varlen"
+        return "cpu"
+    if name in ("varlen", "flash_attn"):
+        reason = available_backends()[name]
+        if reason is None and not on_cuda_half:
+            reason = f"needs fp16/bf16 CUDA tensors, got {dtype} on {device.type}"
+        if reason is not None:
+            raise ValueError(
+                f"attention_backend={name!r} cannot run here: {reason}. "
+                "Use attention_backend='auto' (picks the best available) or 'cpu' (exact, any device)."
+            )
+    return name
+
+
+def get_kernel(name: str) -> Callable[..., torch.Tensor]:
+    """The kernel function of a concrete (resolved) backend name."""
+    return _KERNELS[name]
+
+
+@functools.cache
+def _warn_once(message: str) -> None:
+    logger.warning(message)

@@ -1,0 +1,121 @@
+"""Packed attention as transformers attention implementations (``AttentionInterface``).
+
+Each backend is registered under its own implementation name (``st_packed_<backend>``), so the
+choice lives in ``config._attn_implementation`` of the model that uses it and every attention
+layer of every model that routes through ``ALL_ATTENTION_FUNCTIONS`` can run packed. The names
+avoid the substring "flash", which transformers reserves for its own flash-attention loading.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import AttentionInterface
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
+
+from st_contrast.attention.backends import ATTENTION_BACKENDS, check_backend_name, get_kernel, resolve_backend
+
+__all__ = ["attention_implementation_name", "register_packed_attention", "packed_attention_forward"]
+
+_PREFIX = "st_packed_"
+
+
+def attention_implementation_name(backend: str) -> str:
+    """The transformers ``attn_implementation`` name of an attention backend (registered on demand)."""
+    check_backend_name(backend)
+    register_packed_attention()
+    return _PREFIX + backend
+
+
+def packed_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+    *,
+    backend: str = "auto",
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """transformers attention-function signature over the packed kernels.
+
+    ``query`` is ``[batch, heads, seq, dim]`` as transformers passes it. For a packed batch
+    (``batch == 1``) the sequence boundaries come from the ``cu_seq_lens_q`` / ``max_length_q``
+    kwargs that :class:`transformers.DataCollatorWithFlattening` produces; without them each row is
+    one unpadded sequence. Returns ``([batch, seq, heads, dim], None)``.
+    """
+    if softcap is not None:
+        raise NotImplementedError(
+            f"Packed attention does not support attention logit soft-capping ({module.__class__.__name__}); "
+            "load this architecture with the stock sentence_transformers Transformer."
+        )
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError("Packed attention does not support attention sinks (s_aux).")
+    if attention_mask is not None:
+        raise ValueError(
+            "Packed attention received a padded batch with an attention mask. Feed it packed inputs "
+            "(FlashTransformer.preprocess does) or use attn_implementation='sdpa' for padded batches."
+        )
+    batch, heads, seq_len, head_dim = query.shape
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    if cu_seqlens is None:
+        cu_seqlens = torch.arange(0, (batch + 1) * seq_len, seq_len, dtype=torch.int32, device=query.device)
+        max_len = seq_len
+    else:
+        if batch != 1:
+            raise ValueError(f"Packed inputs must have batch size 1, got {batch}.")
+        max_len = kwargs.get("max_length_q")
+        if max_len is None:
+            max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
+        max_len = int(max_len)
+
+    causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
+    window = None
+    if sliding_window is not None:
+        # transformers' convention (as for flash attention): a token sees ``sliding_window - 1``
+        # neighbours on each allowed side.
+        window = (sliding_window - 1, 0 if causal else sliding_window - 1)
+
+    def packed(t: torch.Tensor) -> torch.Tensor:
+        return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
+
+    kernel = get_kernel(resolve_backend(backend, query.device, query.dtype))
+    out = kernel(
+        packed(query),
+        packed(key),
+        packed(value),
+        cu_seqlens,
+        max_len,
+        causal=causal,
+        scale=scaling,
+        dropout=dropout,
+        window=window,
+    )
+    return out.reshape(batch, seq_len, heads, value.shape[-1]), None
+
+
+_registered = False
+
+
+def register_packed_attention() -> None:
+    """Register ``st_packed_<backend>`` for every backend with transformers (idempotent).
+
+    The mask interface reuses transformers' flash-attention mask builder: it returns None for
+    unpadded inputs and the 2-D padding mask otherwise, so a padded batch is refused loudly
+    instead of being attended across its padding.
+    """
+    global _registered
+    if _registered:
+        return
+    for backend in ATTENTION_BACKENDS:
+
+        def forward(*args, _backend: str = backend, **kwargs):
+            return packed_attention_forward(*args, backend=_backend, **kwargs)
+
+        AttentionInterface.register(_PREFIX + backend, forward)
+        ALL_MASK_ATTENTION_FUNCTIONS.register(_PREFIX + backend, flash_attention_mask)
+    _registered = True

