@@ -118,11 +118,12 @@ def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
                 tokenizer = AutoTokenizer.from_pretrained(minilm_path, model_max_length=TINY_MAX_SEQ_LENGTH)
             else:
                 tokenizer = bpe
+            encoder = model_type in ENCODERS
             special = {
                 "vocab_size": len(tokenizer),
                 "pad_token_id": tokenizer.pad_token_id,
-                "bos_token_id": tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.cls_token_id,
-                "eos_token_id": tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.sep_token_id,
+                "bos_token_id": tokenizer.cls_token_id if encoder else tokenizer.bos_token_id,
+                "eos_token_id": tokenizer.sep_token_id if encoder else tokenizer.eos_token_id,
             }
             config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type], **special)
             torch.manual_seed(0)

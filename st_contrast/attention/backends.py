@@ -21,7 +21,8 @@ import importlib.util
 import inspect
 import logging
 import math
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F

@@ -149,4 +149,3 @@ class FlashTransformer(Transformer):
     def __repr__(self) -> str:
         config = dict(self.get_config_dict(), architecture=self.model.__class__.__name__)
         return f"FlashTransformer({config}, {self._describe_resolution()})"
-

@@ -1,0 +1,100 @@
+"""The packed attention kernels against a hand-written per-sequence softmax(QK^T)V."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from st_contrast.attention import (
+    PackedLayout,
+    cu_seqlens_from_attention_mask,
+    cu_seqlens_from_lengths,
+    packed_position_ids,
+    resolve_backend,
+    sdpa_varlen_attention,
+)
+
+LENGTHS = [1, 7, 3, 12, 5]
+
+
+def reference_attention(q, k, v, lengths, *, causal, scale, window):
+    """Loop over sequences; plain matmul-softmax with explicit causal / window masks."""
+    outputs, start = [], 0
+    groups = q.shape[1] // k.shape[1]
+    for length in lengths:
+        qs = q[start : start + length].transpose(0, 1)  # heads, L, D
+        ks = k[start : start + length].repeat_interleave(groups, dim=1).transpose(0, 1)
+        vs = v[start : start + length].repeat_interleave(groups, dim=1).transpose(0, 1)
+        scores = qs @ ks.transpose(-1, -2) * scale
+        i = torch.arange(length).unsqueeze(1)
+        j = torch.arange(length).unsqueeze(0)
+        allowed = torch.ones(length, length, dtype=torch.bool)
+        if causal:
+            allowed &= j <= i
+        if window is not None:
+            left, right = window
+            allowed &= (i - j <= left) & (j - i <= (0 if causal else right))
+        scores = scores.masked_fill(~allowed, float("-inf"))
+        outputs.append((scores.softmax(-1) @ vs).transpose(0, 1))
+        start += length
+    return torch.cat(outputs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [None, (2, 2)])
+@pytest.mark.parametrize("kv_heads", [4, 2])
+def test_cpu_kernel_matches_reference(causal, window, kv_heads):
+    torch.manual_seed(0)
+    total, heads, dim = sum(LENGTHS), 4, 8
+    q = torch.randn(total, heads, dim, dtype=torch.float64, requires_grad=True)
+    k = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
+    cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
+    scale = 0.3
+    out = sdpa_varlen_attention(q, k, v, cu, max(LENGTHS), causal=causal, scale=scale, dropout=0.0, window=window)
+    expected = reference_attention(q, k, v, LENGTHS, causal=causal, scale=scale, window=window)
+    torch.testing.assert_close(out, expected)
+
+    grads = torch.autograd.grad(out.square().sum(), (q, k, v))
+    expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
+    for grad, expected_grad in zip(grads, expected_grads, strict=True):
+        assert torch.isfinite(grad).all()
+        torch.testing.assert_close(grad, expected_grad)
+
+
+def test_default_scale_is_inverse_sqrt_dim():
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(sum(LENGTHS), 2, 16) for _ in range(3))
+    cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
+    out = sdpa_varlen_attention(q, k, v, cu, max(LENGTHS), causal=False, scale=None, dropout=0.0, window=None)
+    expected = reference_attention(q, k, v, LENGTHS, causal=False, scale=1 / math.sqrt(16), window=None)
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_layout_round_trip_and_positions():
+    mask = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1], [1, 0, 0, 0]])  # any padding side
+    cu = cu_seqlens_from_attention_mask(mask)
+    assert cu.tolist() == [0, 2, 6, 7] and cu.dtype == torch.int32
+    assert packed_position_ids(cu).tolist() == [[0, 1, 0, 1, 2, 3, 0]]
+    assert packed_position_ids(cu, offset=2)[0, :2].tolist() == [2, 3]
+
+    layout = PackedLayout(cu, max_len=4)
+    packed = torch.arange(7.0).unsqueeze(-1)
+    padded = layout.to_padded(packed)
+    assert padded.shape == (3, 4, 1)
+    assert layout.valid.sum().item() == 7
+    torch.testing.assert_close(layout.to_packed(padded), packed)
+
+
+def test_empty_sequences_are_refused():
+    with pytest.raises(ValueError, match="at least one token"):
+        cu_seqlens_from_lengths(torch.tensor([3, 0, 2]))
+
+
+def test_auto_resolution_on_cpu():
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "cpu"
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "cpu"
+    with pytest.raises(ValueError, match="Unknown attention backend"):
+        resolve_backend("sdpa", torch.device("cpu"), torch.float32)

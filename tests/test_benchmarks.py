@@ -1,0 +1,39 @@
+"""The benchmark scripts run end to end (tiny settings) and report well-formed ratios.
+
+Speed claims come from running the benchmarks at full size (benchmarks/RESULTS.md); this only
+keeps the scripts working, so it asserts structure and sanity, never a speed-up.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_bench_backbone_small_run():
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_backbone.py"),
+        "--batch-size=8",
+        "--steps=1",
+        "--warmup=1",
+        "--encode-sentences=32",
+        "--max-seq-length=64",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    report = json.loads(result.stdout)
+    if report["device"].startswith("cpu"):
+        assert report["flash_backend"] == "cpu"
+    for section in ("train", "encode"):
+        assert report[section]["ratio"] > 0
+        assert report[section]["flash"]["tokens_per_s"] > 0 and report[section]["stock"]["tokens_per_s"] > 0
+    # Both backbones saw the same batches, so they report the same padding of the padded layout.
+    assert report["train"]["flash"]["padding_fraction"] == report["train"]["stock"]["padding_fraction"] > 0
+    assert 0 < report["attention"]["padding_fraction"] < 1

@@ -1,0 +1,64 @@
+"""GPU paths: PyTorch varlen / flash-attn kernels and bf16 FlashTransformer parity (skip without CUDA)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+from st_contrast.attention import available_backends, cu_seqlens_from_lengths, sdpa_varlen_attention
+from st_contrast.attention.backends import get_kernel
+from st_contrast.modules import FlashTransformer
+
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
+
+LENGTHS = [1, 37, 5, 128, 64, 9]
+
+
+def _gpu_backends() -> list[str]:
+    if not torch.cuda.is_available():
+        return []
+    return [name for name in ("varlen", "flash_attn") if available_backends()[name] is None]
+
+
+@pytest.mark.parametrize("backend", ["varlen", "flash_attn"])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [None, (15, 15)])
+def test_gpu_kernel_matches_exact_kernel(backend, causal, window):
+    if backend not in _gpu_backends():
+        pytest.skip(f"{backend}: {available_backends()[backend]}")
+    torch.manual_seed(0)
+    total, heads, kv_heads, dim = sum(LENGTHS), 8, 2, 64
+    q = torch.randn(total, heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    k = torch.randn(total, kv_heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    v = torch.randn(total, kv_heads, dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS, device="cuda"))
+    if causal and window is not None:
+        window = (window[0], 0)
+    kwargs = dict(causal=causal, scale=dim**-0.5, dropout=0.0, window=window)
+    out = get_kernel(backend)(q, k, v, cu, max(LENGTHS), **kwargs)
+    expected = sdpa_varlen_attention(q.float(), k.float(), v.float(), cu, max(LENGTHS), **kwargs)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+    out.float().square().sum().backward()
+    assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
+
+
+@pytest.mark.parametrize("backend", ["auto", "varlen", "cpu"])
+def test_bf16_minilm_matches_padded_stock(backend, minilm_path, snli_sentences):
+    if backend == "varlen" and "varlen" not in _gpu_backends():
+        pytest.skip(f"varlen: {available_backends()['varlen']}")
+    bf16 = {"dtype": torch.bfloat16}
+    stock = SentenceTransformer(minilm_path, device="cuda", model_kwargs=bf16).eval()
+    flash_backbone = FlashTransformer(minilm_path, attention_backend=backend, max_seq_length=256, model_kwargs=bf16)
+    flash = SentenceTransformer(modules=[flash_backbone, Pooling(384, "mean"), Normalize()], device="cuda").eval()
+    texts = ["", *snli_sentences[:62], " ".join(snli_sentences[:80])]
+    expected = stock.encode(texts, convert_to_tensor=True).float()
+    actual = flash.encode(texts, convert_to_tensor=True).float()
+    cosine = torch.nn.functional.cosine_similarity(actual, expected, dim=-1)
+    assert cosine.min().item() >= 0.999, cosine.min().item()
+    if backend == "auto":
+        assert flash_backbone.resolved_attention_backend in ("varlen", "flash_attn")
