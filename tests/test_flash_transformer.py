@@ -167,3 +167,32 @@ def test_padded_batch_into_packed_attention_is_refused(tiny_model_factory):
     ids = torch.tensor([[2, 5, 6, 3], [2, 7, 3, 0]])
     with pytest.raises(ValueError, match="padded batch"):
         backbone.model(input_ids=ids, attention_mask=(ids != 0).long())
+
+
+@pytest.mark.parametrize("model_type", ["bert", "llama"])
+def test_prompt_excluded_from_pooling_matches_stock(model_type, tiny_model_factory, snli_sentences):
+    """``include_prompt=False``: the packed pooling drops the same prompt tokens as the padded one."""
+    path = tiny_model_factory(model_type)
+    stock, flash = build_pair(path, ("mean", "weightedmean", "cls"), TINY_MAX_SEQ_LENGTH)
+    for model in (stock, flash):
+        model[1].include_prompt = False
+    texts = mixed_length_texts(snli_sentences)[1:]
+    prompt = "query: "
+    expected = stock.encode(texts, prompt=prompt, convert_to_tensor=True)
+    actual = flash.encode(texts, prompt=prompt, convert_to_tensor=True)
+    assert (actual - expected).abs().max().item() < 1e-5
+    assert not torch.allclose(actual, flash.encode(texts, convert_to_tensor=True))
+
+
+def test_gradient_checkpointing_keeps_gradients(tiny_model_factory, snli_sentences):
+    _, flash = build_pair(tiny_model_factory("llama"), "mean", TINY_MAX_SEQ_LENGTH)
+    texts = mixed_length_texts(snli_sentences)
+    contrastive_loss(flash, texts[:3], texts[3:6]).backward()
+    expected = {n: p.grad.clone() for n, p in flash[0].model.named_parameters()}
+    flash.zero_grad()
+    backbone = flash[0].model
+    getattr(backbone, "activation_checkpointing_enable", backbone.gradient_checkpointing_enable)()
+    flash.train()  # checkpointing only recomputes in train mode; the tiny models have no dropout
+    contrastive_loss(flash, texts[:3], texts[3:6]).backward()
+    for name, parameter in flash[0].model.named_parameters():
+        torch.testing.assert_close(parameter.grad, expected[name], atol=1e-6, rtol=1e-5)
