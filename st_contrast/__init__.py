@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 _LAZY_NAMES = {
     "FlashTransformer": "st_contrast.modules",
     "load_model": "st_contrast.loading",
+    "to_flash": "st_contrast.conversion",
     "available_backends": "st_contrast.attention",
 }
 
