@@ -89,7 +89,9 @@ def linear_layer_names(backbone: PreTrainedModel) -> list[str]:
     Returns:
         Sorted names such as ``["dense", "key", "query", "value"]``.
     """
-    return sorted({name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)})
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)}
+    )
 
 
 def _preset_config(backbone: PreTrainedModel, preset: str, *, r: int, alpha: int, dropout: float) -> LoraConfig:

@@ -75,7 +75,9 @@ def relink_adapter_base(model_dir: str | Path, base_model_name_or_path: str) -> 
     configs = sorted(Path(model_dir).rglob(_ADAPTER_CONFIG))
     if not configs:
         raise ValueError(f"{model_dir} holds no {_ADAPTER_CONFIG}: it is not a saved adapter model.")
-    base = os.path.abspath(base_model_name_or_path) if os.path.isdir(base_model_name_or_path) else base_model_name_or_path
+    base = (
+        os.path.abspath(base_model_name_or_path) if os.path.isdir(base_model_name_or_path) else base_model_name_or_path
+    )
     for config_path in configs:
         config = json.loads(config_path.read_text())
         config["base_model_name_or_path"] = base
