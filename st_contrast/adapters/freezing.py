@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import MethodType
 
 from torch import nn
 
@@ -73,11 +73,11 @@ def lock(module: nn.Module) -> nn.Module:
             lock(model[0].sub_modules["document"])  # train only the query tower
     """
     module.requires_grad_(False)
+    module.train = MethodType(_train_locked, module)  # the parent's train() calls this on its children
     module.eval()
-    module.register_forward_pre_hook(_stay_in_eval)
     return module
 
 
-def _stay_in_eval(module: nn.Module, args: Any) -> None:
-    if module.training:
-        module.eval()
+def _train_locked(module: nn.Module, mode: bool = True) -> nn.Module:
+    """``train(mode)`` of a locked module: always eval mode."""
+    return nn.Module.train(module, False)
