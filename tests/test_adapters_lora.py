@@ -114,12 +114,16 @@ def test_missing_base_is_named_and_relinking_fixes_it(base_copy, minilm_path, sn
     train_steps(model, snli_sentences[:8], snli_sentences[8:16], lr=1e-3)
     model.save(str(tmp_path / "adapter"))
     shutil.rmtree(base_copy)
-    with pytest.raises(FileNotFoundError, match=f"base model '{base_copy}', which no longer exists.*relink_adapter_base"):
+    with pytest.raises(
+        FileNotFoundError, match=f"base model '{base_copy}', which no longer exists.*relink_adapter_base"
+    ):
         load_model(str(tmp_path / "adapter"))
 
     relink_adapter_base(tmp_path / "adapter", minilm_path)  # the same weights, elsewhere
     reloaded = load_adapter_model(tmp_path / "adapter", device="cpu")
-    torch.testing.assert_close(embed(reloaded, snli_sentences[:16]), embed(model, snli_sentences[:16]), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        embed(reloaded, snli_sentences[:16]), embed(model, snli_sentences[:16]), atol=1e-5, rtol=0
+    )
 
 
 def test_reloaded_adapter_trains_again(minilm_path, snli_sentences, tmp_path):

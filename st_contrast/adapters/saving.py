@@ -35,15 +35,23 @@ def adapter_bases(model_dir: str | Path) -> dict[str, str]:
 
 
 def check_adapter_bases(model_dir: str | Path) -> None:
-    """Raise a clear ``FileNotFoundError`` when a saved adapter's local base model is gone.
+    """Raise a clear error when a saved adapter model cannot be reloaded.
 
-    Without this check the loader treats the missing path as a hub id and fails with an unrelated
-    "Repo id must be in the form ..." message. Hub ids are left to the normal loader.
+    ``FileNotFoundError`` when an adapter's local base model is gone (without this check the
+    loader treats the missing path as a hub id and fails with an unrelated "Repo id must be in the
+    form ..." message; hub ids are left to the normal loader), ``ValueError`` for adapters inside a
+    ``Router`` tower, which sentence-transformers 6.2 cannot reload.
 
     Args:
         model_dir: A directory written by ``model.save(...)``.
     """
     for adapter_dir, base in adapter_bases(model_dir).items():
+        if adapter_dir != ".":
+            raise ValueError(
+                f"The adapter in {Path(model_dir) / adapter_dir} sits in a module subfolder (a Router tower): "
+                "sentence-transformers 6.2 looks for the base model's weights in that same subfolder of the base, "
+                "so it cannot reload it. Save such models with st_contrast.adapters.merge_and_save instead."
+            )
         if not base:
             raise FileNotFoundError(
                 f"The adapter in {Path(model_dir) / adapter_dir} records no base model. Point it at one with "
