@@ -34,7 +34,7 @@ def apply_bitfit(model: nn.Module, *, train_embeddings: bool = False, train_head
             from st_contrast.adapters import apply_bitfit
 
             model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
-            print(apply_bitfit(model))  # trainable 38,400 / 22,713,216 parameters (0.169%)
+            print(apply_bitfit(model))  # trainable 26,112 / 22,713,216 parameters (0.115%)
     """
     backbones = backbone_models(model)
     backbone_parameters = {id(p) for backbone in backbones for p in backbone.parameters()}
