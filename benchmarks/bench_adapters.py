@@ -6,7 +6,8 @@ parameters. Each method runs in its own subprocess, so its peak memory is its ow
 
 - CPU: peak resident memory of the process (``resource.getrusage`` ``ru_maxrss``) minus the
   resident memory just before training, i.e. what training added (activations, gradients, AdamW
-  state, allocator slack);
+  state, allocator slack); meaningful when training peaks above model loading, as it does at the
+  default sizes;
 - CUDA: ``torch.cuda.max_memory_allocated`` during training minus the memory allocated before it.
 
 Prints one JSON object with the figures per method and ``ratios_vs_full`` (method / full).
@@ -126,13 +127,14 @@ def main() -> None:
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
     full = results["full"]
+    full_memory = full["peak_training_memory_mib"]  # <= 0 only when loading peaked above training (tiny runs)
     ratios = {
         method: {
             "trainable_params": round(results[method]["trainable_params"] / full["trainable_params"], 5),
             "step_time": round(results[method]["step_s_median"] / full["step_s_median"], 3),
-            "peak_training_memory": round(
-                results[method]["peak_training_memory_mib"] / full["peak_training_memory_mib"], 3
-            ),
+            "peak_training_memory": round(results[method]["peak_training_memory_mib"] / full_memory, 3)
+            if full_memory > 0
+            else None,
         }
         for method in METHODS[1:]
     }
