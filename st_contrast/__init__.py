@@ -15,6 +15,11 @@ _LAZY_NAMES = {
     "load_model": "st_contrast.loading",
     "to_flash": "st_contrast.conversion",
     "available_backends": "st_contrast.attention",
+    "apply_bitfit": "st_contrast.adapters",
+    "add_lora": "st_contrast.adapters",
+    "freeze": "st_contrast.adapters",
+    "lock": "st_contrast.adapters",
+    "merge_and_save": "st_contrast.adapters",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

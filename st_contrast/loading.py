@@ -44,5 +44,8 @@ def load_model(model_name_or_path: str, *, model_class: type[ModelT] = SentenceT
             f"load with {model_class.__name__}({model_name_or_path!r}, trust_remote_code=True) instead, "
             "after checking that the model directory holds no code you do not trust."
         )
+    from st_contrast.adapters.saving import check_adapter_bases
+
+    check_adapter_bases(model_name_or_path)  # a clear error when a saved adapter's base model is gone
     module_classes = {f"{cls.__module__}.{cls.__name__}": cls for cls in MODULE_CLASSES}
     return loader(model_name_or_path, module_classes, **kwargs)

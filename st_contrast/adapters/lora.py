@@ -1,0 +1,113 @@
+"""LoRA presets for encoder and decoder backbones, added through peft (Hu et al., 2021)."""
+
+from __future__ import annotations
+
+import copy
+import os
+
+from peft import LoraConfig
+from torch import nn
+from transformers import PreTrainedModel
+
+from st_contrast.adapters.backbones import backbone_models
+from st_contrast.adapters.parameters import ParameterCount, count_parameters
+
+__all__ = ["LORA_PRESETS", "add_lora", "linear_layer_names"]
+
+LORA_PRESETS: dict[str, tuple[str, ...]] = {
+    # BERT, RoBERTa, XLM-R, MiniLM: attention projections and both MLP/output projections ("dense").
+    "encoder": ("query", "key", "value", "dense"),
+    # Llama, Mistral, Qwen2/3, Gemma: attention and gated-MLP projections.
+    "decoder": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    # ModernBERT: fused QKV, attention output, MLP in/out.
+    "modernbert": ("Wqkv", "Wo", "Wi"),
+}
+"""Module-name suffixes that each preset adapts; ``"auto"`` picks the first preset that matches the backbone."""
+
+
+def add_lora(
+    model: nn.Module,
+    preset_or_config: str | LoraConfig = "auto",
+    *,
+    r: int = 8,
+    alpha: int = 16,
+    dropout: float = 0.05,
+    adapter_name: str = "default",
+) -> ParameterCount:
+    """Add a trainable LoRA adapter to every transformers backbone of ``model``, freezing the backbone.
+
+    LoRA (Hu et al., 2021, "LoRA: Low-Rank Adaptation of Large Language Models", arXiv:2106.09685)
+    learns a low-rank update ``B @ A`` beside each adapted linear layer. The adapter is added with
+    transformers' ``add_adapter`` (what Sentence Transformers' ``model.add_adapter`` calls), so
+    ``model.save(...)`` writes only the adapter plus ``adapter_config.json``, whose
+    ``base_model_name_or_path`` is recorded here as an absolute path when the base is a local
+    directory (reloading then works from any working directory). It works with ``Transformer``,
+    :class:`~st_contrast.modules.FlashTransformer`, and every tower of a ``Router``. Modules outside
+    the backbones (``Dense`` heads) keep their ``requires_grad``.
+
+    Args:
+        model: A ``SentenceTransformer`` (or any module holding transformers backbones).
+        preset_or_config: A key of :data:`LORA_PRESETS` (``"encoder"``, ``"decoder"``, ``"modernbert"``),
+            ``"auto"`` (default), or a ``peft.LoraConfig`` used as given (``r``/``alpha``/``dropout`` ignored).
+        r: LoRA rank.
+        alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
+        dropout: Dropout on the adapter's input.
+        adapter_name: Name of the adapter in peft.
+
+    Returns:
+        The resulting :class:`~st_contrast.adapters.ParameterCount`.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from st_contrast.adapters import add_lora
+
+            model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+            print(add_lora(model, "encoder", r=16, alpha=32))
+            model.save("output/minilm-lora")  # adapter only; SentenceTransformer("output/minilm-lora") reloads it
+    """
+    for backbone in backbone_models(model):
+        config = (
+            copy.deepcopy(preset_or_config)
+            if isinstance(preset_or_config, LoraConfig)
+            else _preset_config(backbone, preset_or_config, r=r, alpha=alpha, dropout=dropout)
+        )
+        backbone.add_adapter(config, adapter_name=adapter_name)
+        base = backbone.peft_config[adapter_name].base_model_name_or_path
+        if base and os.path.isdir(base):
+            backbone.peft_config[adapter_name].base_model_name_or_path = os.path.abspath(base)
+    return count_parameters(model)
+
+
+def linear_layer_names(backbone: PreTrainedModel) -> list[str]:
+    """The distinct last name components of the backbone's ``nn.Linear`` layers (LoRA target candidates).
+
+    Args:
+        backbone: A transformers model.
+
+    Returns:
+        Sorted names such as ``["dense", "key", "query", "value"]``.
+    """
+    return sorted(
+        {name.rsplit(".", 1)[-1] for name, module in backbone.named_modules() if isinstance(module, nn.Linear)}
+    )
+
+
+def _preset_config(backbone: PreTrainedModel, preset: str, *, r: int, alpha: int, dropout: float) -> LoraConfig:
+    if preset != "auto" and preset not in LORA_PRESETS:
+        raise ValueError(
+            f"Unknown LoRA preset {preset!r}; use 'auto', one of {sorted(LORA_PRESETS)}, or a peft.LoraConfig."
+        )
+    available = set(linear_layer_names(backbone))
+    candidates = LORA_PRESETS if preset == "auto" else {preset: LORA_PRESETS[preset]}
+    for targets in candidates.values():
+        matched = [name for name in targets if name in available]
+        if matched:
+            return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=matched)
+    looked_for = {name: list(targets) for name, targets in candidates.items()}
+    raise ValueError(
+        f"LoRA preset {preset!r} matches no linear layer of {type(backbone).__name__}: it looked for {looked_for}, "
+        f"and the model's linear layers are named {sorted(available)}. Pass "
+        "peft.LoraConfig(target_modules=[...]) with names from that list."
+    )

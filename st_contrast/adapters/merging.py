@@ -1,0 +1,80 @@
+"""Folding LoRA adapters into the base weights and saving a standalone model."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from peft.tuners.tuners_utils import BaseTunerLayer
+from sentence_transformers import SentenceTransformer
+
+from st_contrast.adapters.backbones import backbone_models
+
+__all__ = ["merge_and_save", "merge_lora"]
+
+
+def merge_lora(model: SentenceTransformer) -> SentenceTransformer:
+    """Fold every LoRA adapter of ``model`` into its base weights, in place, and drop the adapters.
+
+    Each peft layer merges its active adapter into the wrapped ``nn.Linear`` (``W + scale * B @ A``)
+    and is replaced by that linear layer; the backbones then carry no peft state, so
+    ``model.save(...)`` writes full weights.
+
+    Args:
+        model: A ``SentenceTransformer`` whose backbones have adapters (see :func:`add_lora`).
+
+    Returns:
+        ``model``, now without adapters.
+
+    Example:
+        ::
+
+            from st_contrast.adapters import merge_lora
+
+            merge_lora(model)  # same embeddings, plain linear layers
+    """
+    merged = 0
+    for backbone in backbone_models(model):
+        peft_layers = [name for name, module in backbone.named_modules() if isinstance(module, BaseTunerLayer)]
+        for name in peft_layers:
+            parent_name, _, child_name = name.rpartition(".")
+            layer = backbone.get_submodule(name)
+            layer.merge()
+            setattr(backbone.get_submodule(parent_name), child_name, layer.get_base_layer())
+        merged += len(peft_layers)
+        if getattr(backbone, "_hf_peft_config_loaded", False):
+            del backbone.peft_config
+            backbone._hf_peft_config_loaded = False
+    if not merged:
+        raise ValueError("The model has no LoRA adapters to merge; add one with add_lora(model) or load an adapter.")
+    return model
+
+
+def merge_and_save(model: SentenceTransformer, out_dir: str | Path, *, inplace: bool = False) -> str:
+    """Save ``model`` with its LoRA adapters merged, as a standalone model that needs neither peft nor the base.
+
+    The saved directory loads with ``SentenceTransformer(out_dir)``, or ``st_contrast.load_model(out_dir)``
+    when it has ``st_contrast`` modules, and gives the adapter model's embeddings. Every parameter
+    becomes trainable again in the saved model (``requires_grad`` is not saved).
+
+    Args:
+        model: A ``SentenceTransformer`` with LoRA adapters.
+        out_dir: Directory to save to.
+        inplace: Merge ``model`` itself instead of a copy (saves memory; ``model`` loses its adapters).
+
+    Returns:
+        ``out_dir`` as a string.
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from st_contrast.adapters import merge_and_save
+
+            merge_and_save(model, "output/minilm-merged")
+            standalone = SentenceTransformer("output/minilm-merged")
+    """
+    target = model if inplace else copy.deepcopy(model)
+    merge_lora(target)
+    target.save(str(out_dir))
+    return str(out_dir)
