@@ -1,0 +1,8 @@
+"""Contrastive losses for Sentence Transformers: one loss per file, each built on ST's losses or GradCache."""
+
+from __future__ import annotations
+
+from st_contrast.losses.cached_info_nce import CachedInfoNCELoss
+from st_contrast.losses.info_nce import InfoNCELoss
+
+__all__ = ["CachedInfoNCELoss", "InfoNCELoss"]
