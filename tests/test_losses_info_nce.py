@@ -57,6 +57,29 @@ def test_formula_and_temperature_gradient(model, symmetric, num_negatives):
         torch.testing.assert_close(actual.grad, reference.grad)
 
 
+def test_learned_scale_gradient_is_finite_with_masked_directions(model):
+    """MNRL masks self-similarities with -inf in the query_to_query / doc_to_doc directions (GTE loss)."""
+    directions = ("query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc")
+    loss_fn = InfoNCELoss(model, temperature=0.05, directions=directions)
+    torch.manual_seed(3)
+    embeddings = [torch.randn(4, 8) for _ in range(3)]
+    loss_fn.compute_loss_from_embeddings(embeddings, None).backward()
+    learned = loss_fn.logit_scale_module.logit_scale.grad
+
+    log_scale = torch.tensor(math.log(20.0), requires_grad=True)
+    fixed = InfoNCELoss(model, temperature=0.05, learnable_temperature=False, directions=directions)
+    fixed.scale = log_scale.exp()  # a plain tensor: its gradient would be NaN through the -inf entries
+    fixed.compute_loss_from_embeddings(embeddings, None).backward()
+    assert torch.isnan(log_scale.grad)
+    numeric = []
+    for scale in (20.0 * (1 + 1e-3), 20.0 * (1 - 1e-3)):
+        fixed.scale = scale
+        numeric.append(float(fixed.compute_loss_from_embeddings(embeddings, None)))
+    # d loss / d log_scale by central differences: step of log_scale is log(1+1e-3) - log(1-1e-3)
+    expected = (numeric[0] - numeric[1]) / (math.log(1 + 1e-3) - math.log(1 - 1e-3))
+    assert float(learned) == pytest.approx(expected, rel=1e-3)
+
+
 def test_fixed_temperature_matches_stock_mnrl(model):
     torch.manual_seed(2)
     embeddings = [torch.randn(5, 8) for _ in range(3)]
@@ -71,7 +94,7 @@ def test_scale_is_clamped_like_clip(model):
     loss_fn = InfoNCELoss(model, temperature=0.05)
     with torch.no_grad():
         loss_fn.logit_scale_module.logit_scale.fill_(math.log(500.0))
-    scale = loss_fn.scale
+    scale = loss_fn.logit_scale_module.scale()
     scale.backward()
     assert float(scale.detach()) == pytest.approx(100.0)
     assert loss_fn.logit_scale_module.logit_scale.grad == 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from st_contrast.losses.cached_info_nce import CachedInfoNCELoss
 from st_contrast.losses.clip import CLIPLoss
+from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import InfoNCELoss
 from st_contrast.losses.siglip import SigLIPLoss
 
-__all__ = ["CLIPLoss", "CachedInfoNCELoss", "InfoNCELoss", "SigLIPLoss"]
+__all__ = ["CLIPLoss", "CachedInfoNCELoss", "GloFND", "InfoNCELoss", "SigLIPLoss"]

@@ -10,6 +10,7 @@ from sentence_transformers.sentence_transformer.losses import CachedMultipleNega
 from sentence_transformers.util import cos_sim
 from torch import Tensor
 
+from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import Direction, InfoNCELoss
 from st_contrast.modules.temperature import LogitScale
 
@@ -30,6 +31,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         directions: tuple[Direction, ...] = ("query_to_doc",),
         partition_mode: Literal["joint", "per_direction"] = "joint",
         show_progress_bar: bool = False,
+        false_negative_detector: GloFND | None = None,
     ) -> None:
         """
         :class:`InfoNCELoss` (learnable, rank-synced, saved temperature) computed with GradCache
@@ -54,6 +56,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             directions: Interaction terms, see :class:`InfoNCELoss`.
             partition_mode: ``"joint"`` or ``"per_direction"``, see :class:`InfoNCELoss`.
             show_progress_bar: Show a progress bar over the mini-batches.
+            false_negative_detector: A :class:`GloFND`, see :class:`InfoNCELoss` (sample indices as labels).
 
         References:
             - Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup: https://arxiv.org/abs/2101.06983
@@ -114,6 +117,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             gather_across_devices=gather_across_devices,
             directions=directions,
             partition_mode=partition_mode,
+            false_negative_detector=false_negative_detector,
         )
 
     @property
@@ -126,11 +130,15 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         return self.loss.temperature
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):
+        with self.loss.false_negative_scope(sum(len(rep) for rep in reps[0]), labels):
+            return self._calculate_loss_with_scale_leaf(reps, labels, with_backward)
+
+    def _calculate_loss_with_scale_leaf(self, reps: list[list[Tensor]], labels: Tensor | None, with_backward: bool):
         if not (with_backward and self.loss.learnable_temperature):
             return super().calculate_loss(reps, labels, with_backward=with_backward)
         # Each loss chunk back-propagates separately: collect the scale's gradient on a leaf, then
         # back-propagate it through the (rank-synced) learned scale once.
-        scale = self.loss.scale
+        scale = self.loss.logit_scale_module.scale()
         scale_leaf = scale.detach().requires_grad_()
         with self.loss.fixed_scale(scale_leaf):
             loss = super().calculate_loss(reps, labels, with_backward=True)

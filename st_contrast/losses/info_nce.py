@@ -6,12 +6,14 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from sentence_transformers.util import cos_sim
+from sentence_transformers.util import cos_sim, get_rank, similarity_fct_name
 from torch import Tensor
 
-from st_contrast.modules.temperature import LogitScale, find_or_add_logit_scale
+from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.modules.temperature import LogitScale, ScaleFactor, find_or_add_logit_scale
 
 __all__ = ["InfoNCELoss"]
 
@@ -29,6 +31,7 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         gather_across_devices: bool = False,
         directions: tuple[Direction, ...] = ("query_to_doc",),
         partition_mode: Literal["joint", "per_direction"] = "joint",
+        false_negative_detector: GloFND | None = None,
     ) -> None:
         """
         :class:`~sentence_transformers.sentence_transformer.losses.MultipleNegativesRankingLoss` (InfoNCE with
@@ -54,6 +57,9 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
                 ``"query_to_query"``, ``"doc_to_query"``, ``"doc_to_doc"``.
             partition_mode: ``"joint"`` (one softmax over all directions) or ``"per_direction"`` (one softmax per
                 direction, averaged; ``("query_to_doc", "doc_to_query")`` with it is the symmetric CLIP loss).
+            false_negative_detector: A :class:`GloFND` that removes each anchor's detected false negatives from
+                its softmax denominator. It needs the ``("query_to_doc",)`` direction and each row's dataset index
+                in the label column (``dataset.add_column("label", list(range(len(dataset))))``).
 
         References:
             - Representation Learning with Contrastive Predictive Coding: https://arxiv.org/abs/1807.03748
@@ -65,15 +71,17 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
                negative_n) n-tuples.
 
         Inputs:
-            +-------------------------------------------------+--------+
-            | Inputs                                          | Labels |
-            +=================================================+========+
-            | (anchor, positive) pairs                        | none   |
-            +-------------------------------------------------+--------+
-            | (anchor, positive, negative) triplets           | none   |
-            +-------------------------------------------------+--------+
-            | (anchor, positive, negative_1, ..., negative_n) | none   |
-            +-------------------------------------------------+--------+
+            +----------------------------------------------------+--------------+
+            | Inputs                                             | Labels       |
+            +====================================================+==============+
+            | (anchor, positive) pairs                           | none         |
+            +----------------------------------------------------+--------------+
+            | (anchor, positive, negative) triplets              | none         |
+            +----------------------------------------------------+--------------+
+            | (anchor, positive, negative_1, ..., negative_n)    | none         |
+            +----------------------------------------------------+--------------+
+            | any of the above, with ``false_negative_detector`` | sample index |
+            +----------------------------------------------------+--------------+
 
         Relations:
             - :class:`CachedInfoNCELoss` computes the same loss and gradients with GradCache.
@@ -98,17 +106,25 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
                 print(loss.temperature)  # the learned temperature
                 model.save("output/model")  # st_contrast.load_model("output/model") restores it
         """
+        if false_negative_detector is not None and tuple(directions) != ("query_to_doc",):
+            raise ValueError(
+                f"GloFND masks each anchor's negatives, so it needs directions=('query_to_doc',), got {directions}."
+            )
         self._fixed_scale = None
         self.learnable_temperature = learnable_temperature
         self.max_scale = max_scale
+        self.base_similarity_fct = similarity_fct
         super().__init__(
             model,
             scale=1.0 / temperature,
-            similarity_fct=similarity_fct,
+            similarity_fct=similarity_fct
+            if false_negative_detector is None
+            else false_negative_detector.wrap(similarity_fct),
             gather_across_devices=gather_across_devices,
             directions=directions,
             partition_mode=partition_mode,
         )
+        self.false_negative_detector = false_negative_detector
         if learnable_temperature:
             # Kept in a list: the module belongs to the model, registering it here would make it a loss child too.
             self._logit_scale = [find_or_add_logit_scale(model, temperature, max_scale, bias=None)]
@@ -119,12 +135,13 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         return self._logit_scale[0] if self.learnable_temperature else None
 
     @property
-    def scale(self) -> Tensor | float:
-        """The scale ``1 / temperature``: a differentiable tensor when learned, else the fixed float."""
+    def scale(self) -> ScaleFactor | float:
+        """The scale ``1 / temperature``: a differentiable :class:`ScaleFactor` when learned, else the fixed float.
+        MNRL multiplies its (partly ``-inf``-masked) score matrices by it."""
         if self._fixed_scale is not None:
-            return self._fixed_scale
+            return ScaleFactor(self._fixed_scale)
         if self.learnable_temperature:
-            return self.logit_scale_module.scale()
+            return ScaleFactor(self.logit_scale_module.scale())
         return self._initial_scale
 
     @scale.setter
@@ -140,25 +157,43 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         finally:
             self._fixed_scale = None
 
+    @contextmanager
+    def false_negative_scope(self, batch_size: int, labels: Tensor | None) -> Iterator[None]:
+        """Scope of one loss evaluation for the false-negative detector (a no-op without one)."""
+        if self.false_negative_detector is None:
+            yield
+            return
+        offset = get_rank() * batch_size if self.gather_across_devices else 0
+        with self.false_negative_detector.batch(labels, offset, update=torch.is_grad_enabled()):
+            yield
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
+        with self.false_negative_scope(len(embeddings[0]), labels):
+            return super().compute_loss_from_embeddings(embeddings, labels)
+
     @property
     def temperature(self) -> float:
-        scale = self.scale
-        return 1.0 / float(scale.detach() if isinstance(scale, Tensor) else scale)
+        return 1.0 / float(self.scale)
 
     def get_config_dict(self) -> dict[str, Any]:
         config = super().get_config_dict()
         for key in ("scale", "hardness_mode", "hardness_strength"):
             config.pop(key)
+        config["similarity_fct"] = similarity_fct_name(self.base_similarity_fct)
+        detector = self.false_negative_detector
         return {
             "temperature": self.temperature,
             "learnable_temperature": self.learnable_temperature,
             "max_scale": self.max_scale,
             **config,
+            "false_negative_detector": None if detector is None else detector.get_config_dict(),
         }
 
     @property
     def citation(self) -> str:
-        return """
+        return (
+            (GLOFND_CITATION if self.false_negative_detector is not None else "")
+            + """
 @inproceedings{radford2021learning,
     title={Learning Transferable Visual Models From Natural Language Supervision},
     author={Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh, Gabriel and Agarwal,
@@ -168,3 +203,4 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
     year={2021},
 }
 """
+        )

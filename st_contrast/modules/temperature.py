@@ -15,7 +15,7 @@ import torch.distributed as dist
 from sentence_transformers.base.modules.module import Module
 from torch import Tensor, nn
 
-__all__ = ["LogitScale"]
+__all__ = ["LogitScale", "ScaleFactor"]
 
 
 class _AverageGradientAcrossRanks(torch.autograd.Function):
@@ -32,6 +32,36 @@ class _AverageGradientAcrossRanks(torch.autograd.Function):
             dist.all_reduce(grad)
             grad = grad / dist.get_world_size()
         return grad
+
+
+class _MultiplyScores(torch.autograd.Function):
+    """``scores * scale`` whose scale gradient skips the ``-inf`` entries of masked scores (0 * inf would be NaN)."""
+
+    @staticmethod
+    def forward(ctx: Any, scores: Tensor, scale: Tensor) -> Tensor:
+        ctx.save_for_backward(scores, scale)
+        return scores * scale
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        scores, scale = ctx.saved_tensors
+        finite_scores = scores.masked_fill(~torch.isfinite(scores), 0.0)
+        return grad * scale, (grad * finite_scores).sum().reshape(scale.shape)
+
+
+class ScaleFactor:
+    """A learned scale that multiplies score matrices (``scores * factor``), also those masked with ``-inf``."""
+
+    def __init__(self, tensor: Tensor) -> None:
+        self.tensor = tensor
+
+    def __rmul__(self, scores: Tensor) -> Tensor:
+        return _MultiplyScores.apply(scores, self.tensor)
+
+    __mul__ = __rmul__
+
+    def __float__(self) -> float:
+        return float(self.tensor.detach())
 
 
 class LogitScale(Module):
