@@ -17,7 +17,7 @@ from loss_helpers import gradients, tiny_model, tokenize_columns
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch.nn.parallel import DistributedDataParallel
 
-from st_contrast.losses import CachedInfoNCELoss, InfoNCELoss, SigLIPLoss
+from st_contrast.losses import CachedInfoNCELoss, GloFND, InfoNCELoss, SigLIPLoss
 from st_contrast.modules import LogitScale
 
 LOSSES = {
@@ -65,6 +65,26 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
     }
 
 
+def compare_glofnd_state(model_path: str, columns: list[list[str]]) -> float:
+    """Thresholds learned by 2 ranks (each updating its own anchors, then exchanging) vs one process."""
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    size = len(columns[0])
+    per_rank = size // world_size
+    indices = torch.arange(size).flip(0) + 3  # sample indices need not follow the batch order
+    states = []
+    for gather in (True, False):
+        model = tiny_model(model_path)
+        detector = GloFND(num_samples=size + 3, alpha=0.3, init_threshold=0.0)
+        loss_fn = CachedInfoNCELoss(
+            model, gather_across_devices=gather, mini_batch_size=3, false_negative_detector=detector
+        )
+        part = slice(rank * per_rank, (rank + 1) * per_rank) if gather else slice(0, size)
+        features = tokenize_columns(model, [column[part] for column in columns])
+        loss_fn(features, indices[part]).backward()
+        states.append(detector.state_dict())
+    return max(float((states[0][name].double() - states[1][name].double()).abs().max()) for name in states[1])
+
+
 def train_and_compare_ranks(model_path: str, columns: list[list[str]], output_dir: str) -> dict[str, float]:
     model = tiny_model(model_path)
     loss = CachedInfoNCELoss(model, gather_across_devices=True, mini_batch_size=2)
@@ -96,6 +116,7 @@ def main() -> None:
     with open(columns_path, encoding="utf8") as handle:
         columns = json.load(handle)
     report = {name: compare_with_single_process(model_path, columns, name) for name in LOSSES}
+    report["GloFND"] = compare_glofnd_state(model_path, columns)
     report["trainer"] = train_and_compare_ranks(model_path, columns, report_path + ".out")
     if dist.get_rank() == 0:
         with open(report_path, "w", encoding="utf8") as handle:

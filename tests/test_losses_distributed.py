@@ -38,5 +38,6 @@ def test_gathered_info_nce_equals_single_process_and_temperature_stays_synced(
     for name in ("InfoNCELoss", "CachedInfoNCELoss", "SigLIPLoss"):
         assert report[name]["loss"] < 1e-5, report
         assert report[name]["gradients"] < 1e-5, report
+    assert report["GloFND"] < 1e-6, "GloFND state differs from the single-process one"
     assert report["trainer"]["temperature_moved"] > 1e-3, "the temperature did not train"
     assert report["trainer"]["rank_difference"] == 0.0, "weights or temperature differ across ranks"
