@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.gradcache import _create_minibatch
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
@@ -28,3 +29,13 @@ def assert_same_gradients(actual: dict, expected: dict, atol: float = 1e-5) -> N
     assert actual.keys() == expected.keys()
     for name in expected:
         torch.testing.assert_close(actual[name], expected[name], atol=atol, rtol=1e-4, msg=f"gradient of {name}")
+
+
+def embed_like_gradcache(model, features, mini_batch_size):
+    """Reference embeddings: one grad-enabled forward per mini-batch, in GradCache's order (same RNG draws)."""
+    columns = []
+    for feature in features:
+        size = len(feature["input_ids"])
+        chunks = [_create_minibatch(feature, b, b + mini_batch_size) for b in range(0, size, mini_batch_size)]
+        columns.append(torch.cat([model(chunk)["sentence_embedding"] for chunk in chunks]))
+    return columns

@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from datasets import Dataset
-from loss_helpers import assert_same_gradients, gradients, tiny_model, tokenize_columns
+from loss_helpers import assert_same_gradients, embed_like_gradcache, gradients, tiny_model, tokenize_columns
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
-from sentence_transformers.base.losses.gradcache import _create_minibatch
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
 import st_contrast
@@ -115,16 +114,6 @@ def test_temperature_saved_and_restored(model, tmp_path):
     reloaded_loss = InfoNCELoss(reloaded, temperature=0.05)
     assert sum(isinstance(module, LogitScale) for module in reloaded) == 1
     assert reloaded_loss.temperature == pytest.approx(1 / 33.0)
-
-
-def embed_like_gradcache(model, features, mini_batch_size):
-    """Reference embeddings: one grad-enabled forward per mini-batch, in GradCache's order (same RNG draws)."""
-    columns = []
-    for feature in features:
-        size = len(feature["input_ids"])
-        chunks = [_create_minibatch(feature, b, b + mini_batch_size) for b in range(0, size, mini_batch_size)]
-        columns.append(torch.cat([model(chunk)["sentence_embedding"] for chunk in chunks]))
-    return columns
 
 
 @pytest.mark.parametrize("mini_batch_size", [1, 3, 8])

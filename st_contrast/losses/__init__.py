@@ -7,5 +7,6 @@ from st_contrast.losses.clip import CLIPLoss
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import InfoNCELoss
 from st_contrast.losses.siglip import SigLIPLoss
+from st_contrast.losses.simcse import SimCSELoss
 
-__all__ = ["CLIPLoss", "CachedInfoNCELoss", "GloFND", "InfoNCELoss", "SigLIPLoss"]
+__all__ = ["CLIPLoss", "CachedInfoNCELoss", "GloFND", "InfoNCELoss", "SigLIPLoss", "SimCSELoss"]
