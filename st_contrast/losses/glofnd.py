@@ -7,8 +7,9 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
+
+from st_contrast.losses.sample_state import check_sample_indices, sync_rows
 
 __all__ = ["GLOFND_CITATION", "GloFND"]
 
@@ -20,10 +21,6 @@ GLOFND_CITATION = """
     year={2025},
 }
 """
-SAMPLE_INDEX_HELP = (
-    "GloFND keeps a threshold per training sample, so every row must carry its index in the dataset: add it as "
-    "the label column, e.g. dataset = dataset.add_column('label', list(range(len(dataset))))."
-)
 
 
 class GloFND(nn.Module):
@@ -86,27 +83,17 @@ class GloFND(nn.Module):
         """Scope of one loss evaluation: ``labels`` hold the local anchors' sample indices, their positives are
         candidate columns ``positive_offset + row``; with ``update`` (training), thresholds learn and the step
         count advances."""
-        indices = self._check_indices(labels)
+        indices = check_sample_indices(labels, self.num_samples, self.thresholds.device)
         self._batch = {"indices": indices, "offset": positive_offset, "cursor": 0, "update": update, "updated": []}
         try:
             yield
             if update:
-                self._sync_updates(self._batch["updated"])
+                updated = self._batch["updated"]
+                indices = torch.cat(updated) if updated else self.sample_steps.new_zeros(0)
+                sync_rows([self.thresholds, self.exp_avg, self.exp_avg_sq, self.sample_steps], indices)
                 self.step += 1
         finally:
             self._batch = None
-
-    def _check_indices(self, labels: Tensor | None) -> Tensor:
-        if labels is None:
-            raise ValueError(f"The batch has no label column. {SAMPLE_INDEX_HELP}")
-        if labels.dtype.is_floating_point or labels.dim() != 1:
-            raise ValueError(f"The labels are not 1-d integer sample indices ({labels.dtype}). {SAMPLE_INDEX_HELP}")
-        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= self.num_samples):
-            raise ValueError(
-                f"Sample indices must lie in [0, {self.num_samples}); got {int(labels.min())}..{int(labels.max())}. "
-                f"Set GloFND(num_samples=len(train_dataset)). {SAMPLE_INDEX_HELP}"
-            )
-        return labels.to(self.thresholds.device)
 
     def wrap(self, similarity_fct: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
         """A similarity function that masks detected false negatives (with ``-inf``) inside a :meth:`batch`."""
@@ -146,20 +133,6 @@ class GloFND(nn.Module):
         update = (exp_avg / (1 - beta1**steps)) / ((exp_avg_sq / (1 - beta2**steps)).sqrt() + self.eps)
         self.thresholds[indices] = (self.thresholds[indices] - self.lr * update).clamp(-1.0, 1.0)
         self.exp_avg[indices], self.exp_avg_sq[indices], self.sample_steps[indices] = exp_avg, exp_avg_sq, steps
-
-    @torch.no_grad()
-    def _sync_updates(self, updated: list[Tensor]) -> None:
-        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-            return
-        indices = torch.cat(updated).unique() if updated else self.sample_steps.new_zeros(0)
-        state = [self.thresholds, self.exp_avg, self.exp_avg_sq, self.sample_steps]
-        local = (indices.cpu(), [tensor[indices].cpu() for tensor in state])
-        gathered: list[Any] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, local)
-        for rank_indices, values in gathered:
-            rank_indices = rank_indices.to(self.thresholds.device)
-            for tensor, value in zip(state, values, strict=True):
-                tensor[rank_indices] = value.to(tensor.device)
 
     def extra_repr(self) -> str:
         return f"num_samples={self.num_samples}, alpha={self.alpha}, start_step={self.start_step}, lr={self.lr}"
