@@ -17,7 +17,7 @@ from loss_helpers import gradients, tiny_model, tokenize_columns
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch.nn.parallel import DistributedDataParallel
 
-from st_contrast.losses import CachedInfoNCELoss, GloFND, InfoNCELoss, SigLIPLoss
+from st_contrast.losses import CachedInfoNCELoss, GlobalContrastiveLoss, GloFND, InfoNCELoss, SigLIPLoss
 from st_contrast.modules import LogitScale
 
 LOSSES = {
@@ -28,6 +28,9 @@ LOSSES = {
         model, gather_across_devices=gather, directions=("query_to_doc", "doc_to_query"), mini_batch_size=3
     ),
     "SigLIPLoss": lambda model, gather: SigLIPLoss(model, gather_across_devices=gather),
+    "GlobalContrastiveLoss": lambda model, gather: GlobalContrastiveLoss(
+        model, num_samples=8, temperature_scheme="learnable", gather_across_devices=gather
+    ),
 }
 
 
@@ -48,7 +51,8 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
     # find_unused_parameters=True as SentenceTransformerTrainer wraps it: ST embeds the anchor column in a forward
     # pass of its own, and DDP with the default False silently skips the gradient sync of two forward passes.
     loss_fn.model = DistributedDataParallel(model, find_unused_parameters=True)
-    loss = loss_fn(tokenize_columns(model, local_columns), None)
+    sample_indices = torch.arange(len(columns[0]))
+    loss = loss_fn(tokenize_columns(model, local_columns), sample_indices[rank * per_rank : (rank + 1) * per_rank])
     loss.backward()
     global_loss = loss.detach().clone()
     dist.all_reduce(global_loss)
@@ -57,9 +61,11 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
     # Reference: every rank computes the whole batch in one process, without gathering.
     reference_model = tiny_model(model_path)
     reference_fn = LOSSES[name](reference_model, False)
-    reference_loss = reference_fn(tokenize_columns(reference_model, columns), None)
+    reference_loss = reference_fn(tokenize_columns(reference_model, columns), sample_indices)
     reference_loss.backward()
+    state = {"state": float((loss_fn.u - reference_fn.u).abs().max())} if hasattr(loss_fn, "u") else {}
     return {
+        **state,
         "loss": abs(float(global_loss) - float(reference_loss.detach())),
         "gradients": max_difference(gradients(model), gradients(reference_model)),
     }

@@ -35,9 +35,10 @@ def test_gathered_info_nce_equals_single_process_and_temperature_stays_synced(
         "distributed_losses_worker.py", tiny_model_factory("bert"), str(tmp_path / "columns.json"), str(report_path)
     )
     report = json.loads(report_path.read_text())
-    for name in ("InfoNCELoss", "CachedInfoNCELoss", "SigLIPLoss"):
+    for name in ("InfoNCELoss", "CachedInfoNCELoss", "SigLIPLoss", "GlobalContrastiveLoss"):
         assert report[name]["loss"] < 1e-5, report
         assert report[name]["gradients"] < 1e-5, report
+    assert report["GlobalContrastiveLoss"]["state"] < 1e-5, "the moving averages u differ from one process"
     assert report["GloFND"] < 1e-6, "GloFND state differs from the single-process one"
     assert report["trainer"]["temperature_moved"] > 1e-3, "the temperature did not train"
     assert report["trainer"]["rank_difference"] == 0.0, "weights or temperature differ across ranks"
