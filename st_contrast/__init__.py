@@ -14,6 +14,14 @@ _LAZY_NAMES = {
     "FlashTransformer": "st_contrast.modules",
     "load_model": "st_contrast.loading",
     "available_backends": "st_contrast.attention",
+    "LogitScale": "st_contrast.modules",
+    "InfoNCELoss": "st_contrast.losses",
+    "CachedInfoNCELoss": "st_contrast.losses",
+    "CLIPLoss": "st_contrast.losses",
+    "SigLIPLoss": "st_contrast.losses",
+    "SimCSELoss": "st_contrast.losses",
+    "GloFND": "st_contrast.losses",
+    "GlobalContrastiveLoss": "st_contrast.losses",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

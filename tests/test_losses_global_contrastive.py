@@ -99,3 +99,18 @@ def test_state_is_checkpointed_and_bad_input_is_refused(model):
         loss_fn.compute_loss_from_embeddings(embeddings, None)
     with pytest.raises(ValueError, match="temperature_scheme"):
         GlobalContrastiveLoss(model, num_samples=8, temperature_scheme="cosine")
+
+
+def test_trains_in_trainer_with_the_sample_index_column(model, snli_sentences, tmp_path):
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    dataset = Dataset.from_dict({"anchor": snli_sentences[:8], "positive": snli_sentences[600:608]})
+    dataset = dataset.add_column("label", list(range(8)))
+    loss = GlobalContrastiveLoss(model, num_samples=8, temperature_scheme="learnable", gamma_decay_steps=4)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, max_steps=2, report_to=[], save_strategy="no",
+        use_cpu=True,
+    )  # fmt: skip
+    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
+    assert int(loss.step) == 2 and loss.seen.all()
