@@ -36,13 +36,17 @@ class GloFND(nn.Module):
     ``loss.state_dict()`` checkpoints it; in distributed training each rank updates the thresholds of its own
     anchors and the updates are exchanged, so the state is identical on every rank.
 
+    Inside ``MatryoshkaLoss`` the thresholds take one step per Matryoshka dimension (each dimension's loss
+    evaluation is a training evaluation), on that dimension's similarities.
+
     Args:
         num_samples: Number of rows of the training dataset (sample indices are ``0 .. num_samples - 1``).
-        alpha: Fraction of each anchor's negatives expected above its threshold (the paper uses ~0.01).
+        alpha: Fraction of each anchor's negatives expected above its threshold (small, e.g. 0.01).
         start_step: First training step (loss evaluation with gradients) that masks and learns thresholds.
         lr: Learning rate of the threshold updates.
         betas: Adam coefficients of the threshold updates.
         init_threshold: Initial threshold (1.0: nothing masked until the thresholds have adapted).
+        eps: Adam's epsilon.
 
     Requirements:
         The dataset's label column holds each row's sample index; only the ``("query_to_doc",)`` direction.

@@ -42,7 +42,8 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         parameter of a :class:`~st_contrast.modules.LogitScale` module appended to ``model`` (or found there,
         when the model was saved by an earlier run), so the optimizer trains it with the model,
         ``model.save(dir)`` writes it and ``st_contrast.load_model(dir)`` restores it. Its gradient is averaged
-        over the ranks in every backward pass, so it stays identical on every rank.
+        over the ranks in every backward pass, so it stays identical on every rank. When the model already has a
+        ``LogitScale`` (a reloaded model), training continues from its learned value and ``temperature`` is unused.
 
         Args:
             model: SentenceTransformer model.
