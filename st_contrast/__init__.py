@@ -20,6 +20,14 @@ _LAZY_NAMES = {
     "freeze": "st_contrast.adapters",
     "lock": "st_contrast.adapters",
     "merge_and_save": "st_contrast.adapters",
+    "LogitScale": "st_contrast.modules",
+    "InfoNCELoss": "st_contrast.losses",
+    "CachedInfoNCELoss": "st_contrast.losses",
+    "CLIPLoss": "st_contrast.losses",
+    "SigLIPLoss": "st_contrast.losses",
+    "SimCSELoss": "st_contrast.losses",
+    "GloFND": "st_contrast.losses",
+    "GlobalContrastiveLoss": "st_contrast.losses",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

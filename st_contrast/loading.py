@@ -6,13 +6,13 @@ from typing import Any, TypeVar
 
 from sentence_transformers import SentenceTransformer
 
-from st_contrast.modules import FlashTransformer
+from st_contrast.modules import FlashTransformer, LogitScale
 
 __all__ = ["MODULE_CLASSES", "load_model"]
 
 ModelT = TypeVar("ModelT", bound=SentenceTransformer)
 
-MODULE_CLASSES: tuple[type, ...] = (FlashTransformer,)
+MODULE_CLASSES: tuple[type, ...] = (FlashTransformer, LogitScale)
 """Every module class a saved ``st_contrast`` model may name in its ``modules.json``."""
 
 

@@ -37,3 +37,21 @@ def test_bench_backbone_small_run():
     # Both backbones saw the same batches, so they report the same padding of the padded layout.
     assert report["train"]["flash"]["padding_fraction"] == report["train"]["stock"]["padding_fraction"] > 0
     assert 0 < report["attention"]["padding_fraction"] < 1
+
+
+@pytest.mark.slow
+def test_bench_losses_small_run():
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bench_losses.py"),
+        "--batch-sizes=16",
+        "--mini-batch-size=4",
+        "--steps=1",
+        "--warmup=0",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
+    report = json.loads(result.stdout)
+    figures = report["batches"]["16"]
+    for method in ("uncached", "cached", "stock_cached"):
+        assert figures[method]["seconds"] > 0 and figures[method]["peak_mib"] >= 0
+    assert figures["time_ratio_cached_vs_uncached"] > 0 and figures["time_ratio_cached_vs_stock_cached"] > 0

