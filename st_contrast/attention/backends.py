@@ -199,6 +199,12 @@ def _has_flash_attn() -> bool:
 
 def available_backends() -> dict[str, str | None]:
     """Each backend name mapped to None if it can run here, else the reason it cannot."""
+    return dict(_availability())
+
+
+@functools.cache
+def _availability() -> dict[str, str | None]:
+    """What :func:`available_backends` reports, computed once: it is consulted by every attention layer call."""
     cuda = torch.cuda.is_available()
     return {
         "auto": None,
@@ -233,7 +239,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
             return "varlen"
         return "cpu"
     if name in ("varlen", "flash_attn"):
-        reason = available_backends()[name]
+        reason = _availability()[name]
         if reason is None and not on_cuda_half:
             reason = f"needs fp16/bf16 CUDA tensors, got {dtype} on {device.type}"
         if reason is not None:
