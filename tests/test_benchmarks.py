@@ -16,19 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def run_benchmark(script: str, *args: str) -> dict:
+    """Run ``benchmarks/<script>`` with ``args`` and return the JSON report it prints."""
+    command = [sys.executable, str(ROOT / "benchmarks" / script), *args]
+    return json.loads(subprocess.run(command, capture_output=True, text=True, check=True, timeout=600).stdout)
+
+
 @pytest.mark.slow
 def test_bench_backbone_small_run():
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench_backbone.py"),
-        "--batch-size=8",
-        "--steps=1",
-        "--warmup=1",
-        "--encode-sentences=32",
-        "--max-seq-length=64",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
-    report = json.loads(result.stdout)
+    report = run_benchmark(
+        "bench_backbone.py", "--batch-size=8", "--steps=1", "--warmup=1", "--encode-sentences=32", "--max-seq-length=64"
+    )
     if report["device"].startswith("cpu"):
         assert report["flash_backend"] == "cpu"
     for section in ("train", "encode"):
@@ -41,17 +39,28 @@ def test_bench_backbone_small_run():
 
 @pytest.mark.slow
 def test_bench_losses_small_run():
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bench_losses.py"),
-        "--batch-sizes=16",
-        "--mini-batch-size=4",
-        "--steps=1",
-        "--warmup=0",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, check=True, timeout=600)
-    report = json.loads(result.stdout)
+    report = run_benchmark("bench_losses.py", "--batch-sizes=16", "--mini-batch-size=4", "--steps=1", "--warmup=0")
     figures = report["batches"]["16"]
     for method in ("uncached", "cached", "stock_cached"):
         assert figures[method]["seconds"] > 0 and figures[method]["peak_mib"] >= 0
     assert figures["time_ratio_cached_vs_uncached"] > 0 and figures["time_ratio_cached_vs_stock_cached"] > 0
+
+
+@pytest.mark.slow
+def test_bench_adapters_small_run():
+    report = run_benchmark("bench_adapters.py", "--batch-size=4", "--steps=1", "--warmup=1", "--max-seq-length=32")
+    methods = report["methods"]
+    assert methods["full"]["trainable_params"] == methods["full"]["total_params"]
+    assert (
+        0
+        < methods["bitfit"]["trainable_params"]
+        < methods["lora"]["trainable_params"]
+        < methods["full"]["total_params"]
+    )
+    assert methods["lora"]["total_params"] == methods["full"]["total_params"] + methods["lora"]["trainable_params"]
+    for method in ("bitfit", "lora"):
+        ratios = report["ratios_vs_full"][method]
+        assert ratios["trainable_params"] == pytest.approx(
+            methods[method]["trainable_params"] / methods["full"]["trainable_params"], abs=1e-5
+        )
+        assert ratios["step_time"] > 0
