@@ -1,0 +1,8 @@
+"""Training plumbing on top of Sentence Transformers' trainer: checkpointed loss state, config-driven runs."""
+
+from __future__ import annotations
+
+from st_contrast.training.loss_state import load_loss_state, loss_state_dict, save_loss_state
+from st_contrast.training.trainer import ContrastiveTrainer
+
+__all__ = ["ContrastiveTrainer", "load_loss_state", "loss_state_dict", "save_loss_state"]

@@ -1,0 +1,63 @@
+"""``ContrastiveTrainer``: Sentence Transformers' trainer whose checkpoints also carry the loss's own state."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from sentence_transformers import SentenceTransformerTrainer
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
+
+__all__ = ["ContrastiveTrainer"]
+
+logger = logging.getLogger(__name__)
+
+
+class ContrastiveTrainer(SentenceTransformerTrainer):
+    """:class:`~sentence_transformers.SentenceTransformerTrainer` that checkpoints stateful losses.
+
+    Losses such as :class:`~st_contrast.losses.GloFND` (per-anchor thresholds) and
+    :class:`~st_contrast.losses.GlobalContrastiveLoss` (per-sample moving averages) keep state in buffers of the
+    loss, outside the model. Every checkpoint written by this trainer also holds that state in
+    ``loss_state.pt``, and ``train(resume_from_checkpoint=...)`` restores it together with the model, optimizer,
+    scheduler, RNG and data order, so a resumed run continues exactly where it stopped. Stateless losses write
+    nothing extra; everything else is the stock trainer.
+
+    Example:
+        ::
+
+            from st_contrast.losses import GloFND, InfoNCELoss
+            from st_contrast.training import ContrastiveTrainer
+
+            loss = InfoNCELoss(model, false_negative_detector=GloFND(num_samples=len(train_dataset)))
+            trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
+            trainer.train(resume_from_checkpoint=True)  # the latest checkpoint in args.output_dir, if any
+    """
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            if save_loss_state(self.loss, folder) is not None:
+                logger.info("Saved the loss state to %s", folder / LOSS_STATE_NAME)
+
+    def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
+        # Called on every resume path (plain, DeepSpeed, FSDP), unlike _load_from_checkpoint.
+        super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint is None:
+            return
+        path = os.path.join(checkpoint, LOSS_STATE_NAME)
+        if os.path.isfile(path):
+            load_loss_state(self.loss, torch.load(path, map_location="cpu", weights_only=True))
+            logger.info("Restored the loss state from %s", path)
+        elif loss_state_dict(self.loss):
+            raise FileNotFoundError(
+                f"{checkpoint} has no {LOSS_STATE_NAME}, but this loss keeps per-sample state that would silently "
+                "restart from its initial values. Resume from a checkpoint written by st_contrast's "
+                "ContrastiveTrainer, or start a new run."
+            )
