@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from st_contrast.cli import train
+
 __all__ = ["main"]
 
 
@@ -35,12 +37,19 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions and available attention backends")
     info.set_defaults(func=_info)
+    train.add_parser(commands)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    from st_contrast.training.config import ConfigError
+
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"st-contrast {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

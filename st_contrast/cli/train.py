@@ -1,0 +1,61 @@
+"""``st-contrast train CONFIG.yaml [--set key=value ...]``: a configured training run, resumable by rerunning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_parser"]
+
+
+def _train(args: argparse.Namespace) -> int:
+    from st_contrast.training.config import load_config
+    from st_contrast.training.run import train_from_config
+
+    config = load_config(args.config, args.set)
+    if args.output_dir:
+        config["output_dir"] = args.output_dir
+    if args.no_resume:
+        config["resume"] = False
+    metrics = train_from_config(config)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:
+        _print_summary(config, metrics)
+    return 0
+
+
+def _print_summary(config: dict, metrics: dict) -> None:
+    before, after = metrics.get("before", {}), metrics.get("after", {})
+    if before or after:
+        print(f"{'task':<32} {'metric':<22} {'before':>9} {'after':>9}")
+        for task in dict.fromkeys([*before, *after]):
+            reference = after.get(task) or before.get(task)
+            row = [
+                f"{metrics_of.get(task, {}).get('main_score', float('nan')) * 100:9.2f}"
+                for metrics_of in (before, after)
+            ]
+            print(f"{task:<32} {reference.get('main_metric', 'main_score'):<22} {row[0]} {row[1]}")
+    train = metrics.get("train", {})
+    print(json.dumps({key: train[key] for key in ("train_loss", "train_runtime", "epoch") if key in train}))
+    print(f"model: {config['output_dir']}/model   metrics: {config['output_dir']}/metrics.json")
+
+
+def add_parser(subcommands: argparse._SubParsersAction) -> None:
+    parser = subcommands.add_parser(
+        "train",
+        help="train from a YAML configuration (rerun to resume)",
+        description="Train an embedding model from a YAML configuration (see examples/configs/quickstart.yaml). "
+        "Rerunning the same command resumes from the newest checkpoint of output_dir.",
+    )
+    parser.add_argument("config", help="YAML configuration file")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a configuration value, e.g. --set training.max_steps=10 (repeatable; value parsed as YAML)",
+    )
+    parser.add_argument("--output-dir", help="override output_dir")
+    parser.add_argument("--no-resume", action="store_true", help="refuse to continue from existing checkpoints")
+    parser.set_defaults(func=_train)

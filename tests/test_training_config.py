@@ -1,0 +1,146 @@
+"""st-contrast train configuration: YAML + --set overrides, validation errors, and the builders it drives."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+
+from st_contrast.losses import CachedInfoNCELoss, GlobalContrastiveLoss, GloFND, InfoNCELoss
+from st_contrast.modules import FlashTransformer
+from st_contrast.training.builders import (
+    build_loss,
+    build_model,
+    build_training_arguments,
+    loss_needs_sample_index,
+    resolve_loss_class,
+)
+from st_contrast.training.config import ConfigError, apply_overrides, load_config
+
+BASE = {
+    "output_dir": "runs/x",
+    "model": {"name_or_path": "minilm"},
+    "loss": {"name": "InfoNCELoss"},
+    "data": {"datasets": [{"name": "nli", "path": "a.tsv", "max_rows": 10}]},
+    "training": {"max_steps": 5},
+}
+
+
+def write(tmp_path, config) -> str:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf8")
+    return str(path)
+
+
+def test_overrides_parse_yaml_values_into_nested_keys_and_list_items(tmp_path):
+    config = load_config(
+        write(tmp_path, BASE),
+        [
+            "training.max_steps=10",
+            "training.learning_rate=2e-5",
+            "loss.matryoshka.dims=[384, 64]",
+            "data.datasets.0.max_rows=500",
+            "model.backbone=stock",
+        ],
+    )
+    assert config["training"] == {"max_steps": 10, "learning_rate": 2e-5}
+    assert config["loss"]["matryoshka"] == {"dims": [384, 64]}
+    assert config["data"]["datasets"][0]["max_rows"] == 500
+    assert config["model"]["backbone"] == "stock"
+    assert BASE["training"]["max_steps"] == 5, "overrides must not modify the input"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("training.max_steps", "key=value"),
+        ("data.datasets.3.max_rows=1", "not an index"),
+        ("model.name_or_path.x=1", "is a value"),
+    ],
+)
+def test_bad_overrides_are_explained(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(BASE, [override])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"optimiser": {}}, "Unknown configuration section"),
+        ({"model": {"name_or_path": "minilm", "pooling_mode": "mean"}}, r"Unknown key\(s\) \['pooling_mode'\]"),
+        ({"loss": {"kwargs": {}}}, "loss.name is required"),
+        ({"data": {"datasets": []}}, "at least one dataset"),
+        ({"resume": "maybe"}, "resume must be"),
+        ({"training": {"output_dir": "elsewhere"}}, "top level"),
+        ({"output_dir": None}, "needs the section"),
+    ],
+)
+def test_invalid_configurations_are_refused(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, {**BASE, **change}))
+
+
+def test_missing_or_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model: [unclosed", encoding="utf8")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(tmp_path / "bad.yaml")
+
+
+def test_loss_classes_resolve_from_both_libraries_and_import_paths():
+    assert resolve_loss_class("CachedInfoNCELoss") is CachedInfoNCELoss
+    assert resolve_loss_class("MultipleNegativesRankingLoss") is MultipleNegativesRankingLoss
+    assert resolve_loss_class("st_contrast.losses:SimCSELoss").__name__ == "SimCSELoss"
+    with pytest.raises(ConfigError, match="Unknown loss 'InfoNCE'"):
+        resolve_loss_class("InfoNCE")
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        resolve_loss_class("no_such_module:Loss")
+
+
+def test_build_model_converts_to_flash_and_matches_stock(minilm_path):
+    flash = build_model({"name_or_path": "minilm", "max_seq_length": 32})
+    stock = build_model({"name_or_path": minilm_path, "backbone": "stock", "max_seq_length": 32})
+    assert isinstance(flash[0], FlashTransformer) and type(stock[0]) is Transformer
+    assert flash.max_seq_length == 32
+    sentences = ["A man plays a guitar on stage.", "Two dogs."]
+    torch.testing.assert_close(flash.encode(sentences), stock.encode(sentences), atol=1e-5, rtol=1e-4)
+
+
+def test_build_model_pooling_and_normalize(minilm_path):
+    model = build_model({"name_or_path": minilm_path, "backbone": "stock", "pooling": "cls", "normalize": True})
+    reference = SentenceTransformer(minilm_path, device="cpu")
+    tokens = reference.encode("A cat sits.", output_value="token_embeddings")
+    expected = torch.nn.functional.normalize(tokens[0], dim=-1)
+    torch.testing.assert_close(model.encode("A cat sits.", convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ConfigError, match="'flash' or 'stock'"):
+        build_model({"name_or_path": minilm_path, "backbone": "padded"})
+
+
+def test_build_loss_wires_glofnd_state_and_matryoshka(tiny_model_factory):
+    model = SentenceTransformer(tiny_model_factory("bert"), device="cpu")
+    section = {"name": "InfoNCELoss", "glofnd": {"alpha": 0.05}, "matryoshka": {"dims": [32, 16]}}
+    assert loss_needs_sample_index(section)
+    assert loss_needs_sample_index({"name": "GlobalContrastiveLoss"})
+    assert not loss_needs_sample_index({"name": "CachedInfoNCELoss"})
+    loss = build_loss(model, section, num_samples=100)
+    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, InfoNCELoss)
+    assert isinstance(loss.loss.false_negative_detector, GloFND)
+    assert loss.loss.false_negative_detector.thresholds.shape == (100,)
+    assert list(loss.matryoshka_dims) == [32, 16]
+    assert isinstance(build_loss(model, {"name": "GlobalContrastiveLoss"}, 7), GlobalContrastiveLoss)
+    assert build_loss(model, {"name": "GlobalContrastiveLoss"}, 7).num_samples == 7
+    with pytest.raises(ConfigError, match="InfoNCE loss"):
+        build_loss(model, {"name": "MultipleNegativesRankingLoss", "glofnd": {"alpha": 0.1}}, 10)
+    with pytest.raises(ConfigError, match="do not fit"):
+        build_loss(model, {"name": "InfoNCELoss", "kwargs": {"temprature": 0.1}}, 10)
+
+
+def test_training_arguments_take_the_section_and_top_level_seed(tmp_path):
+    args = build_training_arguments({**BASE, "output_dir": str(tmp_path), "seed": 3})
+    assert args.max_steps == 5 and args.seed == 3 and args.report_to == []
+    with pytest.raises(ConfigError, match="training"):
+        build_training_arguments({**BASE, "training": {"max_stepz": 5}})
