@@ -69,10 +69,10 @@ def _read_counts(directory: Path, shards: list[Path]) -> dict[str, int]:
     return counts
 
 
-def _iter_object_items(handle: IO[str], where: str) -> Iterator[tuple[str, Any]]:
+def _iter_object_items(handle: IO[str], where: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
     """The ``(key, value)`` pairs of a top-level JSON object, parsed one value at a time (bounded memory)."""
     decoder = json.JSONDecoder()
-    buffer, position, chunk = "", 0, 1 << 20
+    buffer, position = "", 0
 
     def more(size: int) -> bool:
         nonlocal buffer, position
@@ -109,6 +109,7 @@ def _iter_object_items(handle: IO[str], where: str) -> Iterator[tuple[str, Any]]
     if skip_space() == "}":
         return
     while True:
+        skip_space()
         key = value()
         if skip_space() != ":":
             raise DataError(f"{where}: malformed JSON after key {key!r}.")
@@ -264,13 +265,26 @@ def load_contrastors_shards(
     _read_counts(root, shards)
     first = _first_row(shards[0])
     plan = plan_columns(spec, list(first), first, f"{shards[0]}, row 0")
-    fingerprint = [
-        (path.name, path.stat().st_size, path.stat().st_mtime_ns)
-        for path in [*shards, root / "counts.json", *filter(None, [_offsets_path(root)])]
-    ]
+    # A string, not a list: datasets would split list-valued gen_kwargs into several generator calls.
+    fingerprint = json.dumps(
+        [
+            (path.name, path.stat().st_size, path.stat().st_mtime_ns)
+            for path in [*shards, root / "counts.json", *filter(None, [_offsets_path(root)])]
+        ]
+    )
     features = None
     if plan.label_source is None:
         features = datasets.Features({column: datasets.Value("string") for column in plan.output_columns})
+    try:
+        return _from_generator(root, plan, spec, fingerprint, features, cache_dir, writer_batch_size)
+    except datasets.exceptions.DatasetGenerationError as error:
+        cause = error.__cause__ or error.__context__
+        if isinstance(cause, DataError):  # datasets wraps the generator's errors: surface ours unchanged
+            raise DataError(str(cause)) from None
+        raise
+
+
+def _from_generator(root, plan, spec, fingerprint, features, cache_dir, writer_batch_size) -> datasets.Dataset:
     return datasets.Dataset.from_generator(
         _generate,
         features=features,
