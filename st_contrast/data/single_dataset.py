@@ -87,7 +87,15 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
         world_size: int | None = None,
         weights: Sequence[float] | None = None,
     ) -> None:
-        super().__init__(dataset, batch_samplers=batch_samplers, generator=generator, seed=seed)
+        if len(dataset.datasets) != len(batch_samplers):
+            raise ValueError("The number of batch samplers must match the number of datasets in the ConcatDataset.")
+        # Not MultiDatasetDefaultBatchSampler.__init__: it would pass the first sampler's batch_size, None for
+        # variable-size samplers, to torch's BatchSampler, which refuses it. Same attributes, set here.
+        BatchSampler.__init__(self, dataset, batch_size=1, drop_last=bool(getattr(batch_samplers[0], "drop_last", 0)))
+        self.epoch = 0
+        self.dataset = dataset
+        self.batch_samplers = batch_samplers
+        self.generator = generator
         self.seed = 0 if seed is None else seed
         self.world_size = resolve_world_size(world_size)
         # accelerate's BatchSamplerShard drops a group whose last batch is not `batch_size` long: report None.
