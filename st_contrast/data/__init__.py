@@ -1,0 +1,46 @@
+"""Training data for contrastive learning: loaders, mixtures with prompts, sample indices and batch samplers.
+
+- :class:`DatasetSpec` / :func:`load_dataset_spec`: hub ids, ``save_to_disk`` folders, parquet / JSON Lines / CSV /
+  TSV files (``.gz`` too) and contrastors shard folders, with column selection, paired / triplet objectives and
+  contrastors-style query / document prefixes; bad data raises :class:`DataError` naming file and row.
+- :func:`load_contrastors_shards` / :func:`index_contrastors_shards`: ``*.jsonl.gz`` + ``counts.json`` +
+  ``offsets.json.gz`` folders, streamed shard by shard into a memory-mapped Arrow cache.
+- :func:`build_training_data`: one dataset or a ``DatasetDict`` mixture, the trainer's ``prompts``, ``num_samples``.
+- :func:`add_sample_index`: global row indices as the label column, for GloFND / GlobalContrastiveLoss.
+- :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
+- :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
+- :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
+"""
+
+from __future__ import annotations
+
+from st_contrast.data.columns import DataError
+from st_contrast.data.contrastors import index_contrastors_shards, load_contrastors_shards
+from st_contrast.data.loading import load_dataset_spec
+from st_contrast.data.mixture import SAMPLE_INDEX_COLUMN, TrainingData, add_sample_index, build_training_data
+from st_contrast.data.single_dataset import (
+    SamplerEpochCallback,
+    SingleDatasetBatchSampler,
+    resolve_world_size,
+    set_sampler_epoch,
+)
+from st_contrast.data.spec import DatasetSpec, normalize_prefix
+from st_contrast.data.token_budget import TokenBudgetBatchSampler
+
+__all__ = [
+    "SAMPLE_INDEX_COLUMN",
+    "DataError",
+    "DatasetSpec",
+    "SamplerEpochCallback",
+    "SingleDatasetBatchSampler",
+    "TokenBudgetBatchSampler",
+    "TrainingData",
+    "add_sample_index",
+    "build_training_data",
+    "index_contrastors_shards",
+    "load_contrastors_shards",
+    "load_dataset_spec",
+    "normalize_prefix",
+    "resolve_world_size",
+    "set_sampler_epoch",
+]

@@ -1,0 +1,122 @@
+"""One training dataset as configured by a user: where it is, which columns, which objective and prefixes."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["OBJECTIVES", "DatasetSpec", "normalize_prefix"]
+
+#: contrastors objective types and the Sentence Transformers column names they map to, in order.
+OBJECTIVES: dict[str, tuple[str, ...]] = {
+    "paired": ("anchor", "positive"),
+    "triplet": ("anchor", "positive", "negative"),
+    "self": ("anchor",),
+}
+
+
+def normalize_prefix(prefix: str | None) -> str | None:
+    """A contrastors-style prefix as the prompt string Sentence Transformers prepends.
+
+    contrastors writes ``f"{prefix}: {text}"``, so ``"search_query"`` becomes ``"search_query: "``. A prefix that
+    already ends in whitespace is used as written (``"query: "``, ``"Represent this: "``), one that ends in ``":"`` gets
+    a space, and ``""`` means no prefix.
+    """
+    if prefix is None or prefix == "":
+        return prefix
+    if prefix[-1].isspace():
+        return prefix
+    if prefix.endswith(":"):
+        return prefix + " "
+    return prefix + ": "
+
+
+@dataclass
+class DatasetSpec:
+    """One training dataset.
+
+    Args:
+        name: The dataset's name: the key in a mixture's ``DatasetDict``, in the per-dataset prompts and in logs.
+        path: A Hugging Face hub id, a local directory (``save_to_disk`` output, a contrastors shard directory with
+            ``counts.json``, or a folder of data files), or a data file / glob of ``.parquet``, ``.jsonl``, ``.json``,
+            ``.csv`` or ``.tsv`` files (``.gz`` allowed for the text formats). A list of files or globs works too.
+        split: The split of a hub dataset, a ``DatasetDict`` saved to disk, or a data folder.
+        subset: The configuration name of a hub dataset (``load_dataset(path, subset)``).
+        columns: Which columns to train on, in order (a list), or a ``{source: target}`` mapping that renames them,
+            in the mapping's order. Default: with an ``objective``, the contrastors or Sentence Transformers names
+            (``query``/``document``/``negatives`` or ``anchor``/``positive``/``negative``), else every column.
+        objective: ``"paired"`` (anchor, positive), ``"triplet"`` (anchor, positive, negative or negative_1..n: a
+            list-valued negatives column is expanded), ``"self"`` (anchor only) or ``None`` (columns kept as named).
+            A contrastors mapping ``{"type": "triplet", "columns": [...]}`` is accepted too.
+        num_negatives: With a list-valued negatives column, how many negatives to keep (the first ones); default:
+            as many as the first row has. Rows with fewer are an error.
+        query_prefix: Prefix of the first (query) column, contrastors style (see :func:`normalize_prefix`).
+        document_prefix: Prefix of the other columns; defaults to ``query_prefix`` as in contrastors (set ``""`` to
+            give documents no prefix).
+        max_rows: Keep only the first ``max_rows`` rows.
+        weight: Relative sampling weight in a mixture (see ``SingleDatasetBatchSampler``); ``None``: proportional
+            to the dataset's size.
+        label_column: A column to keep as the label (e.g. a score for CoSENT); it is renamed ``"label"``.
+        load_kwargs: Extra keyword arguments for ``datasets.load_dataset``.
+    """
+
+    name: str
+    path: str | Sequence[str]
+    split: str = "train"
+    subset: str | None = None
+    columns: Sequence[str] | Mapping[str, str] | None = None
+    objective: str | Mapping[str, Any] | None = None
+    num_negatives: int | None = None
+    query_prefix: str | None = None
+    document_prefix: str | None = None
+    max_rows: int | None = None
+    weight: float | None = None
+    label_column: str | None = None
+    load_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.objective, Mapping):
+            objective = dict(self.objective)
+            if "columns" in objective and self.columns is None:
+                self.columns = list(objective["columns"])
+            self.objective = objective.get("type")
+        if self.objective is not None and self.objective not in OBJECTIVES:
+            raise ValueError(
+                f"Dataset {self.name!r}: unknown objective {self.objective!r}; use one of {sorted(OBJECTIVES)} or None."
+            )
+        if self.max_rows is not None and self.max_rows <= 0:
+            raise ValueError(f"Dataset {self.name!r}: max_rows must be positive, got {self.max_rows}.")
+        if self.num_negatives is not None and self.num_negatives <= 0:
+            raise ValueError(f"Dataset {self.name!r}: num_negatives must be positive, got {self.num_negatives}.")
+        if self.weight is not None and not self.weight > 0:
+            raise ValueError(f"Dataset {self.name!r}: weight must be positive, got {self.weight}.")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> DatasetSpec:
+        """A spec from a config mapping; contrastors keys are accepted (``bucket`` for ``path``)."""
+        config = dict(config)
+        if "bucket" in config and "path" not in config:
+            config["path"] = config.pop("bucket")
+        config.pop("query_only", None)  # contrastors: documents get the query prefix, which is our default anyway
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise ValueError(
+                f"Dataset {config.get('name', '?')!r}: unknown key(s) {unknown}; the keys are {sorted(known)}."
+            )
+        if "name" not in config or "path" not in config:
+            raise ValueError(f"A dataset entry needs 'name' and 'path', got keys {sorted(config)}.")
+        return cls(**config)
+
+    def prompts(self, columns: Sequence[str]) -> dict[str, str]:
+        """The ``{column: prompt}`` mapping for the final text columns (empty without prefixes)."""
+        query = normalize_prefix(self.query_prefix)
+        document = normalize_prefix(self.document_prefix) if self.document_prefix is not None else query
+        prompts = {}
+        for position, column in enumerate(columns):
+            prompt = query if position == 0 else document
+            if prompt:
+                prompts[column] = prompt
+        return prompts
