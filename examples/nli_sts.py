@@ -33,8 +33,8 @@ def nli_triplets(limit: int) -> Dataset:
     return Dataset.from_dict({column: [row[column] for row in rows] for column in ("anchor", "positive", "negative")})
 
 
-def stsb_dev_spearman(model: SentenceTransformer) -> float:
-    """Spearman x100 of cosine similarity against STS-B dev gold scores."""
+def stsb_dev_spearman(model: SentenceTransformer, truncate_dim: int | None = None) -> float:
+    """Spearman x100 of cosine similarity against STS-B dev gold scores (optionally of truncated embeddings)."""
     with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     evaluator = EmbeddingSimilarityEvaluator(
@@ -42,8 +42,9 @@ def stsb_dev_spearman(model: SentenceTransformer) -> float:
         sentences2=[row[6] for row in rows],
         scores=[float(row[4]) / 5.0 for row in rows],
         name="stsb-dev",
+        truncate_dim=truncate_dim,
     )
-    return evaluator(model)["stsb-dev_spearman_cosine"] * 100
+    return evaluator(model)[evaluator.primary_metric] * 100
 
 
 def train(model: SentenceTransformer, args: argparse.Namespace, output_dir: str) -> None:

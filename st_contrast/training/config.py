@@ -52,7 +52,7 @@ SECTIONS: dict[str, set[str] | None] = {
         "max_tokens",
         "single_dataset_batches",
         "sample_index",
-        "seed",
+        "no_duplicates",
     },
     "training": None,
     "evaluation": {"tasks", "before", "after", "batch_size"},

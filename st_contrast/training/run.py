@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -83,9 +84,8 @@ def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
     data_section = config["data"]
     sample_index = data_section.get("sample_index", "auto")
     data = build_training_data(
-        data_section["datasets"],
+        [_with_fallback(spec) for spec in data_section["datasets"]],
         add_sample_index=loss_needs_sample_index(config["loss"]) if sample_index == "auto" else bool(sample_index),
-        seed=data_section.get("seed", config.get("seed", 12)),
     )
     loss = build_loss(model, config["loss"], num_samples=data.num_samples)
 
@@ -96,7 +96,8 @@ def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
             _write_metrics(metrics_path, metrics)
         state.wait_for_everyone()
 
-    args = build_training_arguments(config, prompts=data.prompts or None, **_sampler_arguments(data_section, model))
+    sampler_arguments = _sampler_arguments(data_section, model, data.prompts)
+    args = build_training_arguments(config, prompts=data.prompts or None, **sampler_arguments)
     callbacks = _monitoring_callbacks(config, output_dir)
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss, callbacks=callbacks)
     if checkpoint:
@@ -114,7 +115,17 @@ def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
     return metrics
 
 
-def _sampler_arguments(section: dict[str, Any], model: Any) -> dict[str, Any]:
+def _with_fallback(spec: dict[str, Any]) -> dict[str, Any]:
+    """The dataset entry, or its ``fallback`` entry (e.g. a hub dataset) when its local ``path`` does not exist."""
+    spec = dict(spec)
+    fallback = spec.pop("fallback", None)
+    if fallback and not Path(str(spec.get("path", ""))).exists():
+        logger.warning("Dataset %r: %s does not exist, using %s", spec.get("name"), spec.get("path"), fallback)
+        spec.update(fallback)
+    return spec
+
+
+def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any) -> dict[str, Any]:
     """``batch_sampler`` / ``multi_dataset_batch_sampler`` training arguments from the ``data`` section."""
     from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler
 
@@ -122,9 +133,13 @@ def _sampler_arguments(section: dict[str, Any], model: Any) -> dict[str, Any]:
     sampler = section.get("batch_sampler", "no_duplicates")
     if sampler == "token_budget":
         if not section.get("max_tokens"):
-            raise ConfigError("data.batch_sampler: token_budget needs data.max_tokens (tokens per batch).")
-        arguments["batch_sampler"] = TokenBudgetBatchSampler.factory(
-            max_tokens=int(section["max_tokens"]), tokenizer=model.tokenizer
+            raise ConfigError("data.batch_sampler: token_budget needs data.max_tokens (padded tokens per batch).")
+        arguments["batch_sampler"] = partial(
+            TokenBudgetBatchSampler,
+            max_tokens=int(section["max_tokens"]),
+            tokenizer=model,
+            prompts=prompts,
+            no_duplicates=bool(section.get("no_duplicates", True)),
         )
     elif sampler in ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label"):
         arguments["batch_sampler"] = sampler

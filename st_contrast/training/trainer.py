@@ -11,6 +11,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
 __all__ = ["ContrastiveTrainer"]
@@ -25,7 +26,8 @@ class ContrastiveTrainer(SentenceTransformerTrainer):
     :class:`~st_contrast.losses.GlobalContrastiveLoss` (per-sample moving averages) keep state in buffers of the
     loss, outside the model. Every checkpoint written by this trainer also holds that state in
     ``loss_state.pt``, and ``train(resume_from_checkpoint=...)`` restores it together with the model, optimizer,
-    scheduler, RNG and data order, so a resumed run continues exactly where it stopped. Stateless losses write
+    scheduler, RNG and data order (with :class:`~st_contrast.data.SamplerEpochCallback`, also on several ranks), so
+    a resumed run continues exactly where it stopped. Stateless losses write
     nothing extra; everything else is the stock trainer.
 
     Example:
@@ -38,6 +40,11 @@ class ContrastiveTrainer(SentenceTransformerTrainer):
             trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
             trainer.train(resume_from_checkpoint=True)  # the latest checkpoint in args.output_dir, if any
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
+        self.add_callback(SamplerEpochCallback())
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
