@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 import warnings
@@ -69,24 +70,32 @@ def _quiet(show_progress_bar: bool) -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def _finite_or_none(value: Any) -> Any:
+    """NaN (e.g. nAUC on a handful of queries) becomes None, so results.json stays valid JSON."""
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
 def _summarise(task: AbsTask, task_result: Any) -> dict[str, Any]:
     """``{"main_score", "main_metric", "splits", "metrics", "scores"}`` from an MTEB ``TaskResult``."""
     scores = {
         split: {
-            entry["hf_subset"]: {key: value for key, value in entry.items() if key not in _NON_METRIC_KEYS}
+            entry["hf_subset"]: {
+                key: _finite_or_none(value) for key, value in entry.items() if key not in _NON_METRIC_KEYS
+            }
             for entry in entries
         }
         for split, entries in task_result.scores.items()
     }
     per_subset = [metrics for subsets in scores.values() for metrics in subsets.values()]
-    numeric = [key for key, value in per_subset[0].items() if isinstance(value, (int, float))]
-    metrics = {
-        key: float(np.mean([subset[key] for subset in per_subset]))
-        for key in numeric
-        if all(key in s for s in per_subset)
-    }
+    metrics = {}
+    for key in per_subset[0]:
+        values = [subset.get(key) for subset in per_subset]
+        if all(isinstance(value, (int, float)) for value in values):
+            metrics[key] = float(np.mean(values))
+        elif all(value is None or isinstance(value, (int, float)) for value in values):
+            metrics[key] = None
     return {
-        "main_score": float(task_result.get_score()),
+        "main_score": _finite_or_none(float(task_result.get_score())),
         "main_metric": task.metadata.main_score,
         "splits": sorted(scores),
         "metrics": metrics,
@@ -127,8 +136,9 @@ def evaluate_model(
     Returns:
         ``{task name: {"main_score": float, "main_metric": str, "splits": [...], "metrics": {metric: float},
         "scores": {split: {subset: {metric: float}}}}}`` in task order. ``metrics`` holds every metric MTEB
-        computed (averaged over splits/subsets when a task has several); ``main_score`` is MTEB's (e.g.
-        ``cosine_spearman`` for STS, ``ndcg_at_10`` for retrieval), unscaled (0.8203, not 82.03).
+        computed (averaged over splits/subsets when a task has several; None where undefined, e.g. MTEB's nAUC
+        metrics on very few queries); ``main_score`` is MTEB's (e.g. ``cosine_spearman`` for STS,
+        ``ndcg_at_10`` for retrieval), unscaled (0.8203, not 82.03).
 
     Example:
         ::
@@ -176,5 +186,5 @@ def evaluate_model(
         (output / "mteb").mkdir(parents=True, exist_ok=True)
         for name, task_result in by_name.items():
             task_result.to_disk(output / "mteb" / _file_name(name))
-        (output / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        (output / "results.json").write_text(json.dumps(results, indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return results

@@ -8,6 +8,14 @@ from typing import Any
 __all__ = ["format_results_table"]
 
 
+def _scaled(score: float | None) -> float | None:
+    return None if score is None else 100 * score
+
+
+def _cell(score: float | None) -> str:
+    return "-" if score is None else f"{score:.2f}"
+
+
 def format_results_table(
     results: Mapping[str, Mapping[str, Any]], baseline: Mapping[str, Mapping[str, Any]] | None = None
 ) -> str:
@@ -15,6 +23,7 @@ def format_results_table(
 
     Scores are shown x100 with two decimals (the MTEB leaderboard convention: 0.8203 -> 82.03). With
     ``baseline`` (results of the same tasks, e.g. before training), ``before`` and ``delta`` columns are added.
+    An undefined score (None, e.g. a correlation over constant gold scores) shows as ``-``.
 
     Example:
         ::
@@ -26,16 +35,13 @@ def format_results_table(
     rows = []
     for name, result in results.items():
         row = [name, ",".join(result.get("splits", [])), result["main_metric"]]
-        score = 100 * result["main_score"]
+        score = _scaled(result["main_score"])
         if baseline is not None:
-            before = baseline.get(name)
-            if before is None:
-                row += ["-", f"{score:.2f}", "-"]
-            else:
-                previous = 100 * before["main_score"]
-                row += [f"{previous:.2f}", f"{score:.2f}", f"{score - previous:+.2f}"]
+            before = _scaled(baseline[name]["main_score"]) if name in baseline else None
+            delta = f"{score - before:+.2f}" if score is not None and before is not None else "-"
+            row += [_cell(before), _cell(score), delta]
         else:
-            row.append(f"{score:.2f}")
+            row.append(_cell(score))
         rows.append(row)
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
     numeric = {index for index, header in enumerate(headers) if header in ("score", "before", "after", "delta")}
