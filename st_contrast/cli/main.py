@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from st_contrast.cli import train
+from st_contrast.cli import evaluate, train
 
 __all__ = ["main"]
 
@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     info = commands.add_parser("info", help="versions and available attention backends")
     info.set_defaults(func=_info)
     train.add_parser(commands)
+    evaluate.add_parser(commands)
     return parser
 
 
