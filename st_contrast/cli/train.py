@@ -26,16 +26,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(config: dict, metrics: dict) -> None:
-    before, after = metrics.get("before", {}), metrics.get("after", {})
-    if before or after:
-        print(f"{'task':<32} {'metric':<22} {'before':>9} {'after':>9}")
-        for task in dict.fromkeys([*before, *after]):
-            reference = after.get(task) or before.get(task)
-            row = [
-                f"{metrics_of.get(task, {}).get('main_score', float('nan')) * 100:9.2f}"
-                for metrics_of in (before, after)
-            ]
-            print(f"{task:<32} {reference.get('main_metric', 'main_score'):<22} {row[0]} {row[1]}")
+    from st_contrast.evaluation import format_results_table
+
+    if "after" in metrics:
+        print(format_results_table(metrics["after"], baseline=metrics.get("before", {})))
     train = metrics.get("train", {})
     print(json.dumps({key: train[key] for key in ("train_loss", "train_runtime", "epoch") if key in train}))
     print(f"model: {config['output_dir']}/model   metrics: {config['output_dir']}/metrics.json")
