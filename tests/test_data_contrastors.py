@@ -220,3 +220,32 @@ def test_offsets_are_parsed_one_entry_at_a_time(chunk):
     items = contrastors._iter_object_items(handle, "offsets", chunk=64)
     assert next(items)[0] == "b/shard-0.jsonl.gz" and next(items)[0] == "b/shard-1.jsonl.gz"
     assert handle.tell() < len(text) // 2
+
+
+def test_a_contrastors_yaml_entry_with_a_bucket_pattern_loads_its_shards(tmp_path):
+    import yaml
+
+    from st_contrast.data import DatasetSpec, build_training_data
+    from st_contrast.data.contrastors import expand_braces
+
+    assert expand_braces("s-{0008..0011}.jsonl.gz") == [f"s-{i:04d}.jsonl.gz" for i in range(8, 12)]
+    data = write_shards(tmp_path / "nq", shards=4, rows=3)
+    config = yaml.safe_load(f"""
+datasets:
+  - name: "nq_triples"
+    bucket: "{tmp_path}/nq/shard-{{00001..00002}}.jsonl.gz"
+    query_prefix: "search_query"
+    document_prefix: "search_document"
+    objective:
+      type: "triplet"
+      columns: ["query", "document", "negatives"]
+""")
+    spec = DatasetSpec.from_dict(config["datasets"][0])
+    training = build_training_data(spec, cache_dir=str(tmp_path / "cache"))
+    assert list(training.dataset["anchor"]) == [row["query"] for shard in data[1:3] for row in shard]
+    assert training.dataset.column_names == ["anchor", "positive", "negative_1", "negative_2", "negative_3"]
+    assert training.prompts == {
+        "anchor": "search_query: ",
+        "positive": "search_document: ",
+        **{f"negative_{i}": "search_document: " for i in (1, 2, 3)},
+    }

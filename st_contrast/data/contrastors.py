@@ -8,9 +8,11 @@ names or bucket paths (``bucket/dataset/shard-00000.jsonl.gz``): they are matche
 
 from __future__ import annotations
 
+import glob
 import gzip
 import json
 import os
+import re
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -21,7 +23,7 @@ import datasets
 from st_contrast.data.columns import ColumnPlan, DataError, plan_columns
 from st_contrast.data.spec import DatasetSpec
 
-__all__ = ["index_contrastors_shards", "load_contrastors_shards"]
+__all__ = ["expand_braces", "index_contrastors_shards", "load_contrastors_shards"]
 
 _SHARD_SUFFIXES = (".jsonl.gz", ".jsonl")
 _OFFSETS_NAMES = ("offsets.json.gz", "offsets.json")
@@ -32,8 +34,26 @@ def _open_shard(path: str) -> IO[bytes]:
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
 
 
-def _shards(directory: Path) -> list[Path]:
+def expand_braces(pattern: str) -> list[str]:
+    """contrastors' ``bucket`` patterns: ``shard-{00000..00003}.jsonl.gz`` -> the 4 names (zero padding kept)."""
+    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
+    if not match:
+        return [pattern]
+    first, last = match.group(1), match.group(2)
+    width = len(first) if first.startswith("0") else 0
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [
+        name for number in range(int(first), int(last) + 1) for name in expand_braces(f"{head}{number:0{width}d}{tail}")
+    ]
+
+
+def _shards(directory: Path, only: list[str] | None = None) -> list[Path]:
     shards = sorted(path for path in directory.iterdir() if path.name.endswith(_SHARD_SUFFIXES))
+    if only is not None:
+        missing = sorted(set(only) - {shard.name for shard in shards})
+        if missing:
+            raise DataError(f"{directory}: shard(s) {missing[:5]} not found.")
+        shards = [shard for shard in shards if shard.name in set(only)]
     if not shards:
         raise DataError(f"{directory}: no shard files ({' or '.join(_SHARD_SUFFIXES)}) found beside counts.json.")
     return shards
@@ -49,7 +69,7 @@ def _by_file_name(mapping: Mapping[str, Any], source: Path) -> dict[str, Any]:
     return named
 
 
-def _read_counts(directory: Path, shards: list[Path]) -> dict[str, int]:
+def _read_counts(directory: Path, shards: list[Path], strict: bool = True) -> dict[str, int]:
     path = directory / "counts.json"
     try:
         counts = json.loads(path.read_text(encoding="utf8"))
@@ -64,7 +84,7 @@ def _read_counts(directory: Path, shards: list[Path]) -> dict[str, int]:
     if missing:
         raise DataError(f"{path} has no count for shard(s) {missing}. Regenerate it (index_contrastors_shards).")
     extra = sorted(set(counts) - {shard.name for shard in shards})
-    if extra:
+    if extra and strict:
         raise DataError(f"{path} counts shard(s) {extra} that are not in {directory}.")
     return counts
 
@@ -198,17 +218,22 @@ def _check_metadata(data: dict, plan: ColumnPlan, objective: str | None, where) 
             )
 
 
-def _generate(directory: str, plan: ColumnPlan, objective: str | None, max_rows: int | None, fingerprint: Any):
+def _generate(
+    directory: str, plan: ColumnPlan, objective: str | None, max_rows: int | None, only: Any, fingerprint: str
+):
     del fingerprint  # only part of the cache key
     root = Path(directory)
-    shards = {shard.name: shard for shard in _shards(root)}
-    counts = _read_counts(root, list(shards.values()))
+    only = json.loads(only)
+    shards = {shard.name: shard for shard in _shards(root, only)}
+    counts = _read_counts(root, list(shards.values()), strict=only is None)
     offsets_path = _offsets_path(root)
     entries = _iter_offsets(offsets_path) if offsets_path else ((name, None) for name in sorted(shards))
     done: set[str] = set()
     total = 0
     for name, offsets in entries:
         if name not in shards:
+            if only is not None:
+                continue  # a shard the spec did not select
             raise DataError(f"{offsets_path} lists shard {name!r}, which is not in {root}.")
         left = None if max_rows is None else max_rows - total
         for row in _read_shard(shards[name], plan, objective, offsets, counts[name], left):
@@ -220,6 +245,10 @@ def _generate(directory: str, plan: ColumnPlan, objective: str | None, max_rows:
     missing = sorted(set(shards) - done)
     if missing:
         raise DataError(f"{offsets_path} has no offsets for shard(s) {missing}. Regenerate (index_contrastors_shards).")
+
+
+def _glob_names(directory: Path, pattern: str) -> list[str]:
+    return sorted(path.name for path in directory.glob(pattern)) if glob.has_magic(pattern) else [pattern]
 
 
 def _first_row(shard: Path) -> dict[str, Any]:
@@ -250,7 +279,8 @@ def load_contrastors_shards(
 
     Args:
         directory: The folder with the shards, ``counts.json`` and ``offsets.json.gz`` (optional: without it rows are
-            not checked against offsets).
+            not checked against offsets), or a contrastors ``bucket`` pattern of some of its shards
+            (``folder/shard-{00000..00003}.jsonl.gz``, globs too).
         spec: Column selection, objective and ``max_rows`` (a :class:`DatasetSpec` or mapping; ``name`` and
             ``path`` may be left out). Default: contrastors ``paired`` columns ``query``/``document``.
         cache_dir: The ``datasets`` cache folder.
@@ -261,8 +291,12 @@ def load_contrastors_shards(
         spec = DatasetSpec(name=root.name, path=str(root), objective="paired")
     elif not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_dict({"name": root.name, "path": str(root), **spec})
-    shards = _shards(root)
-    _read_counts(root, shards)
+    only = None
+    if root.name.endswith(_SHARD_SUFFIXES) or not root.is_dir():  # a contrastors bucket pattern: folder + shards
+        only = [name for pattern in expand_braces(root.name) for name in _glob_names(root.parent, pattern)]
+        root = root.parent
+    shards = _shards(root, only)
+    _read_counts(root, shards, strict=only is None)
     first = _first_row(shards[0])
     plan = plan_columns(spec, list(first), first, f"{shards[0]}, row 0")
     # A string, not a list: datasets would split list-valued gen_kwargs into several generator calls.
@@ -276,7 +310,7 @@ def load_contrastors_shards(
     if plan.label_source is None:
         features = datasets.Features({column: datasets.Value("string") for column in plan.output_columns})
     try:
-        return _from_generator(root, plan, spec, fingerprint, features, cache_dir, writer_batch_size)
+        return _from_generator(root, plan, spec, only, fingerprint, features, cache_dir, writer_batch_size)
     except datasets.exceptions.DatasetGenerationError as error:
         cause = error.__cause__ or error.__context__
         if isinstance(cause, DataError):  # datasets wraps the generator's errors: surface ours unchanged
@@ -284,7 +318,7 @@ def load_contrastors_shards(
         raise
 
 
-def _from_generator(root, plan, spec, fingerprint, features, cache_dir, writer_batch_size) -> datasets.Dataset:
+def _from_generator(root, plan, spec, only, fingerprint, features, cache_dir, writer_batch_size) -> datasets.Dataset:
     return datasets.Dataset.from_generator(
         _generate,
         features=features,
@@ -295,6 +329,7 @@ def _from_generator(root, plan, spec, fingerprint, features, cache_dir, writer_b
             "plan": plan,
             "objective": spec.objective,
             "max_rows": spec.max_rows,
+            "only": json.dumps(only),  # strings: datasets splits list-valued gen_kwargs across generator calls
             "fingerprint": fingerprint,
         },
     )

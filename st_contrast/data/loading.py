@@ -90,6 +90,10 @@ def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | No
     paths = [str(path) for path in paths]
     first = os.path.expanduser(paths[0])
 
+    if len(paths) == 1 and first.endswith(".jsonl.gz") and (Path(first).parent / "counts.json").is_file():
+        from st_contrast.data.contrastors import load_contrastors_shards  # a contrastors bucket pattern
+
+        return load_contrastors_shards(first, spec=spec, cache_dir=cache_dir)
     if len(paths) == 1 and os.path.isdir(first):
         directory = Path(first)
         if (directory / "counts.json").is_file():

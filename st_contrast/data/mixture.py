@@ -111,6 +111,13 @@ def build_training_data(
     if duplicates:
         raise ValueError(f"Dataset names must be unique in a mixture; repeated: {duplicates}.")
 
+    weights = None
+    if any(spec.weight is not None for spec in specs):
+        unset = [spec.name for spec in specs if spec.weight is None]
+        if unset:
+            raise ValueError(f"Set 'weight' on every dataset of the mixture or on none; {unset} have none.")
+        weights = [float(spec.weight) for spec in specs]
+
     loaded = {spec.name: load_dataset_spec(spec, cache_dir=cache_dir) for spec in specs}
     prompts_by_name = {}
     for spec in specs:
@@ -127,10 +134,4 @@ def build_training_data(
     num_samples = sum(len(part) for part in loaded.values())
     if add_sample_index:
         dataset, num_samples = _index_rows(dataset)
-    weights = None
-    if any(spec.weight is not None for spec in specs):
-        unset = [spec.name for spec in specs if spec.weight is None]
-        if unset:
-            raise ValueError(f"Set 'weight' on every dataset of the mixture or on none; {unset} have none.")
-        weights = [float(spec.weight) for spec in specs]
     return TrainingData(dataset=dataset, prompts=prompts, num_samples=num_samples, weights=weights, specs=specs)

@@ -1,0 +1,48 @@
+"""2-process gloo run (torchrun) of SentenceTransformerTrainer with the st_contrast data samplers.
+
+Each rank records, per collated batch, its dataset and rows: once for a full run, then for a run resumed from a
+mid-epoch checkpoint (with and without SamplerEpochCallback), and writes them to ``<out>/rank<r>.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch.distributed as dist
+from loss_helpers import tiny_model
+from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from test_data_training import make_trainer, mixture
+
+
+def run(model_path: str, data, out: Path, resume: str | None = None, epoch_callback: bool = True):
+    model = tiny_model(model_path)
+    loss = MultipleNegativesRankingLoss(model, gather_across_devices=True)  # needs equal batch sizes on all ranks
+    overrides = {"max_steps": 10, "save_strategy": "steps", "save_steps": 8}
+    trainer = make_trainer(model, data, loss, out, epoch_callback=epoch_callback, **overrides)
+    trainer.train(resume_from_checkpoint=resume)
+    batches = [
+        {"dataset": features[0]["dataset_name"], "rows": [row["label"] for row in features]}
+        for features, _ in trainer.data_collator.batches
+    ]
+    return batches, len(trainer.get_train_dataloader())
+
+
+def main() -> None:
+    model_path, shared, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    dist.init_process_group("gloo")
+    rank = dist.get_rank()
+    data = mixture(shared, out / f"data-rank{rank}", add_sample_index=True, rows=(48, 32))  # label = global row
+    full, steps_per_epoch = run(model_path, data, out)
+    dist.barrier()
+    checkpoint = str(out / "out" / "checkpoint-8")
+    resumed, _ = run(model_path, data, out, resume=checkpoint)
+    resumed_plain, _ = run(model_path, data, out, resume=checkpoint, epoch_callback=False)
+    report = {"full": full, "resumed": resumed, "resumed_without_callback": resumed_plain, "steps": steps_per_epoch}
+    (out / f"rank{rank}.json").write_text(json.dumps(report))
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
