@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
-
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 
@@ -15,9 +13,9 @@ __all__ = ["to_flash"]
 def to_flash(model: SentenceTransformer, attention_backend: str = "auto") -> SentenceTransformer:
     """Replace every stock ``Transformer`` module of ``model`` with an equivalent :class:`FlashTransformer`, in place.
 
-    Weights, tokenizer, ``max_seq_length`` and the module's processing settings carry over (the
-    module is round-tripped through its own ``save`` / ``load``), and the new module lands on the
-    old one's device and dtype. Everything else in the pipeline (pooling, normalization, prompts)
+    Each module changes class in place (:meth:`FlashTransformer.from_transformer`), so weights,
+    tokenizer, ``max_seq_length``, processing settings, device and dtype carry over, and it works in
+    an already initialised distributed run. Everything else in the pipeline (pooling, normalization, prompts)
     is untouched, so ``model.encode`` gives the same embeddings, without computing on padding.
 
     Args:
@@ -36,16 +34,10 @@ def to_flash(model: SentenceTransformer, attention_backend: str = "auto") -> Sen
             model = to_flash(SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2"))
     """
     replaced = 0
-    for name, module in list(model.named_children()):
-        if type(module) is not Transformer:
-            continue
-        parameter = next(module.parameters())
-        with tempfile.TemporaryDirectory() as directory:
-            module.save(directory)
-            flash = FlashTransformer.load(directory)
-        flash.attention_backend = attention_backend
-        model._modules[name] = flash.to(device=parameter.device, dtype=parameter.dtype)
-        replaced += 1
+    for module in model.children():
+        if type(module) is Transformer:
+            FlashTransformer.from_transformer(module, attention_backend)
+            replaced += 1
     if not replaced:
         found = ", ".join(type(module).__name__ for module in model.children())
         raise ValueError(f"to_flash found no sentence_transformers Transformer module to convert (modules: {found}).")

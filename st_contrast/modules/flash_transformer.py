@@ -91,14 +91,24 @@ class FlashTransformer(Transformer):
             raise ValueError(f"FlashTransformer runs on the 'torch' backend only, not {kwargs['backend']!r}.")
         kwargs["unpad_inputs"] = True
         super().__init__(model_name_or_path, **kwargs)
-
-        model_type = getattr(self.model.config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:
-            raise ValueError(
-                f"FlashTransformer does not support model_type {model_type!r}. Supported: "
-                f"{', '.join(SUPPORTED_MODEL_TYPES)}. Use sentence_transformers' Transformer for other architectures."
-            )
+        _check_model_type(self.model)
         self.attention_backend = attention_backend
+
+    @classmethod
+    def from_transformer(cls, module: Transformer, attention_backend: str = "auto") -> FlashTransformer:
+        """Turn a loaded stock ``Transformer`` into a ``FlashTransformer`` in place, keeping every weight and setting.
+
+        The module object itself changes class (no copy, no disk round trip), so this also works after
+        ``torch.distributed`` is initialised, where transformers writes checkpoints on rank 0 only.
+        """
+        check_backend_name(attention_backend)
+        if module.backend != "torch":
+            raise ValueError(f"FlashTransformer runs on the 'torch' backend only, not {module.backend!r}.")
+        _check_model_type(module.model)
+        module.__class__ = cls
+        module.unpad_inputs = True  # the setter runs this class's _can_flatten_inputs
+        module.attention_backend = attention_backend
+        return module
 
     @property
     def attention_backend(self) -> str:
@@ -149,3 +159,12 @@ class FlashTransformer(Transformer):
     def __repr__(self) -> str:
         config = dict(self.get_config_dict(), architecture=self.model.__class__.__name__)
         return f"FlashTransformer({config}, {self._describe_resolution()})"
+
+
+def _check_model_type(model: torch.nn.Module) -> None:
+    model_type = getattr(model.config, "model_type", None)
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(
+            f"FlashTransformer does not support model_type {model_type!r}. Supported: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}. Use sentence_transformers' Transformer for other architectures."
+        )

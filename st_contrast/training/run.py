@@ -96,7 +96,7 @@ def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
             _write_metrics(metrics_path, metrics)
         state.wait_for_everyone()
 
-    sampler_arguments = _sampler_arguments(data_section, model, data.prompts)
+    sampler_arguments = _sampler_arguments(data_section, model, data.prompts, data.weights)
     args = build_training_arguments(config, prompts=data.prompts or None, **sampler_arguments)
     callbacks = _monitoring_callbacks(config, output_dir)
     trainer = ContrastiveTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss, callbacks=callbacks)
@@ -125,7 +125,7 @@ def _with_fallback(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any) -> dict[str, Any]:
+def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any, weights: Any) -> dict[str, Any]:
     """``batch_sampler`` / ``multi_dataset_batch_sampler`` training arguments from the ``data`` section."""
     from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler
 
@@ -149,7 +149,7 @@ def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any) -> dic
             f"token_budget, not {sampler!r}."
         )
     if section.get("single_dataset_batches", True):
-        arguments["multi_dataset_batch_sampler"] = SingleDatasetBatchSampler
+        arguments["multi_dataset_batch_sampler"] = partial(SingleDatasetBatchSampler, weights=weights)
     return arguments
 
 
