@@ -85,7 +85,7 @@ def test_implementations_agree(model_type, tiny_model_factory, snli_sentences):
             expected = token_rows(shrunk, texts, "right")
             assert not torch.allclose(expected[0], reference[0]), "the window must matter for these texts"
         for side in ("right", "left"):
-            for row, target in zip(token_rows(backbone, texts, side), expected):
+            for row, target in zip(token_rows(backbone, texts, side), expected, strict=True):
                 torch.testing.assert_close(row, target, atol=2e-5, rtol=1e-4)
 
 

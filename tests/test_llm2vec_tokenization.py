@@ -20,7 +20,7 @@ def test_eos_is_appended_after_truncation(tiny_model_factory):
     backbone = BidirectionalTransformer(tiny_model_factory("llama"), max_seq_length=16)
     tokenizer = backbone.tokenizer
     features = backbone.preprocess(TEXTS[:2])
-    for row, text in zip(features["input_ids"].tolist(), TEXTS[:2]):
+    for row, text in zip(features["input_ids"].tolist(), TEXTS[:2], strict=True):
         expected = tokenizer(text, truncation=True, max_length=15)["input_ids"] + [tokenizer.eos_token_id]
         assert row[: len(expected)] == expected and row[len(expected) :] == [tokenizer.pad_token_id] * (
             len(row) - len(expected)
@@ -88,7 +88,7 @@ def test_pooling_with_per_row_instructions_matches_hand_computation(implementati
     lengths = encoded.instruction_lengths
     assert len(set(lengths)) > 1, "the texts must give different instruction boundaries"
     expected = []
-    for ids, n, text in zip(encoded.input_ids, lengths, TEXTS):
+    for ids, n, text in zip(encoded.input_ids, lengths, TEXTS, strict=True):
         if len(ids) < 40:
             check_boundary(tokenizer, ids, n, INSTRUCTION, text)
         tokens = single_row_tokens(backbone, ids)[n:]

@@ -155,7 +155,10 @@ def collate_ids(
     """
     masks = None
     if encoded.instruction_lengths is not None:
-        masks = [[1] * n + [0] * (len(ids) - n) for ids, n in zip(encoded.input_ids, encoded.instruction_lengths)]
+        masks = [
+            [1] * n + [0] * (len(ids) - n)
+            for ids, n in zip(encoded.input_ids, encoded.instruction_lengths, strict=True)
+        ]
     if data_collator is not None:
         features = data_collator([{"input_ids": ids} for ids in encoded.input_ids])
         features.pop("labels", None)
