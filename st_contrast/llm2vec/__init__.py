@@ -11,7 +11,7 @@ from typing import Any
 
 from st_contrast.llm2vec.tokenization import SGPT_BRACKETS, EmbeddingTokenizer, EncodedTexts, collate_ids
 
-_LAZY = {"llm2vec_model": "st_contrast.llm2vec.recipes", "load_stage_model": "st_contrast.llm2vec.recipes"}
+_LAZY = {"llm2vec_model": "st_contrast.llm2vec.recipes"}
 
 __all__ = ["SGPT_BRACKETS", "EmbeddingTokenizer", "EncodedTexts", "collate_ids", *_LAZY]
 
