@@ -15,8 +15,8 @@ import torch
 import yaml
 from _tiny import SHARED_DATA, snli_sentences, tiny_model
 from datasets import Dataset
-from sentence_transformers import SentenceTransformer
 from scipy.stats import spearmanr
+from sentence_transformers import SentenceTransformer
 
 __all__ = [
     "load_config",
@@ -34,7 +34,9 @@ def load_config(doc: str, name: str) -> dict[str, Any]:
     """``--config`` (default ``examples/configs/<name>.yaml``) plus ``--set a.b=value`` overrides (YAML values)."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIGS / f"{name}.yaml"), help="YAML config file")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.max_steps=5")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.max_steps=5"
+    )
     args = parser.parse_args()
     config = yaml.safe_load(Path(args.config).read_text())
     for item in args.set:
@@ -78,4 +80,3 @@ def stsb_dev_spearman(model: SentenceTransformer, prompt: str | None = None, lim
 
 def training_losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [round(entry["loss"], 4) for entry in log_history if "loss" in entry]
-

@@ -52,7 +52,9 @@ def llm2vec_model(
     if attention_backend is None:
         backbone = BidirectionalTransformer(model_name_or_path, **backbone_kwargs)
     else:
-        backbone = BidirectionalFlashTransformer(model_name_or_path, attention_backend=attention_backend, **backbone_kwargs)
+        backbone = BidirectionalFlashTransformer(
+            model_name_or_path, attention_backend=attention_backend, **backbone_kwargs
+        )
     pooling = InstructionPooling(backbone.get_embedding_dimension(), pooling_mode)
     model = SentenceTransformer(modules=[backbone, pooling], device=device)
     if lora:

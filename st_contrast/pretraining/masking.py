@@ -13,9 +13,7 @@ MASK_SCHEMES: dict[str, tuple[float, float]] = {"bert": (0.8, 0.1), "all_mask": 
 """``scheme -> (mask_replace_prob, random_replace_prob)``: BERT's 80/10/10, or every selected token masked."""
 
 
-def set_mask_token(
-    tokenizer: PreTrainedTokenizerBase, mask_token: str, model: PreTrainedModel | None = None
-) -> int:
+def set_mask_token(tokenizer: PreTrainedTokenizerBase, mask_token: str, model: PreTrainedModel | None = None) -> int:
     """Give ``tokenizer`` the mask token MNTP/MLM replaces selected tokens with; returns its id.
 
     Args:
