@@ -32,7 +32,8 @@ def leak_probe(backbone, texts=PROBE_TEXTS, *, padding_side: str = "right", grad
     ``others``: change of every other row, must be zero (no attention across rows or into padding).
     """
     backbone.tokenizer.padding_side = padding_side
-    features = backbone.preprocess(list(texts))
+    device = next(backbone.parameters()).device
+    features = {k: v.to(device) if torch.is_tensor(v) else v for k, v in backbone.preprocess(list(texts)).items()}
     positions = _row_positions(features, 0)
     changed = {key: value.clone() if torch.is_tensor(value) else value for key, value in features.items()}
     ids = changed["input_ids"].view(-1) if "cu_seq_lens_q" in changed else changed["input_ids"][0]

