@@ -28,6 +28,11 @@ _LAZY_NAMES = {
     "SimCSELoss": "st_contrast.losses",
     "GloFND": "st_contrast.losses",
     "GlobalContrastiveLoss": "st_contrast.losses",
+    "BidirectionalTransformer": "st_contrast.modules",
+    "BidirectionalFlashTransformer": "st_contrast.modules",
+    "InstructionPooling": "st_contrast.modules",
+    "set_causal": "st_contrast.modules",
+    "llm2vec_model": "st_contrast.llm2vec",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

@@ -6,13 +6,25 @@ from typing import Any, TypeVar
 
 from sentence_transformers import SentenceTransformer
 
-from st_contrast.modules import FlashTransformer, LogitScale
+from st_contrast.modules import (
+    BidirectionalFlashTransformer,
+    BidirectionalTransformer,
+    FlashTransformer,
+    InstructionPooling,
+    LogitScale,
+)
 
 __all__ = ["MODULE_CLASSES", "load_model"]
 
 ModelT = TypeVar("ModelT", bound=SentenceTransformer)
 
-MODULE_CLASSES: tuple[type, ...] = (FlashTransformer, LogitScale)
+MODULE_CLASSES: tuple[type, ...] = (
+    FlashTransformer,
+    LogitScale,
+    BidirectionalTransformer,
+    BidirectionalFlashTransformer,
+    InstructionPooling,
+)
 """Every module class a saved ``st_contrast`` model may name in its ``modules.json``."""
 
 

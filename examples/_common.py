@@ -1,0 +1,82 @@
+"""Shared by the LLM2Vec / MLM examples: YAML configs with command-line overrides, data, STS-B scoring.
+
+Data comes from ../shared/data (see its README); nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from _tiny import SHARED_DATA, snli_sentences, tiny_model
+from datasets import Dataset
+from scipy.stats import spearmanr
+from sentence_transformers import SentenceTransformer
+
+__all__ = [
+    "load_config",
+    "model_path",
+    "nli_triplets",
+    "snli_sentences",
+    "stsb_dev_spearman",
+    "training_losses",
+]
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def load_config(doc: str, name: str) -> dict[str, Any]:
+    """``--config`` (default ``examples/configs/<name>.yaml``) plus ``--set a.b=value`` overrides (YAML values)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=str(CONFIGS / f"{name}.yaml"), help="YAML config file")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.max_steps=5"
+    )
+    args = parser.parse_args()
+    config = yaml.safe_load(Path(args.config).read_text())
+    for item in args.set:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        target = config
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = yaml.safe_load(value)
+    return config
+
+
+def model_path(config: dict[str, Any], model_type: str) -> str:
+    """The configured model, or (``model_name_or_path: null``) a tiny random one built offline in the output dir."""
+    if config.get("model_name_or_path"):
+        return str(config["model_name_or_path"])
+    return tiny_model(Path(config["output_dir"]) / f"tiny-{model_type}", model_type)
+
+
+def nli_triplets(limit: int) -> Dataset:
+    """(anchor, positive, negative) NLI triplets (entailment positives, contradiction negatives)."""
+    with gzip.open(SHARED_DATA / "nli" / "derived" / "triplets.tsv.gz", "rt", encoding="utf8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    return Dataset.from_dict({column: [row[column] for row in rows] for column in ("anchor", "positive", "negative")})
+
+
+def stsb_dev_spearman(model: SentenceTransformer, prompt: str | None = None, limit: int | None = None) -> float:
+    """Spearman x100 of cosine similarity against STS-B dev gold scores (the first ``limit`` pairs).
+
+    ``prompt`` is an instruction prepended to every sentence (and left out of pooling by ``InstructionPooling``).
+    """
+    with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
+        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
+    first, second = (
+        model.encode([row[column] for row in rows], prompt=prompt, batch_size=64, convert_to_tensor=True)
+        for column in (5, 6)
+    )
+    cosine = torch.nn.functional.cosine_similarity(first, second).cpu().numpy()
+    return float(spearmanr(cosine, [float(row[4]) for row in rows]).statistic) * 100
+
+
+def training_losses(log_history: list[dict[str, Any]]) -> list[float]:
+    return [round(entry["loss"], 4) for entry in log_history if "loss" in entry]

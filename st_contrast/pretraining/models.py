@@ -1,0 +1,79 @@
+"""Models for masked pretraining: a bidirectional causal LM for MNTP, a masked LM for encoders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peft import LoraConfig
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
+
+from st_contrast.adapters import add_lora
+from st_contrast.modules.bidirectional import set_causal
+from st_contrast.pretraining.masking import set_mask_token
+
+__all__ = ["load_mlm_model", "load_mntp_model"]
+
+
+def _maybe_lora(model: PreTrainedModel, lora: dict[str, Any] | LoraConfig | None, preset: str) -> None:
+    if lora is None:
+        return
+    if isinstance(lora, LoraConfig):
+        add_lora(model, lora)
+    else:
+        add_lora(model, lora.get("preset", preset), **{k: v for k, v in lora.items() if k != "preset"})
+
+
+def load_mntp_model(
+    model_name_or_path: str,
+    *,
+    mask_token: str = "_",
+    lora: dict[str, Any] | LoraConfig | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A decoder's causal LM, made bidirectional, ready for MNTP with :class:`MaskingCollator` (``shifted=True``).
+
+    Its own loss (labels shifted by one) is the MNTP loss: cross-entropy of the token at ``i`` given the
+    logits at ``i - 1``, over the masked positions.
+
+    Args:
+        model_name_or_path: Decoder id or path.
+        mask_token: See :func:`set_mask_token`.
+        lora: ``None`` for full training, ``{"r": 16, "alpha": 32, "dropout": 0.05}`` (an optional
+            ``"preset"``, default ``"decoder"``) or a ``peft.LoraConfig``.
+        model_kwargs: Passed to ``AutoModelForCausalLM.from_pretrained`` (``attn_implementation``, ``dtype``...).
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    set_mask_token(tokenizer, mask_token, model)
+    set_causal(model, False)
+    _maybe_lora(model, lora, "decoder")
+    return model, tokenizer
+
+
+def load_mlm_model(
+    model_name_or_path: str,
+    *,
+    lora: dict[str, Any] | LoraConfig | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """An encoder's masked LM (BERT, RoBERTa, ModernBERT...) for MLM pretraining (contrastors / kl3m style).
+
+    Args:
+        model_name_or_path: Encoder id or path (its tokenizer must have a mask token).
+        lora: As for :func:`load_mntp_model` (default preset ``"auto"``).
+        model_kwargs: Passed to ``AutoModelForMaskedLM.from_pretrained``.
+    """
+    tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+    if tokenizer.mask_token is None:
+        raise ValueError(f"{model_name_or_path} has no mask token; MLM needs one (decoders: use MNTP instead).")
+    model = AutoModelForMaskedLM.from_pretrained(model_name_or_path, **(model_kwargs or {}))
+    _maybe_lora(model, lora, "auto")
+    return model, tokenizer
