@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from _tiny import SHARED_DATA, snli_sentences, tiny_model
 from datasets import Dataset
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
+
+from st_contrast.training.config import apply_overrides, read_yaml
 
 __all__ = [
     "load_config",
@@ -38,15 +39,7 @@ def load_config(doc: str, name: str) -> dict[str, Any]:
         "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. training.max_steps=5"
     )
     args = parser.parse_args()
-    config = yaml.safe_load(Path(args.config).read_text())
-    for item in args.set:
-        key, _, value = item.partition("=")
-        *parents, leaf = key.split(".")
-        target = config
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = yaml.safe_load(value)
-    return config
+    return apply_overrides(read_yaml(args.config), args.set)
 
 
 def model_path(config: dict[str, Any], model_type: str) -> str:
@@ -63,15 +56,24 @@ def nli_triplets(limit: int) -> Dataset:
     return Dataset.from_dict({column: [row[column] for row in rows] for column in ("anchor", "positive", "negative")})
 
 
-def stsb_dev_spearman(model: SentenceTransformer, prompt: str | None = None, limit: int | None = None) -> float:
+def stsb_dev_spearman(
+    model: SentenceTransformer, prompt: str | None = None, limit: int | None = None, truncate_dim: int | None = None
+) -> float:
     """Spearman x100 of cosine similarity against STS-B dev gold scores (the first ``limit`` pairs).
 
-    ``prompt`` is an instruction prepended to every sentence (and left out of pooling by ``InstructionPooling``).
+    ``prompt`` is an instruction prepended to every sentence (and left out of pooling by ``InstructionPooling``);
+    ``truncate_dim`` scores embeddings cut to their first dimensions (Matryoshka).
     """
     with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
         rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
     first, second = (
-        model.encode([row[column] for row in rows], prompt=prompt, batch_size=64, convert_to_tensor=True)
+        model.encode(
+            [row[column] for row in rows],
+            prompt=prompt,
+            batch_size=64,
+            convert_to_tensor=True,
+            truncate_dim=truncate_dim,
+        )
         for column in (5, 6)
     )
     cosine = torch.nn.functional.cosine_similarity(first, second).cpu().numpy()

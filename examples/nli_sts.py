@@ -1,4 +1,4 @@
-"""Shared by the adapter examples: NLI triplets for training, STS-B dev for scoring, a short trainer run.
+"""Shared by the adapter examples: command-line options and a short MNRL trainer run on NLI triplets.
 
 Data comes from ../shared/data (see its README); nothing is downloaded.
 """
@@ -6,17 +6,11 @@ Data comes from ../shared/data (see its README); nothing is downloaded.
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-from pathlib import Path
 
-from datasets import Dataset
+from _common import nli_triplets
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
-from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: float) -> None:
@@ -25,26 +19,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, *, learning_rate: fl
     parser.add_argument("--max-steps", type=int, default=-1, help="stop after this many steps (-1: one epoch)")
     parser.add_argument("--learning-rate", type=float, default=learning_rate)
     parser.add_argument("--max-seq-length", type=int, default=64)
-
-
-def nli_triplets(limit: int) -> Dataset:
-    with gzip.open(SHARED_DATA / "nli" / "derived" / "triplets.tsv.gz", "rt", encoding="utf8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return Dataset.from_dict({column: [row[column] for row in rows] for column in ("anchor", "positive", "negative")})
-
-
-def stsb_dev_spearman(model: SentenceTransformer, truncate_dim: int | None = None) -> float:
-    """Spearman x100 of cosine similarity against STS-B dev gold scores (optionally of truncated embeddings)."""
-    with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
-    evaluator = EmbeddingSimilarityEvaluator(
-        sentences1=[row[5] for row in rows],
-        sentences2=[row[6] for row in rows],
-        scores=[float(row[4]) / 5.0 for row in rows],
-        name="stsb-dev",
-        truncate_dim=truncate_dim,
-    )
-    return evaluator(model)[evaluator.primary_metric] * 100
 
 
 def train(model: SentenceTransformer, args: argparse.Namespace, output_dir: str) -> None:

