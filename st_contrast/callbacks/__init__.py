@@ -8,55 +8,50 @@ Quick start::
     trainer = MonitoredTrainer(model=model, args=args, train_dataset=train, loss=loss,
                                monitoring={"probe": probe_pairs, "spectrum_every": 50})
     trainer.train()  # writes log.jsonl / eval.jsonl in args.output_dir
+
+Names load their modules on first use, so reading logs (``st-contrast describe``) does not import torch.
 """
 
 from __future__ import annotations
 
-from st_contrast.callbacks.batch_stats import BatchStats, batch_stats, sequence_lengths
-from st_contrast.callbacks.flops import (
-    FlopsEstimate,
-    estimate_flops,
-    model_flops_utilization,
-    peak_flops_per_device,
-    training_flops_per_token,
-)
-from st_contrast.callbacks.geometry import (
-    EmbeddingGeometryEvaluator,
-    embedding_geometry,
-    pair_geometry,
-    spread_geometry,
-)
-from st_contrast.callbacks.run_log import JsonlLogCallback, read_jsonl
-from st_contrast.callbacks.spectrum import WeightSpectrumCallback, spectral_ratio, weight_spectrum
-from st_contrast.callbacks.throughput import ThroughputMonitor
-from st_contrast.callbacks.trainer_mixin import (
-    MonitoredTrainer,
-    MonitoringMixin,
-    enable_monitoring,
-    with_geometry_probe,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "BatchStats",
-    "EmbeddingGeometryEvaluator",
-    "FlopsEstimate",
-    "JsonlLogCallback",
-    "MonitoredTrainer",
-    "MonitoringMixin",
-    "ThroughputMonitor",
-    "WeightSpectrumCallback",
-    "batch_stats",
-    "embedding_geometry",
-    "enable_monitoring",
-    "estimate_flops",
-    "model_flops_utilization",
-    "pair_geometry",
-    "peak_flops_per_device",
-    "read_jsonl",
-    "sequence_lengths",
-    "spectral_ratio",
-    "spread_geometry",
-    "training_flops_per_token",
-    "weight_spectrum",
-    "with_geometry_probe",
-]
+_LAZY_NAMES = {
+    "BatchStats": "batch_stats",
+    "batch_stats": "batch_stats",
+    "sequence_lengths": "batch_stats",
+    "FlopsEstimate": "flops",
+    "estimate_flops": "flops",
+    "model_flops_utilization": "flops",
+    "peak_flops_per_device": "flops",
+    "training_flops_per_token": "flops",
+    "EmbeddingGeometryEvaluator": "geometry",
+    "embedding_geometry": "geometry",
+    "pair_geometry": "geometry",
+    "spread_geometry": "geometry",
+    "JsonlLogCallback": "run_log",
+    "read_jsonl": "summary",
+    "load_run": "summary",
+    "summarize_run": "summary",
+    "WeightSpectrumCallback": "spectrum",
+    "spectral_ratio": "spectrum",
+    "weight_spectrum": "spectrum",
+    "ThroughputMonitor": "throughput",
+    "MonitoredTrainer": "trainer_mixin",
+    "MonitoringMixin": "trainer_mixin",
+    "enable_monitoring": "trainer_mixin",
+    "with_geometry_probe": "trainer_mixin",
+}
+
+__all__ = sorted(_LAZY_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"st_contrast.callbacks.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'st_contrast.callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

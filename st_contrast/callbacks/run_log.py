@@ -11,14 +11,11 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from st_contrast.callbacks.summary import EVAL_LOG, RUN_INFO, SUMMARY, TRAIN_LOG, read_jsonl
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["JsonlLogCallback", "read_jsonl"]
-
-TRAIN_LOG = "log.jsonl"
-EVAL_LOG = "eval.jsonl"
-SUMMARY = "summary.json"
-RUN_INFO = "run_info.json"
 
 
 def _clean(value: Any) -> Any:
@@ -37,24 +34,6 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return str(value)
-
-
-def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The records of a JSON-lines file; a truncated last line (a crash mid-write) is skipped."""
-    records = []
-    path = Path(path)
-    if not path.is_file():
-        return records
-    with path.open(encoding="utf8") as handle:
-        for line in handle:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                logger.warning("Skipping a malformed line in %s: %.80s", path, line)
-    return records
 
 
 class JsonlLogCallback(TrainerCallback):

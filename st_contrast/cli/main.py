@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from st_contrast.cli import describe
+
 __all__ = ["main"]
 
 
@@ -35,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions and available attention backends")
     info.set_defaults(func=_info)
+    describe.add_parser(commands)
     return parser
 
 
