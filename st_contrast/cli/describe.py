@@ -9,6 +9,7 @@ matplotlib (``pip install 'st-contrast[plot]'``); the summary does not.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -140,13 +141,16 @@ def _plot_spectrum(plt: Any, run: RunLogs, out: Path, written: list[Path]) -> No
         return
     figure, axis = plt.subplots(figsize=(9, 4.5))
     matrices = [key for key in keys if key not in ("spectrum/mean", "spectrum/max")]
-    for key in matrices[:20]:
-        axis.plot(*run.series(key), linewidth=0.8, alpha=0.6, label=key.removeprefix("spectrum/")[-40:])
+    names = [key.removeprefix("spectrum/") for key in matrices]
+    common = os.path.commonprefix(names) if len(names) > 1 else ""
+    common = common[: common.rfind(".") + 1]  # cut at a module boundary
+    for key, name in list(zip(matrices, names, strict=True))[:20]:
+        axis.plot(*run.series(key), linewidth=0.8, alpha=0.6, label=name.removeprefix(common)[-45:])
     for key in ("spectrum/mean", "spectrum/max"):
         if key in keys:
             axis.plot(*run.series(key), linewidth=2.2, label=key.removeprefix("spectrum/"))
     axis.set(xlabel="step", ylabel="sigma_1 / mean(sigma)", title="Weight spectrum (top over mean singular value)")
-    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
+    axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), title=common.rstrip(".") or None)
     axis.grid(alpha=0.3)
     _finish(figure, out / "spectrum.png", written)
     plt.close(figure)
@@ -180,41 +184,35 @@ def plot_run(run: RunLogs, out: Path, window: int | None = None) -> list[Path]:
         written,
     )
     _plot_spectrum(plt, run, out, written)
-    skip = set(geometry.values()) | {
-        "eval_runtime",
-        "eval_samples_per_second",
-        "eval_steps_per_second",
-        "step",
-        "epoch",
-    }
+    skip = set(geometry.values()) | {"step", "epoch", "eval_sequential_score"}
+    skip |= {"eval_runtime", "eval_samples_per_second", "eval_steps_per_second"}
     others = [key for key in run.keys(run.eval) if key not in skip and run.series(key, run.eval)[1]][:9]
-    _plot_grid(plt, [(key, *run.series(key, run.eval)) for key in others], "Evaluation", out / "eval.png", written)
+    series = [(key.removeprefix("eval_"), *run.series(key, run.eval)) for key in others]
+    _plot_grid(plt, series, "Evaluation", out / "eval.png", written)
     return written
 
 
 def describe(run_dir: str | Path, out: str | Path | None = None, window: int | None = None) -> tuple[str, list[Path]]:
-    """Summary text (also written to ``summary.txt``) and the plots of a run directory."""
+    """Print and write (``summary.txt``) the summary of a run directory, then write its plots.
+
+    The summary is written first, so it exists even when matplotlib is missing (ImportError).
+    """
     run = load_run(run_dir)
     out = Path(out) if out is not None else run.directory / "plots"
     out.mkdir(parents=True, exist_ok=True)
     text = summarize_run(run)
     (out / "summary.txt").write_text(text + "\n", "utf8")
+    print(text)
     return text, plot_run(run, out, window)
 
 
 def _run(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.run_dir) / "plots"
     try:
-        run = load_run(args.run_dir)
+        _, written = describe(args.run_dir, out, args.window)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else run.directory / "plots"
-    out.mkdir(parents=True, exist_ok=True)
-    text = summarize_run(run)
-    (out / "summary.txt").write_text(text + "\n", "utf8")
-    print(text)
-    try:
-        written = plot_run(run, out, args.window)
     except ImportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
