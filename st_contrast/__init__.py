@@ -28,6 +28,8 @@ _LAZY_NAMES = {
     "SimCSELoss": "st_contrast.losses",
     "GloFND": "st_contrast.losses",
     "GlobalContrastiveLoss": "st_contrast.losses",
+    "MonitoredTrainer": "st_contrast.callbacks",
+    "enable_monitoring": "st_contrast.callbacks",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

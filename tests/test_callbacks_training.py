@@ -68,10 +68,12 @@ def two_datasets() -> DatasetDict:
     )
 
 
-def test_tokens_equal_attention_mask_sums_per_dataset(tmp_path, tiny_model_factory):
+@pytest.mark.parametrize("accumulation", [1, 2])
+def test_tokens_equal_attention_mask_sums_per_dataset(tmp_path, tiny_model_factory, accumulation):
     model = tiny_model(tiny_model_factory("bert"))
+    args = train_args(tmp_path, gradient_accumulation_steps=accumulation)
     trainer = RecordingTrainer(
-        model=model, args=train_args(tmp_path), train_dataset=two_datasets(), loss=MultipleNegativesRankingLoss(model)
+        model=model, args=args, train_dataset=two_datasets(), loss=MultipleNegativesRankingLoss(model)
     )
     trainer.seen = []
     trainer.train()
