@@ -140,6 +140,22 @@ def test_evaluator_matches_reference_on_model(minilm_path):
     assert metrics["probe_alignment"] == pytest.approx(np.mean(np.sum((a - p) ** 2, axis=1)), rel=1e-4)
 
 
+def test_probe_given_twice_replaces_the_first():
+    from sentence_transformers.base.evaluation.evaluator import BaseEvaluator
+    from sentence_transformers.base.evaluation.sequential import SequentialEvaluator
+
+    from st_contrast.callbacks import with_geometry_probe
+
+    first = with_geometry_probe(None, ["a", "b"])
+    assert isinstance(first, EmbeddingGeometryEvaluator)
+    assert with_geometry_probe(first, ["c", "d"]).columns == [["c", "d"]]
+    user = BaseEvaluator()
+    combined = with_geometry_probe(with_geometry_probe(user, ["a", "b"]), ["e", "f"])
+    assert isinstance(combined, SequentialEvaluator)
+    assert combined.evaluators[0] is user and combined.evaluators[1].columns == [["e", "f"]]
+    assert len(combined.evaluators) == 2
+
+
 def test_spectral_ratio_by_hand():
     assert spectral_ratio(torch.diag(torch.tensor([3.0, 1.0]))) == pytest.approx(1.5)  # 3 / mean(3, 1)
     rotation = torch.linalg.qr(torch.randn(6, 6, generator=torch.Generator().manual_seed(0)))[0]

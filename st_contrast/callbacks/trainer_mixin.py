@@ -132,6 +132,12 @@ def with_geometry_probe(evaluator: Any, probe: Any, name: str = "geometry") -> A
     from sentence_transformers.base.evaluation.sequential import SequentialEvaluator
 
     geometry = EmbeddingGeometryEvaluator(probe, name=name)
+    # a probe given again replaces the earlier one
+    if isinstance(evaluator, EmbeddingGeometryEvaluator):
+        evaluator = None
+    elif isinstance(evaluator, SequentialEvaluator):
+        kept = [e for e in evaluator.evaluators if not isinstance(e, EmbeddingGeometryEvaluator)]
+        evaluator = kept[0] if len(kept) == 1 else (SequentialEvaluator(kept) if kept else None)
     if evaluator is None:
         return geometry
     return SequentialEvaluator([evaluator, geometry], main_score_function=lambda scores: scores[0])
