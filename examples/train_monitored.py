@@ -2,7 +2,7 @@
 
 Writes log.jsonl (loss, lr, grad norm, tokens/s, MFU, step-time parts, tokens per dataset, weight
 spectrum), eval.jsonl (STS-B dev and the embedding geometry of a fixed probe set) and the plots in
-OUTPUT_DIR/plots. Uses ../shared/data; a few minutes on 2 CPU cores with the defaults.
+OUTPUT_DIR/plots. Uses ../shared/data; about 8 minutes on 2 busy CPU cores with the defaults.
 
 Run:  python examples/train_monitored.py [--max-steps 40] [--packed] [--output-dir output/minilm-monitored]
 """
