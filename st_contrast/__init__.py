@@ -33,6 +33,8 @@ _LAZY_NAMES = {
     "InstructionPooling": "st_contrast.modules",
     "set_causal": "st_contrast.modules",
     "llm2vec_model": "st_contrast.llm2vec",
+    "MonitoredTrainer": "st_contrast.callbacks",
+    "enable_monitoring": "st_contrast.callbacks",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

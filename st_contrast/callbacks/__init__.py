@@ -1,0 +1,57 @@
+"""Training monitoring for long contrastive runs: JSONL run logs, throughput and MFU, step-time breakdown,
+embedding geometry on a probe set, weight spectra. ``st-contrast describe RUN_DIR`` plots the logs.
+
+Quick start::
+
+    from st_contrast.callbacks import MonitoredTrainer
+
+    trainer = MonitoredTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                               monitoring={"probe": probe_pairs, "spectrum_every": 50})
+    trainer.train()  # writes log.jsonl / eval.jsonl in args.output_dir
+
+Names load their modules on first use, so reading logs (``st-contrast describe``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY_NAMES = {
+    "BatchStats": "batch_stats",
+    "batch_stats": "batch_stats",
+    "sequence_lengths": "batch_stats",
+    "FlopsEstimate": "flops",
+    "estimate_flops": "flops",
+    "model_flops_utilization": "flops",
+    "peak_flops_per_device": "flops",
+    "training_flops_per_token": "flops",
+    "EmbeddingGeometryEvaluator": "geometry",
+    "embedding_geometry": "geometry",
+    "pair_geometry": "geometry",
+    "spread_geometry": "geometry",
+    "JsonlLogCallback": "run_log",
+    "read_jsonl": "summary",
+    "load_run": "summary",
+    "summarize_run": "summary",
+    "WeightSpectrumCallback": "spectrum",
+    "spectral_ratio": "spectrum",
+    "weight_spectrum": "spectrum",
+    "ThroughputMonitor": "throughput",
+    "MonitoredTrainer": "trainer_mixin",
+    "MonitoringMixin": "trainer_mixin",
+    "enable_monitoring": "trainer_mixin",
+    "with_geometry_probe": "trainer_mixin",
+}
+
+__all__ = sorted(_LAZY_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"st_contrast.callbacks.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'st_contrast.callbacks' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__
