@@ -28,6 +28,7 @@ _LAZY_NAMES = {
     "SimCSELoss": "st_contrast.losses",
     "GloFND": "st_contrast.losses",
     "GlobalContrastiveLoss": "st_contrast.losses",
+    "evaluate_model": "st_contrast.evaluation",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]
