@@ -91,6 +91,7 @@ def test_named_task_offline_says_the_hub_is_needed(minilm, monkeypatch):
     assert "HF_HUB_OFFLINE=1 is set" in str(info.value) and "'sts:FILE' or 'retrieval:BEIR_DIR'" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:The task .STSBenchmark. is superseded")
 def test_named_mteb_tasks_score_like_the_local_tasks(minilm, shared_data, tmp_path):
     """MTEB's own STSBenchmark / DBPedia classes, fed the same data in memory, give the local tasks' scores."""
     rows = stsb_rows(shared_data, limit=60)
