@@ -35,6 +35,7 @@ _LAZY_NAMES = {
     "llm2vec_model": "st_contrast.llm2vec",
     "MonitoredTrainer": "st_contrast.callbacks",
     "enable_monitoring": "st_contrast.callbacks",
+    "evaluate_model": "st_contrast.evaluation",
 }
 
 __all__ = ["__version__", *_LAZY_NAMES]

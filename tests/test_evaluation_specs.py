@@ -44,13 +44,14 @@ def test_dict_specs_resolve_paths_against_base_dir(tmp_path, shared_data):
     write_toy_beir(tmp_path / "data" / "toy")
     specs = [
         {"type": "sts", "path": "data/dev.tsv", "name": "my-sts", "split": "dev", "max_score": 5},
-        {"type": "retrieval", "path": "data/toy", "prompt": {"query": "Find the passage"}},
+        {"type": "retrieval", "path": "data/toy", "prompt": {"query": "Find the passage"}, "languages": "deu-Latn"},
         {"type": "mteb", "name": "STSBenchmark", "splits": ["test"]},
     ]
     sts, retrieval, named = resolve_tasks(specs, base_dir=tmp_path)
     assert sts.metadata.name == "my-sts" and sts.metadata.eval_splits == ["dev"]
     assert sts.metadata.dataset["path"] == str((tmp_path / "data" / "dev.tsv").resolve())
     assert retrieval.metadata.prompt == {"query": "Find the passage"}
+    assert retrieval.metadata.eval_langs == ["deu-Latn"]  # a single YAML value is a one-element list
     assert named.metadata.name == "STSBenchmark"
     assert set(SPEC_KEYS) == {"sts", "retrieval", "mteb"}
 
@@ -90,6 +91,7 @@ def test_named_task_offline_says_the_hub_is_needed(minilm, monkeypatch):
     assert "HF_HUB_OFFLINE=1 is set" in str(info.value) and "'sts:FILE' or 'retrieval:BEIR_DIR'" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore:The task .STSBenchmark. is superseded")
 def test_named_mteb_tasks_score_like_the_local_tasks(minilm, shared_data, tmp_path):
     """MTEB's own STSBenchmark / DBPedia classes, fed the same data in memory, give the local tasks' scores."""
     rows = stsb_rows(shared_data, limit=60)
@@ -127,3 +129,34 @@ def test_results_table():
     assert lines[0].split() == ["task", "split", "metric", "before", "after", "delta"]
     assert lines[1].split() == ["sts-a", "test", "cosine_spearman", "80.00", "82.03", "+2.03"]
     assert lines[2].split() == ["retrieval-b", "test", "ndcg_at_10", "-", "51.14", "-"]
+
+
+def test_local_tasks_use_no_network_and_write_only_the_output_folder(minilm, shared_data, tmp_path, monkeypatch):
+    import socket
+
+    from mteb.evaluate import _DEFAULT_CACHE
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network access attempted")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # nothing may rely on offline mode
+    mteb_cache = _DEFAULT_CACHE.cache_path
+    cache_before = sorted(mteb_cache.rglob("*"))
+    (tmp_path / "in").mkdir()
+    sts = write_headed_sts(tmp_path / "in" / "pairs.tsv", stsb_rows(shared_data, limit=30))
+    toy = write_toy_beir(tmp_path / "in" / "toy")
+    out = tmp_path / "out"
+    evaluate_model(minilm, [{"type": "sts", "path": str(sts), "name": "pairs"}, f"retrieval:{toy}"], output_folder=out)
+    assert attempts == []
+    assert sorted(str(path.relative_to(out)) for path in out.rglob("*")) == [
+        "mteb",
+        "mteb/pairs.json",
+        "mteb/toy.json",
+        "results.json",
+    ]
+    assert sorted(mteb_cache.rglob("*")) == cache_before

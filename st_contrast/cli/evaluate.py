@@ -29,7 +29,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     parser = subcommands.add_parser(
         "eval",
         help="evaluate a model with MTEB on local files (STS, BEIR retrieval) or named MTEB tasks",
-        description=__doc__,
+        description="Evaluate a model with MTEB on local files (STS, BEIR retrieval) and named MTEB tasks.",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

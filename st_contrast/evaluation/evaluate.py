@@ -164,7 +164,7 @@ def evaluate_model(
     with preserved_rng_state(), _quiet(show_progress_bar):
         try:
             for task in task_list:
-                if not isinstance(task, _LOCAL_TASKS) and not task.data_loaded:
+                if not isinstance(task, _LOCAL_TASKS) and not task.is_aggregate and not task.data_loaded:
                     _load_named_task(task)
                     loaded_here.append(task)
             model_result = mteb.evaluate(

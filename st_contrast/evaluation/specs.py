@@ -101,10 +101,13 @@ def _from_dict(spec: Mapping[str, Any], base_dir: str | Path | None) -> AbsTask:
             f"task spec {dict(spec)!r}: unknown keys {unknown} for type {kind!r}; allowed: {sorted(SPEC_KEYS[kind])}"
         )
     options = {key: value for key, value in spec.items() if key not in ("type", "path")}
+    for key in ("languages", "splits"):  # a single value is a one-element list (YAML `languages: eng-Latn`)
+        if isinstance(options.get(key), str):
+            options[key] = [options[key]]
     if kind == "mteb":
         if not isinstance(spec.get("name"), str):
             raise TaskSpecError(f"task spec {dict(spec)!r}: type 'mteb' needs a 'name', e.g. 'STSBenchmark'")
-        return _named_task(spec["name"], spec.get("languages"), spec.get("splits"))
+        return _named_task(spec["name"], options.get("languages"), options.get("splits"))
     if "path" not in spec:
         raise TaskSpecError(f"task spec {dict(spec)!r}: type {kind!r} needs a 'path'")
     path = _resolve_path(spec["path"], base_dir, spec)
