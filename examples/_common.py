@@ -23,6 +23,7 @@ __all__ = [
     "load_config",
     "model_path",
     "nli_triplets",
+    "run_masked_lm",
     "snli_sentences",
     "stsb_dev_spearman",
     "training_losses",
@@ -82,3 +83,28 @@ def stsb_dev_spearman(
 
 def training_losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [round(entry["loss"], 4) for entry in log_history if "loss" in entry]
+
+
+def run_masked_lm(config: dict[str, Any], model: Any, tokenizer: Any, *, shifted: bool) -> None:
+    """Train ``model`` on SNLI sentences with MNTP (``shifted``) or MLM, print the loss, save on rank 0."""
+    from transformers import TrainingArguments
+
+    from st_contrast.pretraining import save_pretrained_model, tokenize_texts, train_masked_lm
+
+    output_dir = Path(config["output_dir"])
+    dataset = tokenize_texts(tokenizer, snli_sentences(config["num_texts"]), config["max_seq_length"])
+    args = TrainingArguments(output_dir=str(output_dir / "checkpoints"), **config["training"])
+    trainer = train_masked_lm(
+        model,
+        tokenizer,
+        dataset,
+        args,
+        mlm_probability=config["mlm_probability"],
+        scheme=config["scheme"],
+        shifted=shifted,
+    )
+    if trainer.is_world_process_zero():
+        losses = training_losses(trainer.state.log_history)
+        print(f"{'MNTP' if shifted else 'MLM'} loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
+        written = save_pretrained_model(model, tokenizer, output_dir / "model", mode=config["save"])
+        print(f"saved: {written}")

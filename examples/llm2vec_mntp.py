@@ -15,36 +15,17 @@ Run:
 
 from __future__ import annotations
 
-from pathlib import Path
+from _common import load_config, model_path, run_masked_lm
 
-from _common import load_config, model_path, snli_sentences, training_losses
-from transformers import TrainingArguments
-
-from st_contrast.pretraining import load_mntp_model, save_pretrained_model, tokenize_texts, train_masked_lm
+from st_contrast.pretraining import load_mntp_model
 
 
 def main() -> None:
     config = load_config(__doc__, "llm2vec_mntp")
-    output_dir = Path(config["output_dir"])
     model, tokenizer = load_mntp_model(
         model_path(config, "llama"), mask_token=config["mask_token"], lora=config.get("lora")
     )
-    dataset = tokenize_texts(tokenizer, snli_sentences(config["num_texts"]), config["max_seq_length"])
-    args = TrainingArguments(output_dir=str(output_dir / "checkpoints"), **config["training"])
-    trainer = train_masked_lm(
-        model,
-        tokenizer,
-        dataset,
-        args,
-        mlm_probability=config["mlm_probability"],
-        scheme=config["scheme"],
-        shifted=True,
-    )
-    if trainer.is_world_process_zero():
-        losses = training_losses(trainer.state.log_history)
-        print(f"MNTP loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
-        written = save_pretrained_model(model, tokenizer, output_dir / "model", mode=config["save"])
-        print(f"saved: {written}")
+    run_masked_lm(config, model, tokenizer, shifted=True)
 
 
 if __name__ == "__main__":

@@ -44,9 +44,11 @@ def test_overrides_parse_yaml_values_into_nested_keys_and_list_items(tmp_path):
             "loss.matryoshka.dims=[384, 64]",
             "data.datasets.0.max_rows=500",
             "model.backbone=stock",
+            "training.eval_strategy=no",
+            "training.use_cpu=true",
         ],
     )
-    assert config["training"] == {"max_steps": 10, "learning_rate": 2e-5}
+    assert config["training"] == {"max_steps": 10, "learning_rate": 2e-5, "eval_strategy": "no", "use_cpu": True}
     assert config["loss"]["matryoshka"] == {"dims": [384, 64]}
     assert config["data"]["datasets"][0]["max_rows"] == 500
     assert config["model"]["backbone"] == "stock"
@@ -144,3 +146,5 @@ def test_training_arguments_take_the_section_and_top_level_seed(tmp_path):
     assert args.max_steps == 5 and args.seed == 3 and args.report_to == []
     with pytest.raises(ConfigError, match="training"):
         build_training_arguments({**BASE, "training": {"max_stepz": 5}})
+    with pytest.raises(ConfigError, match="not a valid IntervalStrategy"):
+        build_training_arguments({**BASE, "training": {"eval_strategy": "sometimes"}})

@@ -180,5 +180,5 @@ def build_training_arguments(config: dict[str, Any], **extra: Any) -> SentenceTr
         options.setdefault("seed", config["seed"])
     try:
         return SentenceTransformerTrainingArguments(output_dir=str(Path(config["output_dir"])), **options)
-    except TypeError as error:
+    except (TypeError, ValueError) as error:
         raise ConfigError(f"training: {error}") from error

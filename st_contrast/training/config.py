@@ -12,7 +12,8 @@ A configuration has these sections (see ``examples/configs/quickstart.yaml`` for
     data: {...}                      # st_contrast.data specs, batch sampler, sample index
     training: {...}                  # SentenceTransformerTrainingArguments keyword arguments
     evaluation: {...}                # st_contrast.evaluation tasks, scored before and after training
-    monitoring: {...}                # st_contrast.callbacks options
+    monitoring: {...}                # st_contrast.callbacks: JSONL logs, throughput/MFU (on unless enabled: false),
+                                     # geometry probe, weight spectrum
 
 Relative paths in the configuration are relative to the current working directory.
 """
@@ -56,15 +57,23 @@ SECTIONS: dict[str, set[str] | None] = {
     },
     "training": None,
     "evaluation": {"tasks", "before", "after", "batch_size"},
-    "monitoring": None,
+    "monitoring": {"enabled", "probe", "spectrum_every", "spectrum_patterns", "peak_flops"},
 }
 REQUIRED = ("output_dir", "model", "loss", "data")
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML with 1.2-style floats: ``2e-5`` is a number (PyYAML's YAML 1.1 reads it as a string)."""
+    """YAML 1.2 scalars: ``2e-5`` is a number and only true/false are booleans (PyYAML's YAML 1.1 reads
+    ``2e-5`` as a string and ``no`` / ``on`` as booleans, so ``eval_strategy: no`` would become False)."""
 
 
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
@@ -162,9 +171,8 @@ def validate_config(config: dict[str, Any]) -> None:
             raise ConfigError(f"Section {section!r} must be a mapping, got {value!r}.")
         if unknown := sorted(set(value) - allowed):
             raise ConfigError(f"Unknown key(s) {unknown} in section {section!r}; known: {sorted(allowed)}.")
-    for section in ("training", "monitoring"):
-        if config.get(section) is not None and not isinstance(config[section], dict):
-            raise ConfigError(f"Section {section!r} must be a mapping, got {config[section]!r}.")
+    if config.get("training") is not None and not isinstance(config["training"], dict):
+        raise ConfigError(f"Section 'training' must be a mapping, got {config['training']!r}.")
     if "name_or_path" not in config["model"]:
         raise ConfigError(
             "model.name_or_path is required (a local path, a hub id, or 'minilm' for the packaged model)."

@@ -12,6 +12,7 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from st_contrast.callbacks import enable_monitoring
 from st_contrast.training.builders import (
     apply_adapters,
     build_loss,
@@ -98,8 +99,18 @@ def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
 
     sampler_arguments = _sampler_arguments(data_section, model, data.prompts, data.weights)
     args = build_training_arguments(config, prompts=data.prompts or None, **sampler_arguments)
-    callbacks = _monitoring_callbacks(config, output_dir)
-    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=data.dataset, loss=loss, callbacks=callbacks)
+    monitoring = config.get("monitoring") or {}
+    trainer = ContrastiveTrainer(
+        model=model, args=args, train_dataset=data.dataset, loss=loss, evaluator=_geometry_probe(monitoring)
+    )
+    if monitoring.get("enabled", True):
+        enable_monitoring(
+            trainer,
+            output_dir,
+            spectrum_every=int(monitoring.get("spectrum_every", 0)),
+            spectrum_patterns=monitoring.get("spectrum_patterns"),
+            peak_flops=monitoring.get("peak_flops"),
+        )
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
@@ -153,5 +164,11 @@ def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any, weight
     return arguments
 
 
-def _monitoring_callbacks(config: dict[str, Any], output_dir: Path) -> list[Any]:
-    return []
+def _geometry_probe(monitoring: dict[str, Any]) -> Any:
+    """The embedding-geometry evaluator on ``monitoring.probe`` (a dataset entry like those of ``data``), if any."""
+    if not monitoring.get("probe"):
+        return None
+    from st_contrast.callbacks import with_geometry_probe
+    from st_contrast.data import load_dataset_spec
+
+    return with_geometry_probe(None, load_dataset_spec({"name": "probe", **monitoring["probe"]}))

@@ -11,6 +11,7 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from st_contrast.callbacks.trainer_mixin import MonitoringMixin
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
@@ -19,8 +20,8 @@ __all__ = ["ContrastiveTrainer"]
 logger = logging.getLogger(__name__)
 
 
-class ContrastiveTrainer(SentenceTransformerTrainer):
-    """:class:`~sentence_transformers.SentenceTransformerTrainer` that checkpoints stateful losses.
+class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
+    """:class:`~sentence_transformers.SentenceTransformerTrainer` that checkpoints stateful losses and can be monitored.
 
     Losses such as :class:`~st_contrast.losses.GloFND` (per-anchor thresholds) and
     :class:`~st_contrast.losses.GlobalContrastiveLoss` (per-sample moving averages) keep state in buffers of the
@@ -28,7 +29,9 @@ class ContrastiveTrainer(SentenceTransformerTrainer):
     ``loss_state.pt``, and ``train(resume_from_checkpoint=...)`` restores it together with the model, optimizer,
     scheduler, RNG and data order (with :class:`~st_contrast.data.SamplerEpochCallback`, also on several ranks), so
     a resumed run continues exactly where it stopped. Stateless losses write
-    nothing extra; everything else is the stock trainer.
+    nothing extra. It includes :class:`~st_contrast.callbacks.MonitoringMixin`, so
+    :func:`~st_contrast.callbacks.enable_monitoring` can add run logs, throughput and MFU; without it, everything
+    else is the stock trainer.
 
     Example:
         ::
