@@ -90,6 +90,8 @@ def test_quickstart_small_form(tmp_path, shared_data):
             "--set", "data.datasets.0.max_rows=128",
             "--set", "training.max_steps=2",
             "--set", "training.save_steps=1",
+            "--set", "training.logging_steps=1",
+            "--set", "training.eval_steps=2",
         ]
     )  # fmt: skip
     assert code == 0
@@ -97,6 +99,12 @@ def test_quickstart_small_form(tmp_path, shared_data):
     task = "stsbenchmark-test"
     assert metrics["before"][task]["main_score"] == pytest.approx(0.8203, abs=5e-5)
     assert metrics["train"]["epoch"] > 0 and (output_dir / "config.yaml").is_file()
+    log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2] and all(entry["tokens_seen"] > 0 for entry in log)
+    evaluations = [json.loads(line) for line in (output_dir / "eval.jsonl").read_text().splitlines()]
+    assert 0 < evaluations[-1]["eval_geometry_effective_rank"] <= 384
+    assert main(["describe", str(output_dir)]) == 0
+    assert (output_dir / "plots" / "loss.png").stat().st_size > 10_000
 
     reloaded = st_contrast.load_model(str(output_dir / "model"), device="cpu")
     assert type(reloaded[0]).__name__ == "FlashTransformer"
