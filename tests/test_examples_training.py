@@ -29,9 +29,8 @@ def scores(output: str, label: str) -> list[str]:
 @pytest.mark.slow
 def test_train_nli_mixture_under_torchrun_two_cpu_processes(tmp_path):
     launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    out = run_example(
-        "train_nli.py", "--rows=48", "--batch-size=4", "--max-steps=3", f"--output-dir={tmp_path}", launcher=launcher
-    )
+    args = ("--rows=48", "--batch-size=4", "--max-steps=3", "--sts-pairs=300", f"--output-dir={tmp_path}")
+    out = run_example("train_nli.py", *args, launcher=launcher)
     assert len(scores(out, "STS-B dev Spearman")) == 4, out  # before and after, printed by both processes
     assert (tmp_path / "final" / "modules.json").is_file()
 
@@ -46,7 +45,7 @@ def test_train_nli_mixture_under_torchrun_two_cpu_processes(tmp_path):
 )
 def test_sts_examples_under_accelerate_launch(script, args, tmp_path):
     launcher = ("-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples/accelerate/cpu.yaml"))
-    out = run_example(script, *args, f"--output-dir={tmp_path}", launcher=launcher)
+    out = run_example(script, *args, "--sts-pairs=200", f"--output-dir={tmp_path}", launcher=launcher)
     before, after = re.search(r"before:? +(.+)", out), re.search(r"after:? +(.+)", out)
     assert before and after, out
     if script == "train_matryoshka.py":
