@@ -17,7 +17,15 @@ from loss_helpers import gradients, tiny_model, tokenize_columns
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from torch.nn.parallel import DistributedDataParallel
 
-from st_contrast.losses import CachedInfoNCELoss, GlobalContrastiveLoss, GloFND, InfoNCELoss, SigLIPLoss
+from st_contrast.losses import (
+    CachedInfoNCELoss,
+    CLIPLoss,
+    GlobalContrastiveLoss,
+    GloFND,
+    InfoNCELoss,
+    SigLIPLoss,
+    SimCSELoss,
+)
 from st_contrast.modules import LogitScale
 
 LOSSES = {
@@ -31,6 +39,9 @@ LOSSES = {
     "GlobalContrastiveLoss": lambda model, gather: GlobalContrastiveLoss(
         model, num_samples=8, temperature_scheme="learnable", gather_across_devices=gather
     ),
+    "CLIPLoss": lambda model, gather: CLIPLoss(model, gather_across_devices=gather),
+    # supervised SimCSE on (anchor, positive, negative); cached, so each view is its own forward pass
+    "SimCSELoss": lambda model, gather: SimCSELoss(model, gather_across_devices=gather, mini_batch_size=3),
 }
 
 
@@ -50,7 +61,10 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
     loss_fn = LOSSES[name](model, True)
     # find_unused_parameters=True as SentenceTransformerTrainer wraps it: ST embeds the anchor column in a forward
     # pass of its own, and DDP with the default False silently skips the gradient sync of two forward passes.
-    loss_fn.model = DistributedDataParallel(model, find_unused_parameters=True)
+    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    for module in list(loss_fn.modules()):  # nested losses (SimCSE's inner loss) too, as ST's trainer does
+        if getattr(module, "model", None) is model:
+            module.model = ddp
     sample_indices = torch.arange(len(columns[0]))
     loss = loss_fn(tokenize_columns(model, local_columns), sample_indices[rank * per_rank : (rank + 1) * per_rank])
     loss.backward()

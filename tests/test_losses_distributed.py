@@ -35,7 +35,7 @@ def test_gathered_info_nce_equals_single_process_and_temperature_stays_synced(
         "distributed_losses_worker.py", tiny_model_factory("bert"), str(tmp_path / "columns.json"), str(report_path)
     )
     report = json.loads(report_path.read_text())
-    for name in ("InfoNCELoss", "CachedInfoNCELoss", "SigLIPLoss", "GlobalContrastiveLoss"):
+    for name in ("InfoNCELoss", "CachedInfoNCELoss", "SigLIPLoss", "GlobalContrastiveLoss", "CLIPLoss", "SimCSELoss"):
         assert report[name]["loss"] < 1e-5, report
         assert report[name]["gradients"] < 1e-5, report
     assert report["GlobalContrastiveLoss"]["state"] < 1e-5, "the moving averages u differ from one process"
