@@ -148,3 +148,14 @@ def test_training_arguments_take_the_section_and_top_level_seed(tmp_path):
         build_training_arguments({**BASE, "training": {"max_stepz": 5}})
     with pytest.raises(ConfigError, match="not a valid IntervalStrategy"):
         build_training_arguments({**BASE, "training": {"eval_strategy": "sometimes"}})
+
+
+def test_dataset_fallback_applies_only_when_the_local_path_is_missing(tmp_path):
+    from st_contrast.training.run import _with_fallback
+
+    fallback = {"path": "sentence-transformers/all-nli", "subset": "triplet", "split": "train"}
+    missing = {"name": "nli", "path": str(tmp_path / "nope.tsv.gz"), "objective": "triplet", "fallback": fallback}
+    assert _with_fallback(missing) == {"name": "nli", "objective": "triplet", **fallback}
+    (tmp_path / "here.tsv").write_text("anchor\tpositive\tnegative\n", encoding="utf8")
+    present = {**missing, "path": str(tmp_path / "here.tsv")}
+    assert _with_fallback(present) == {"name": "nli", "path": str(tmp_path / "here.tsv"), "objective": "triplet"}
