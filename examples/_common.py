@@ -20,6 +20,7 @@ from sentence_transformers import SentenceTransformer
 from st_contrast.training.config import apply_overrides, read_yaml
 
 __all__ = [
+    "SHARED_DATA",
     "load_config",
     "model_path",
     "nli_triplets",
