@@ -159,3 +159,16 @@ def test_dataset_fallback_applies_only_when_the_local_path_is_missing(tmp_path):
     (tmp_path / "here.tsv").write_text("anchor\tpositive\tnegative\n", encoding="utf8")
     present = {**missing, "path": str(tmp_path / "here.tsv")}
     assert _with_fallback(present) == {"name": "nli", "path": str(tmp_path / "here.tsv"), "objective": "triplet"}
+
+
+def test_build_model_makes_a_decoder_bidirectional(tiny_model_factory):
+    from st_contrast.modules import is_bidirectional
+
+    section = {"name_or_path": tiny_model_factory("llama"), "pooling": "lasttoken"}
+    assert not is_bidirectional(build_model(section))
+    assert is_bidirectional(build_model({**section, "bidirectional": True}))
+    # Token 0's state (stock padded backbone, for token outputs) changes with a later word only when bidirectional.
+    for bidirectional in (False, True):
+        model = build_model({**section, "backbone": "stock", "bidirectional": bidirectional})
+        first = [model.encode(text, output_value="token_embeddings")[0] for text in ("a man runs", "a man sits")]
+        assert torch.allclose(first[0], first[1]) is not bidirectional

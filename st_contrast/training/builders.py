@@ -55,8 +55,9 @@ def build_model(section: dict[str, Any]) -> SentenceTransformer:
     ``minilm``); ``backbone`` (``flash``, the default: packed :class:`~st_contrast.modules.FlashTransformer`;
     ``stock``: keep ST's padded ``Transformer``); ``attention_backend`` (FlashTransformer's, default ``auto``);
     ``max_seq_length``; ``pooling`` (a ``Pooling`` mode, replaces the model's pooling); ``normalize`` (append a
-    ``Normalize`` module when the model has none); ``model_kwargs`` / ``tokenizer_kwargs`` (to the backbone);
-    ``device``.
+    ``Normalize`` module when the model has none); ``bidirectional`` (a decoder made bidirectional, LLM2Vec
+    style, with :func:`~st_contrast.modules.set_causal`; persisted in its ``config.json``);
+    ``model_kwargs`` / ``tokenizer_kwargs`` (to the backbone); ``device``.
     """
     from st_contrast.conversion import to_flash
     from st_contrast.loading import load_model
@@ -82,6 +83,10 @@ def build_model(section: dict[str, Any]) -> SentenceTransformer:
         _replace_pooling(model, section["pooling"])
     if section.get("normalize") and not any(isinstance(module, Normalize) for module in model.children()):
         model.append(Normalize())
+    if "bidirectional" in section:
+        from st_contrast.modules import set_causal
+
+        set_causal(model, not section["bidirectional"])
     return model
 
 

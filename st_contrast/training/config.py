@@ -41,6 +41,7 @@ SECTIONS: dict[str, set[str] | None] = {
         "max_seq_length",
         "pooling",
         "normalize",
+        "bidirectional",
         "model_kwargs",
         "tokenizer_kwargs",
         "device",
