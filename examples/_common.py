@@ -21,6 +21,7 @@ from st_contrast.training.config import apply_overrides, read_yaml
 
 __all__ = [
     "SHARED_DATA",
+    "finish_run",
     "load_config",
     "model_path",
     "nli_triplets",
@@ -84,6 +85,24 @@ def stsb_dev_spearman(
 
 def training_losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [round(entry["loss"], 4) for entry in log_history if "loss" in entry]
+
+
+def finish_run(trainer: Any, model: SentenceTransformer, config: dict[str, Any], label: str, score: Any) -> None:
+    """On rank 0: print the first and last training loss and ``score()`` after training, then save the model
+    (LoRA merged into a standalone model) to ``output_dir/model``."""
+    from st_contrast.adapters import merge_and_save
+
+    if not trainer.is_world_process_zero():
+        return
+    losses = training_losses(trainer.state.log_history)
+    print(f"{label} loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
+    print(f"STS-B dev Spearman after: {score():.2f}")
+    save_dir = Path(config["output_dir"]) / "model"
+    if config.get("lora"):
+        merge_and_save(model, save_dir)
+    else:
+        model.save(str(save_dir))
+    print(f"saved: {save_dir}")
 
 
 def run_masked_lm(config: dict[str, Any], model: Any, tokenizer: Any, *, shifted: bool) -> None:

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import load_config, model_path, snli_sentences, stsb_dev_spearman, training_losses
+from _common import finish_run, load_config, model_path, snli_sentences, stsb_dev_spearman
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from st_contrast.adapters import merge_and_save
 from st_contrast.llm2vec import llm2vec_model
 from st_contrast.losses import SimCSELoss
 
@@ -44,13 +43,7 @@ def main() -> None:
     loss = SimCSELoss(model, temperature=config["temperature"], mini_batch_size=config.get("mini_batch_size"))
     trainer = SentenceTransformerTrainer(model=model, args=args, train_dataset=train, loss=loss)
     trainer.train()
-    if trainer.is_world_process_zero():
-        losses = training_losses(trainer.state.log_history)
-        print(f"SimCSE loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
-        print(f"STS-B dev Spearman after: {stsb_dev_spearman(model, limit=limit):.2f}")
-        save_dir = output_dir / "model"
-        merge_and_save(model, save_dir) if config.get("lora") else model.save(str(save_dir))
-        print(f"saved: {save_dir}")
+    finish_run(trainer, model, config, "SimCSE", lambda: stsb_dev_spearman(model, limit=limit))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import load_config, model_path, nli_triplets, stsb_dev_spearman, training_losses
+from _common import finish_run, load_config, model_path, nli_triplets, stsb_dev_spearman
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
 
-from st_contrast.adapters import merge_and_save
 from st_contrast.llm2vec import llm2vec_model
 from st_contrast.losses import InfoNCELoss
 
@@ -49,13 +48,7 @@ def main() -> None:
         model=model, args=args, train_dataset=nli_triplets(config["num_triplets"]), loss=loss
     )
     trainer.train()
-    if trainer.is_world_process_zero():
-        losses = training_losses(trainer.state.log_history)
-        print(f"supervised loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
-        print(f"STS-B dev Spearman after: {stsb_dev_spearman(model, sts_prompt, limit):.2f}")
-        save_dir = output_dir / "model"
-        merge_and_save(model, save_dir) if config.get("lora") else model.save(str(save_dir))
-        print(f"saved: {save_dir}")
+    finish_run(trainer, model, config, "supervised", lambda: stsb_dev_spearman(model, sts_prompt, limit))
 
 
 if __name__ == "__main__":

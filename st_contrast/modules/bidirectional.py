@@ -80,6 +80,18 @@ class _EmbeddingBackbone:
 
     _extra_config_keys = ["bidirectional", "append_eos", "sgpt_brackets"]
 
+    def __init__(
+        self,
+        model_name_or_path: str,
+        *,
+        bidirectional: bool = True,
+        append_eos: bool = True,
+        sgpt_brackets: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(model_name_or_path, **kwargs)  # Transformer or FlashTransformer, by the class's bases
+        self._setup_embedding(bidirectional, append_eos, sgpt_brackets)
+
     def _setup_embedding(self, bidirectional: bool, append_eos: bool, sgpt_brackets: bool) -> None:
         self.bidirectional = bidirectional
         self.append_eos = append_eos
@@ -177,18 +189,6 @@ class BidirectionalTransformer(_EmbeddingBackbone, Transformer):
 
     config_keys: list[str] = [*Transformer.config_keys, *_EmbeddingBackbone._extra_config_keys]
 
-    def __init__(
-        self,
-        model_name_or_path: str,
-        *,
-        bidirectional: bool = True,
-        append_eos: bool = True,
-        sgpt_brackets: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model_name_or_path, **kwargs)
-        self._setup_embedding(bidirectional, append_eos, sgpt_brackets)
-
 
 class BidirectionalFlashTransformer(_EmbeddingBackbone, FlashTransformer):
     """:class:`BidirectionalTransformer` on a packed :class:`~st_contrast.modules.FlashTransformer`.
@@ -205,15 +205,3 @@ class BidirectionalFlashTransformer(_EmbeddingBackbone, FlashTransformer):
     """
 
     config_keys: list[str] = [*FlashTransformer.config_keys, *_EmbeddingBackbone._extra_config_keys]
-
-    def __init__(
-        self,
-        model_name_or_path: str,
-        *,
-        bidirectional: bool = True,
-        append_eos: bool = True,
-        sgpt_brackets: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(model_name_or_path, **kwargs)
-        self._setup_embedding(bidirectional, append_eos, sgpt_brackets)
