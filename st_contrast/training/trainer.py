@@ -28,10 +28,10 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
     loss, outside the model. Every checkpoint written by this trainer also holds that state in
     ``loss_state.pt``, and ``train(resume_from_checkpoint=...)`` restores it together with the model, optimizer,
     scheduler, RNG and data order (with :class:`~st_contrast.data.SamplerEpochCallback`, also on several ranks), so
-    a resumed run continues exactly where it stopped. Stateless losses write
-    nothing extra. It includes :class:`~st_contrast.callbacks.MonitoringMixin`, so
-    :func:`~st_contrast.callbacks.enable_monitoring` can add run logs, throughput and MFU; without it, everything
-    else is the stock trainer.
+    a resumed run continues exactly where it stopped. Stateless losses write nothing extra.
+
+    It includes :class:`~st_contrast.callbacks.MonitoringMixin`, so :func:`~st_contrast.callbacks.enable_monitoring`
+    can add run logs, throughput and MFU; without that call, everything else is the stock trainer.
 
     Example:
         ::
