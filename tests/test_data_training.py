@@ -59,7 +59,7 @@ def make_trainer(model, data, loss, tmp_path, epoch_callback=True, **overrides):
         "use_cpu": True,
         "seed": 7,
         "prompts": data.prompts,
-        "batch_sampler": partial(TokenBudgetBatchSampler, max_tokens=8 * 24, tokenizer=model),
+        "batch_sampler": partial(TokenBudgetBatchSampler, max_tokens=8 * 24, tokenizer=model, prompts=data.prompts),
         "multi_dataset_batch_sampler": SingleDatasetBatchSampler,
     }
     args = SentenceTransformerTrainingArguments(**{**settings, **overrides})
@@ -118,21 +118,25 @@ def test_glofnd_reads_the_sample_index_column_of_a_mixture(tiny_model_factory, s
 
 
 def test_resume_continues_the_sampler_order_from_the_checkpoint(tiny_model_factory, shared_data, tmp_path):
-    data = mixture(shared_data, tmp_path, rows=(24, 16))  # 7 batches per epoch: step 9 is in the second epoch
+    data = mixture(shared_data, tmp_path, rows=(24, 16))
+
+    def trainer_for(save_steps, max_steps):
+        model = tiny_model(tiny_model_factory("bert"))
+        overrides = {"max_steps": max_steps, "save_strategy": "steps", "save_steps": save_steps}
+        return make_trainer(model, data, MultipleNegativesRankingLoss(model), tmp_path, **overrides)
+
+    steps_per_epoch = len(trainer_for(1, 1).get_train_dataloader())
+    checkpoint = steps_per_epoch + 1  # in the second epoch: the resumed run must continue that epoch's order
 
     def run(resume=None):
-        model = tiny_model(tiny_model_factory("bert"))
-        overrides = {"max_steps": 10, "save_strategy": "steps", "save_steps": 8}
-        trainer = make_trainer(model, data, MultipleNegativesRankingLoss(model), tmp_path, **overrides)
+        trainer = trainer_for(checkpoint, checkpoint + 2)
         trainer.train(resume_from_checkpoint=resume)
-        batches = [[row["anchor"] for row in features] for features, _ in trainer.data_collator.batches]
-        return batches, len(trainer.get_train_dataloader())
+        return [[row["anchor"] for row in features] for features, _ in trainer.data_collator.batches]
 
-    full, steps_per_epoch = run()
-    assert steps_per_epoch < 8, "the checkpoint should fall in the second epoch"
+    full = run()
     assert full[:2] != full[steps_per_epoch : steps_per_epoch + 2], "the second epoch repeats the first one's order"
-    resumed, _ = run(resume=str(tmp_path / "out" / "checkpoint-8"))
-    assert resumed[:2] == full[8:10], "the resumed run did not continue where the checkpoint stopped"
+    resumed = run(resume=str(tmp_path / "out" / f"checkpoint-{checkpoint}"))
+    assert resumed[:2] == full[checkpoint : checkpoint + 2], "the resumed run did not continue where it stopped"
 
 
 @pytest.mark.slow

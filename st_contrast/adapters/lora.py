@@ -11,6 +11,7 @@ from transformers import PreTrainedModel
 
 from st_contrast.adapters.backbones import backbone_models
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
+from st_contrast.compat import require_adapter_support
 
 __all__ = ["LORA_PRESETS", "add_lora", "linear_layer_names"]
 
@@ -57,6 +58,10 @@ def add_lora(
     Returns:
         The resulting :class:`~st_contrast.adapters.ParameterCount`.
 
+    Raises:
+        st_contrast.compat.CompatibilityError: The installed transformers refuses the installed peft (its adapter
+            integration has a peft floor); the message says what to install.
+
     Example:
         ::
 
@@ -67,6 +72,7 @@ def add_lora(
             print(add_lora(model, "encoder", r=16, alpha=32))
             model.save("output/minilm-lora")  # adapter only; SentenceTransformer("output/minilm-lora") reloads it
     """
+    require_adapter_support()
     for backbone in backbone_models(model):
         config = (
             copy.deepcopy(preset_or_config)

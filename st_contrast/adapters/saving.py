@@ -9,6 +9,8 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer
 
+from st_contrast.compat import require_adapter_support
+
 __all__ = ["adapter_bases", "check_adapter_bases", "load_adapter_model", "relink_adapter_base"]
 
 _ADAPTER_CONFIG = "adapter_config.json"
@@ -37,6 +39,7 @@ def adapter_bases(model_dir: str | Path) -> dict[str, str]:
 def check_adapter_bases(model_dir: str | Path) -> None:
     """Raise a clear error when a saved adapter model cannot be reloaded.
 
+    :class:`~st_contrast.compat.CompatibilityError` when the installed transformers refuses the installed peft,
     ``FileNotFoundError`` when an adapter's local base model is gone (without this check the
     loader treats the missing path as a hub id and fails with an unrelated "Repo id must be in the
     form ..." message; hub ids are left to the normal loader), ``ValueError`` for adapters inside a
@@ -45,7 +48,10 @@ def check_adapter_bases(model_dir: str | Path) -> None:
     Args:
         model_dir: A directory written by ``model.save(...)``.
     """
-    for adapter_dir, base in adapter_bases(model_dir).items():
+    bases = adapter_bases(model_dir)
+    if bases:
+        require_adapter_support()
+    for adapter_dir, base in bases.items():
         if adapter_dir != ".":
             raise ValueError(
                 f"The adapter in {Path(model_dir) / adapter_dir} sits in a module subfolder (a Router tower): "

@@ -11,24 +11,37 @@ from st_contrast.cli import describe, evaluate, train
 __all__ = ["main"]
 
 
+_VERSIONED = ("sentence-transformers", "transformers", "peft", "accelerate", "datasets", "mteb", "torch")
+
+
 def _info(_: argparse.Namespace) -> int:
-    """Print versions and which attention backends can run on this machine."""
-    import sentence_transformers
+    """Print versions, known-broken version combinations, and which attention backends can run here."""
+    from importlib import metadata
+
     import torch
-    import transformers
 
     import st_contrast
     from st_contrast.attention import available_backends
+    from st_contrast.compat import adapter_support_problem
 
+    versions = {}
+    for package in _VERSIONED:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    problem = adapter_support_problem()
     report = {
         "st_contrast": st_contrast.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "transformers": transformers.__version__,
-        "torch": torch.__version__,
+        **versions,
         "cuda": torch.cuda.is_available(),
+        "lora_adapters": problem or "available",
         "attention_backends": {name: reason or "available" for name, reason in available_backends().items()},
     }
     print(json.dumps(report, indent=2))
+    if problem:
+        print(f"st-contrast info: BROKEN COMBINATION: {problem}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -45,11 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from st_contrast.compat import CompatibilityError
     from st_contrast.training.config import ConfigError
 
     try:
         return args.func(args)
-    except ConfigError as error:
+    except (ConfigError, CompatibilityError) as error:
         print(f"st-contrast {args.command}: error: {error}", file=sys.stderr)
         return 2
 
