@@ -36,7 +36,7 @@ from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast.attention import cu_seqlens_from_lengths, resolve_backend
 from st_contrast.attention.backends import get_kernel
-from st_contrast.modules import FlashTransformer
+from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -198,7 +198,7 @@ def main() -> None:
         "torch": torch.__version__,
         "model": args.model_name,
         "batch_size": args.batch_size,
-        "flash_backend": flash[0].resolved_attention_backend,
+        "flash_backend": resolved_attention_backend(flash[0]),
     }
     train = {"stock": bench_train(stock, batches, args.warmup), "flash": bench_train(flash, batches, args.warmup)}
     train["ratio"] = train["flash"]["tokens_per_s"] / train["stock"]["tokens_per_s"]

@@ -21,7 +21,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
 import st_contrast
-from st_contrast.modules import FlashTransformer
+from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
 STSB_TEST = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sts" / "stsbenchmark" / "test.tsv.gz"
 
@@ -46,7 +46,7 @@ def main() -> None:
     stock = SentenceTransformer(path, device="cpu")
     backbone = FlashTransformer(path, max_seq_length=stock.max_seq_length, attention_backend="auto")
     flash = SentenceTransformer(modules=[backbone, Pooling(384, pooling_mode="mean"), Normalize()], device="cpu")
-    print(backbone)
+    print(f"{type(backbone).__name__} packed, attention kernel {resolved_attention_backend(backbone)!r}")
 
     evaluator = stsb_evaluator(STSB_TEST)
     stock_score = evaluator(stock)["stsb-test_spearman_cosine"]
@@ -56,7 +56,8 @@ def main() -> None:
     flash.save(args.output_dir)
     reloaded = st_contrast.load_model(args.output_dir, device="cpu")
     reloaded_score = evaluator(reloaded)["stsb-test_spearman_cosine"]
-    print(f"reloaded from {args.output_dir}: backend {reloaded[0].attention_backend!r}, {reloaded_score * 100:.2f}")
+    backend = resolved_attention_backend(reloaded[0])
+    print(f"reloaded from {args.output_dir}: packed ({backend}), {reloaded_score * 100:.2f}")
     if abs(flash_score - stock_score) > 1e-4 or abs(reloaded_score - flash_score) > 1e-6:
         raise SystemExit("FlashTransformer scores differ from the stock model")
 

@@ -21,8 +21,8 @@ from _common import finish_run, load_config, model_path, snli_sentences, stsb_de
 from datasets import Dataset
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from st_contrast.llm2vec import llm2vec_model
 from st_contrast.losses import SimCSELoss
+from st_contrast.recipes import llm2vec_model
 
 
 def main() -> None:
@@ -31,7 +31,8 @@ def main() -> None:
     model = llm2vec_model(
         model_path(config, "llama"),
         pooling_mode=config["pooling_mode"],
-        attention_backend=config.get("attention_backend"),
+        packed=config.get("packed", False),
+        attention_backend=config.get("attention_backend") or "auto",
         attention_dropout=config["simcse_dropout"],
         max_seq_length=config["max_seq_length"],
         lora=config.get("lora"),

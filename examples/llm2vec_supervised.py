@@ -21,8 +21,8 @@ from _common import finish_run, load_config, model_path, nli_triplets, stsb_dev_
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
 
-from st_contrast.llm2vec import llm2vec_model
 from st_contrast.losses import InfoNCELoss
+from st_contrast.recipes import llm2vec_model
 
 
 def main() -> None:
@@ -31,7 +31,8 @@ def main() -> None:
     model = llm2vec_model(
         model_path(config, "llama"),
         pooling_mode=config["pooling_mode"],
-        attention_backend=config.get("attention_backend"),
+        packed=config.get("packed", False),
+        attention_backend=config.get("attention_backend") or "auto",
         max_seq_length=config["max_seq_length"],
         lora=config.get("lora"),
     )

@@ -22,7 +22,7 @@ from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimil
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
 import st_contrast
-from st_contrast.callbacks import MonitoredTrainer
+from st_contrast import ContrastiveTrainer
 from st_contrast.cli.main import main as st_contrast_main
 
 
@@ -71,7 +71,7 @@ def main() -> int:
         use_cpu=True,
         seed=12,
     )
-    trainer = MonitoredTrainer(
+    trainer = ContrastiveTrainer(
         model=model,
         args=training_args,
         train_dataset=train,

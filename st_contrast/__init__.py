@@ -8,19 +8,35 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY_NAMES = {
+    # training
+    "ContrastiveTrainer": "st_contrast.training",
+    "MonitoredTrainer": "st_contrast.training",
+    "enable_monitoring": "st_contrast.callbacks",
+    # model I/O
+    "load_model": "st_contrast.model_io",
+    "export_model": "st_contrast.model_io",
+    "load_adapter_model": "st_contrast.model_io",
+    "relink_adapter_base": "st_contrast.model_io",
+    # modules and modes
     "FlashTransformer": "st_contrast.modules",
-    "load_model": "st_contrast.loading",
-    "to_flash": "st_contrast.conversion",
+    "to_flash": "st_contrast.modules",
+    "enable_packing": "st_contrast.modules",
+    "disable_packing": "st_contrast.modules",
+    "BidirectionalTransformer": "st_contrast.modules",
+    "BidirectionalFlashTransformer": "st_contrast.modules",
+    "InstructionPooling": "st_contrast.modules",
+    "set_causal": "st_contrast.modules",
     "available_backends": "st_contrast.attention",
+    # adapters
     "apply_bitfit": "st_contrast.adapters",
     "add_lora": "st_contrast.adapters",
     "freeze": "st_contrast.adapters",
     "lock": "st_contrast.adapters",
     "merge_and_save": "st_contrast.adapters",
-    "LogitScale": "st_contrast.modules",
+    # losses
     "InfoNCELoss": "st_contrast.losses",
     "CachedInfoNCELoss": "st_contrast.losses",
     "CLIPLoss": "st_contrast.losses",
@@ -28,13 +44,10 @@ _LAZY_NAMES = {
     "SimCSELoss": "st_contrast.losses",
     "GloFND": "st_contrast.losses",
     "GlobalContrastiveLoss": "st_contrast.losses",
-    "BidirectionalTransformer": "st_contrast.modules",
-    "BidirectionalFlashTransformer": "st_contrast.modules",
-    "InstructionPooling": "st_contrast.modules",
-    "set_causal": "st_contrast.modules",
-    "llm2vec_model": "st_contrast.llm2vec",
-    "MonitoredTrainer": "st_contrast.callbacks",
-    "enable_monitoring": "st_contrast.callbacks",
+    # recipes and evaluation
+    "llm2vec_model": "st_contrast.recipes",
+    "sgpt_bitfit_model": "st_contrast.recipes",
+    "asymmetric_model": "st_contrast.recipes",
     "evaluate_model": "st_contrast.evaluation",
 }
 

@@ -18,6 +18,7 @@ __all__ = [
     "CompatibilityError",
     "KNOWN_PEFT_FLOORS",
     "adapter_support_problem",
+    "load_with_module_classes",
     "require_adapter_support",
     "transformers_min_peft_version",
 ]
@@ -53,7 +54,9 @@ def transformers_min_peft_version() -> Version | None:
 
         return Version(MIN_PEFT_VERSION)
     except (ImportError, AttributeError):
-        floors = [Version(peft) for release, peft in KNOWN_PEFT_FLOORS.items() if Version(release) <= transformers_version]
+        floors = [
+            Version(peft) for release, peft in KNOWN_PEFT_FLOORS.items() if Version(release) <= transformers_version
+        ]
         return max(floors) if floors else None
 
 
@@ -96,3 +99,20 @@ def require_adapter_support() -> None:
     """Raise :class:`CompatibilityError` (one line, with the fix) when :func:`adapter_support_problem` finds one."""
     if problem := adapter_support_problem():
         raise CompatibilityError(problem)
+
+
+def load_with_module_classes(model_class: type, model_name_or_path: str, module_classes: dict[str, type], **kwargs):
+    """Load a saved model, resolving the ``modules.json`` types in ``module_classes`` to those imported classes.
+
+    Hook: ``BaseModel._load_with_module_classes`` (sentence-transformers >= 6.0), what its trainer uses to reload
+    its own checkpoints. Every type not in ``module_classes`` keeps the normal ``trust_remote_code`` gate.
+    """
+    loader = getattr(model_class, "_load_with_module_classes", None)
+    if loader is None:
+        raise CompatibilityError(
+            f"sentence-transformers {_installed('sentence-transformers')} has no "
+            f"{model_class.__name__}._load_with_module_classes, which st_contrast.load_model needs for models that "
+            f"name st_contrast modules. Install the range st_contrast declares, or load with "
+            f"{model_class.__name__}({model_name_or_path!r}, trust_remote_code=True) after checking the directory."
+        )
+    return loader(model_name_or_path, module_classes, **kwargs)

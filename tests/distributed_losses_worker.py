@@ -26,7 +26,6 @@ from st_contrast.losses import (
     SigLIPLoss,
     SimCSELoss,
 )
-from st_contrast.modules import LogitScale
 
 LOSSES = {
     "InfoNCELoss": lambda model, gather: InfoNCELoss(
@@ -120,10 +119,11 @@ def train_and_compare_ranks(model_path: str, columns: list[list[str]], output_di
         seed=dist.get_rank(),  # different per-rank data order must not desync the temperature
     )
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
-    state = torch.cat([param.detach().flatten() for param in model.parameters()])
+    trained = [*model.parameters(), *loss.learned_temperature.parameters()]  # the temperature belongs to the loss
+    state = torch.cat([param.detach().flatten() for param in trained])
     gathered = [torch.zeros_like(state) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, state)
-    logit_scale = next(module for module in model if isinstance(module, LogitScale)).logit_scale.detach()
+    logit_scale = loss.learned_temperature.logit_scale.detach()
     return {
         "rank_difference": float((gathered[0] - gathered[1]).abs().max()),
         "temperature_moved": abs(float(logit_scale) - float(torch.tensor(20.0).log())),

@@ -16,10 +16,10 @@ from loss_helpers import tiny_model
 from sentence_transformers import SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from st_contrast.callbacks import MonitoredTrainer
+from st_contrast import ContrastiveTrainer
 
 
-class RecordingTrainer(MonitoredTrainer):
+class RecordingTrainer(ContrastiveTrainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         masks = [value for key, value in inputs.items() if key.endswith("_attention_mask")]
         self.seen.append(

@@ -9,8 +9,9 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from st_contrast.adapters import asymmetric_model, freeze, lock
+from st_contrast.adapters import freeze, lock
 from st_contrast.modules import FlashTransformer
+from st_contrast.recipes import asymmetric_model
 
 # Parameter-name prefixes of the embedding block and the first layer, written out per architecture.
 FROZEN_PREFIXES = {

@@ -13,8 +13,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from st_contrast import load_model
-from st_contrast.adapters import add_lora, load_adapter_model, merge_and_save, relink_adapter_base
+from st_contrast import load_adapter_model, load_model, relink_adapter_base
+from st_contrast.adapters import add_lora, merge_and_save
 from st_contrast.modules import FlashTransformer
 
 CASES = [

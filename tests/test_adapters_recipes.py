@@ -10,8 +10,9 @@ from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast import load_model
-from st_contrast.adapters import add_lora, asymmetric_model, linear_stack, merge_and_save, sgpt_bitfit_model
+from st_contrast.adapters import add_lora, merge_and_save
 from st_contrast.modules import FlashTransformer
+from st_contrast.recipes import asymmetric_model, linear_stack, sgpt_bitfit_model
 
 
 def stock_model(path: str, pooling_mode: str) -> SentenceTransformer:
@@ -25,9 +26,10 @@ def test_sgpt_bitfit_decoder_with_linear_stacks(tiny_model_factory, snli_sentenc
     path = tiny_model_factory("qwen2")
     texts = snli_sentences[:12]
     model = sgpt_bitfit_model(
-        path, backbone_class=FlashTransformer, linear_before=1, linear_after=2, attention_backend="cpu", device="cpu"
+        path, packed=True, linear_before=1, linear_after=2, attention_backend="sdpa", device="cpu"
     )
-    assert [type(m).__name__ for m in model] == ["FlashTransformer", "Dense", "Pooling", "Dense", "Dense"]
+    assert [type(m).__name__ for m in model] == ["Transformer", "Dense", "Pooling", "Dense", "Dense"]
+    assert isinstance(model[0], FlashTransformer)
     # Identity-initialised stacks: the recipe starts from the stock weighted-mean embeddings.
     torch.testing.assert_close(embed(model, texts), embed(stock_model(path, "weightedmean"), texts), atol=1e-5, rtol=0)
 

@@ -94,7 +94,8 @@ def test_empty_sequences_are_refused():
 
 
 def test_auto_resolution_on_cpu():
-    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "cpu"
-    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "cpu"
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "sdpa"
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
+    assert resolve_backend("cpu", torch.device("cpu"), torch.float32) == "sdpa"  # the former name still works
     with pytest.raises(ValueError, match="Unknown attention backend"):
-        resolve_backend("sdpa", torch.device("cpu"), torch.float32)
+        resolve_backend("xformers", torch.device("cpu"), torch.float32)

@@ -11,12 +11,13 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 from transformers import TrainerCallback
 
-from st_contrast.callbacks import MonitoredTrainer, ThroughputMonitor, enable_monitoring, read_jsonl, weight_spectrum
+from st_contrast import ContrastiveTrainer
+from st_contrast.callbacks import ThroughputMonitor, enable_monitoring, read_jsonl, weight_spectrum
 from st_contrast.callbacks.batch_stats import batch_stats
 from st_contrast.modules import FlashTransformer
 
 
-class RecordingTrainer(MonitoredTrainer):
+class RecordingTrainer(ContrastiveTrainer):
     """Records, independently of the monitor, the real tokens of every batch it trains on."""
 
     def training_step(self, model, inputs, num_items_in_batch=None):
@@ -109,7 +110,7 @@ def test_packed_batches_count_the_same_tokens(tmp_path, tiny_model_factory):
         model = tiny_model(path, packed=packed)
         dataset = Dataset.from_dict({"anchor": sentences(16), "positive": sentences(16, 50)})
         args = train_args(tmp_path / str(packed), seed=3)
-        trainer = MonitoredTrainer(
+        trainer = ContrastiveTrainer(
             model=model, args=args, train_dataset=dataset, loss=MultipleNegativesRankingLoss(model)
         )
         batch = trainer.data_collator([dataset[i] for i in range(4)])
@@ -160,7 +161,7 @@ def test_log_has_one_line_per_step_across_resume(tmp_path, tiny_model_factory, r
 def test_spectrum_logged_every_n_steps(tmp_path, tiny_model_factory):
     model = tiny_model(tiny_model_factory("bert"))
     dataset = Dataset.from_dict({"anchor": sentences(16), "positive": sentences(16, 50)})
-    trainer = MonitoredTrainer(
+    trainer = ContrastiveTrainer(
         model=model,
         args=train_args(tmp_path),
         train_dataset=dataset,
@@ -180,7 +181,7 @@ def test_geometry_probe_reaches_eval_log(tmp_path, tiny_model_factory):
     model = tiny_model(tiny_model_factory("bert"))
     dataset = Dataset.from_dict({"anchor": sentences(16), "positive": sentences(16, 50)})
     probe = list(zip(sentences(6, 500), sentences(6, 600), strict=True))
-    trainer = MonitoredTrainer(
+    trainer = ContrastiveTrainer(
         model=model,
         args=train_args(tmp_path, eval_strategy="steps", eval_steps=2),
         train_dataset=dataset,
@@ -197,10 +198,10 @@ def test_plain_trainer_is_refused_with_the_fix(tmp_path, tiny_model_factory):
     model = tiny_model(tiny_model_factory("bert"))
     dataset = Dataset.from_dict({"anchor": sentences(4), "positive": sentences(4, 50)})
     trainer = SentenceTransformerTrainer(model=model, args=train_args(tmp_path), train_dataset=dataset)
-    with pytest.raises(TypeError, match="MonitoredTrainer"):
+    with pytest.raises(TypeError, match="ContrastiveTrainer"):
         enable_monitoring(trainer)
     with pytest.raises(ValueError, match="peak_flops must be positive"):
-        MonitoredTrainer(model=model, args=train_args(tmp_path), train_dataset=dataset, monitoring={"peak_flops": 0})
+        ContrastiveTrainer(model=model, args=train_args(tmp_path), train_dataset=dataset, monitoring={"peak_flops": 0})
 
 
 def test_mfu_in_logs_uses_the_given_peak(tmp_path, tiny_model_factory):

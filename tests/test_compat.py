@@ -6,8 +6,8 @@ import json
 from importlib import metadata
 
 import pytest
-from packaging.version import Version
 import transformers.integrations.peft as transformers_peft
+from packaging.version import Version
 from peft import LoraConfig
 from sentence_transformers import SentenceTransformer
 from transformers import AutoModel
@@ -20,8 +20,10 @@ from st_contrast.compat import CompatibilityError, adapter_support_problem, tran
 def test_installed_pair_is_one_transformers_accepts(tiny_model_factory):
     """What `pip install -e .` resolved must pass transformers' own peft check, and the check must agree."""
     assert adapter_support_problem() is None
-    assert transformers_min_peft_version() == Version(transformers_peft.MIN_PEFT_VERSION) <= Version(
-        metadata.version("peft")
+    assert (
+        transformers_min_peft_version()
+        == Version(transformers_peft.MIN_PEFT_VERSION)
+        <= Version(metadata.version("peft"))
     )
     backbone = AutoModel.from_pretrained(tiny_model_factory("bert"))
     backbone.add_adapter(LoraConfig(r=2, target_modules=["query"]))  # transformers' integration, not ours

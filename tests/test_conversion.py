@@ -8,7 +8,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast import load_model, to_flash
-from st_contrast.modules import FlashTransformer
+from st_contrast.modules import FlashTransformer, attention_backend
 
 
 def test_to_flash_keeps_embeddings_and_settings(minilm_path, snli_sentences, tmp_path):
@@ -16,14 +16,14 @@ def test_to_flash_keeps_embeddings_and_settings(minilm_path, snli_sentences, tmp
     texts = ["", *snli_sentences[:5], " ".join(snli_sentences[:60])]
     expected = stock.encode(texts, convert_to_tensor=True)
 
-    converted = to_flash(SentenceTransformer(minilm_path, device="cpu"), attention_backend="cpu")
-    assert isinstance(converted[0], FlashTransformer) and converted[0].attention_backend == "cpu"
+    converted = to_flash(SentenceTransformer(minilm_path, device="cpu"), attention_backend="sdpa")
+    assert isinstance(converted[0], FlashTransformer) and attention_backend(converted[0]) == "sdpa"
     assert converted.max_seq_length == stock.max_seq_length
     assert (converted.encode(texts, convert_to_tensor=True) - expected).abs().max().item() < 1e-5
 
     converted.save(str(tmp_path))
-    reloaded = load_model(str(tmp_path), device="cpu")
-    assert (reloaded.encode(texts, convert_to_tensor=True) - expected).abs().max().item() < 1e-5
+    for reloaded in (load_model(str(tmp_path), device="cpu"), SentenceTransformer(str(tmp_path), device="cpu")):
+        assert (reloaded.encode(texts, convert_to_tensor=True) - expected).abs().max().item() < 1e-5
 
 
 def test_to_flash_keeps_dtype(tiny_model_factory):
@@ -37,5 +37,5 @@ def test_to_flash_keeps_dtype(tiny_model_factory):
 
 def test_to_flash_without_transformer_is_refused():
     model = SentenceTransformer(modules=[Pooling(8)], device="cpu")
-    with pytest.raises(ValueError, match="no sentence_transformers Transformer module to convert"):
+    with pytest.raises(ValueError, match="no sentence_transformers Transformer module to pack"):
         to_flash(model)

@@ -11,7 +11,8 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraini
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
 
-from st_contrast.callbacks import MonitoredTrainer, load_run, read_jsonl
+from st_contrast import ContrastiveTrainer
+from st_contrast.callbacks import load_run, read_jsonl
 from st_contrast.cli.describe import _rolling
 from st_contrast.cli.main import main
 
@@ -38,7 +39,7 @@ def run_dir(tmp_path_factory, tiny_model_factory):
         save_strategy="no",
         use_cpu=True,
     )
-    trainer = MonitoredTrainer(
+    trainer = ContrastiveTrainer(
         model=model,
         args=args,
         train_dataset=Dataset.from_dict({"anchor": texts(32, 0), "positive": texts(32, 100)}),

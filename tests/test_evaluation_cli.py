@@ -61,7 +61,7 @@ def test_eval_minilm_writes_table_and_json(tmp_path, small_sts, minilm_path, cap
 
 def test_eval_saved_flash_model_and_default_output_dir(tmp_path, small_sts, tiny_model_factory, monkeypatch, capsys):
     rows, sts_path = small_sts
-    backbone = FlashTransformer(tiny_model_factory("bert"), max_seq_length=64, attention_backend="cpu")
+    backbone = FlashTransformer(tiny_model_factory("bert"), max_seq_length=64, attention_backend="sdpa")
     model = SentenceTransformer(modules=[backbone, Pooling(backbone.get_embedding_dimension(), "mean")], device="cpu")
     model.save(str(tmp_path / "tiny-flash"))
     monkeypatch.chdir(tmp_path)

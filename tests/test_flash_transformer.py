@@ -10,7 +10,14 @@ from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
 from st_contrast import load_model
-from st_contrast.modules import FlashTransformer
+from st_contrast.modules import (
+    FlashTransformer,
+    attention_backend,
+    disable_packing,
+    is_packed,
+    resolved_attention_backend,
+    set_attention_backend,
+)
 
 ALL_POOLING_MODES = ("mean", "max", "cls", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
 
@@ -24,7 +31,7 @@ def mixed_length_texts(sentences: list[str]) -> list[str]:
 def build_pair(path: str, pooling_mode, max_seq_length: int) -> tuple[SentenceTransformer, SentenceTransformer]:
     """(stock padded-SDPA model, FlashTransformer model) with identical weights and pooling."""
     stock = Transformer(path, max_seq_length=max_seq_length, model_kwargs={"attn_implementation": "sdpa"})
-    flash = FlashTransformer(path, max_seq_length=max_seq_length, attention_backend="cpu")
+    flash = FlashTransformer(path, max_seq_length=max_seq_length, attention_backend="sdpa")
     dim = stock.get_embedding_dimension()
     models = []
     for backbone in (stock, flash):
@@ -76,7 +83,7 @@ def test_tiny_parity_embeddings_and_gradients(model_type, tiny_model_factory, sn
 def test_minilm_parity_with_stock_sentence_transformer(minilm_path, snli_sentences):
     """The packaged all-MiniLM-L6-v2 as shipped (mean pooling + Normalize) against its packed twin."""
     stock = SentenceTransformer(minilm_path, device="cpu").eval()
-    backbone = FlashTransformer(minilm_path, max_seq_length=stock.max_seq_length, attention_backend="cpu")
+    backbone = FlashTransformer(minilm_path, max_seq_length=stock.max_seq_length, attention_backend="sdpa")
     flash = SentenceTransformer(modules=[backbone, Pooling(384, "mean"), Normalize()], device="cpu").eval()
     texts = mixed_length_texts(snli_sentences)
 
@@ -99,41 +106,44 @@ def test_roberta_positions_are_offset(tiny_model_factory):
 
 
 @pytest.mark.parametrize("model_type", ["bert", "llama"])
-def test_save_and_reload_round_trip(model_type, tiny_model_factory, snli_sentences, tmp_path):
-    backbone = FlashTransformer(tiny_model_factory(model_type), attention_backend="cpu")
+def test_save_writes_a_plain_model_and_load_model_packs_it_again(
+    model_type, tiny_model_factory, snli_sentences, tmp_path
+):
+    backbone = FlashTransformer(tiny_model_factory(model_type), attention_backend="sdpa")
+    assert type(backbone) is Transformer and is_packed(backbone) and isinstance(backbone, FlashTransformer)
     model = SentenceTransformer(modules=[backbone, Pooling(32, "lasttoken"), Normalize()], device="cpu")
     texts = mixed_length_texts(snli_sentences)
     before = model.encode(texts, convert_to_tensor=True)
     model.save(str(tmp_path))
+    assert "st_contrast" not in (tmp_path / "modules.json").read_text()
+    assert "unpad_inputs" not in (tmp_path / "sentence_bert_config.json").read_text()
 
-    reloaded = load_model(str(tmp_path), device="cpu")
-    assert isinstance(reloaded[0], FlashTransformer)
-    assert reloaded[0].attention_backend == "cpu"
-    assert reloaded[0].model.config._attn_implementation == "st_packed_cpu"
+    plain = SentenceTransformer(str(tmp_path), device="cpu")  # stock loading, padded, stock attention
+    assert not is_packed(plain[0]) and plain[0].model.config._attn_implementation != "st_packed_sdpa"
+    assert (plain.encode(texts, convert_to_tensor=True) - before).abs().max().item() < 1e-5
+
+    reloaded = load_model(str(tmp_path), device="cpu", attention_backend="sdpa")
+    assert isinstance(reloaded[0], FlashTransformer) and attention_backend(reloaded[0]) == "sdpa"
+    assert reloaded[0].model.config._attn_implementation == "st_packed_sdpa"
     assert not reloaded.trust_remote_code
     torch.testing.assert_close(reloaded.encode(texts, convert_to_tensor=True), before, atol=0, rtol=0)
-
-
-def test_plain_reload_needs_trust_remote_code(tiny_model_factory, tmp_path):
-    """What a user hits with stock ST: a clear refusal, and the opt-in still works."""
-    model = SentenceTransformer(modules=[FlashTransformer(tiny_model_factory("bert")), Pooling(32)], device="cpu")
-    model.save(str(tmp_path))
-    with pytest.raises(ValueError, match="trust_remote_code"):
-        SentenceTransformer(str(tmp_path), device="cpu")
-    trusted = SentenceTransformer(str(tmp_path), device="cpu", trust_remote_code=True)
-    assert isinstance(trusted[0], FlashTransformer) and trusted[0].attention_backend == "auto"
+    assert not is_packed(load_model(str(tmp_path), device="cpu", packed=False)[0])
 
 
 def test_backend_is_switchable_and_reported(tiny_model_factory):
     backbone = FlashTransformer(tiny_model_factory("bert"))
-    assert backbone.attention_backend == "auto" and backbone.resolved_attention_backend == "cpu"
-    assert "resolved_attention_backend='cpu'" in repr(backbone)
-    backbone.attention_backend = "cpu"
-    assert backbone.model.config._attn_implementation == "st_packed_cpu"
+    assert attention_backend(backbone) == "auto" and resolved_attention_backend(backbone) == "sdpa"
+    set_attention_backend(backbone, "cpu")  # the former name of the exact SDPA path
+    assert attention_backend(backbone) == "sdpa"
+    assert backbone.model.config._attn_implementation == "st_packed_sdpa"
+    disable_packing(backbone)
+    assert not isinstance(backbone, FlashTransformer) and backbone.model.config._attn_implementation == "sdpa"
+    features = backbone.preprocess(["one two three", "four"])
+    assert features["input_ids"].shape[0] == 2 and "cu_seq_lens_q" not in features
 
 
 def test_unknown_backend_is_refused(tiny_model_factory):
-    expected = r"Unknown attention backend 'xformers'.*'auto', 'varlen', 'flash_attn', 'cpu'"
+    expected = r"Unknown attention backend 'xformers'.*'auto', 'varlen', 'flash_attn', 'sdpa'"
     with pytest.raises(ValueError, match=expected):
         FlashTransformer(tiny_model_factory("bert"), attention_backend="xformers")
 
@@ -153,7 +163,7 @@ def test_unsupported_architecture_is_refused(tmp_path, minilm_path):
     config = AutoConfig.for_model("distilbert", dim=32, n_heads=2, n_layers=1, hidden_dim=64)
     AutoModel.from_config(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="does not support model_type 'distilbert'. Supported: bert, roberta"):
+    with pytest.raises(ValueError, match="model_type 'distilbert' is not supported packed.*packed: false"):
         FlashTransformer(str(tmp_path))
 
 

@@ -12,8 +12,8 @@ from datasets import Dataset
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from st_contrast.llm2vec import llm2vec_model
 from st_contrast.losses import SimCSELoss
+from st_contrast.recipes import llm2vec_model
 
 STEPS, BATCH, LR = 300, 32, 1e-3
 

@@ -8,8 +8,7 @@ from llm2vec_helpers import build_backbone
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from st_contrast.llm2vec import EmbeddingTokenizer
-from st_contrast.modules import BidirectionalTransformer, InstructionPooling
+from st_contrast.modules import BidirectionalTransformer, EmbeddingTokenizer, InstructionPooling
 
 LONG = "A man in a red shirt is playing a guitar on a crowded street corner while people walk by. " * 3
 TEXTS = ["A man plays.", LONG, "y outside", "ys in the park"]
@@ -78,7 +77,7 @@ def reference_pool(tokens: torch.Tensor, mode: str) -> torch.Tensor:
     return tokens[-1]
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "packed_cpu"])
+@pytest.mark.parametrize("implementation", ["sdpa", "packed_sdpa"])
 def test_pooling_with_per_row_instructions_matches_hand_computation(implementation, tiny_model_factory):
     backbone = build_backbone(tiny_model_factory("qwen3"), implementation, max_seq_length=40).eval()
     tokenizer = backbone.tokenizer
@@ -99,7 +98,7 @@ def test_pooling_with_per_row_instructions_matches_hand_computation(implementati
         torch.testing.assert_close(actual, torch.stack(expected), atol=2e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("implementation", ["sdpa", "packed_cpu"])
+@pytest.mark.parametrize("implementation", ["sdpa", "packed_sdpa"])
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_stock_pooling_is_right_for_both_paddings_and_packing(implementation, side, tiny_model_factory):
     """Sentence Transformers' own weightedmean / lasttoken, reused as is, match the hand computation."""

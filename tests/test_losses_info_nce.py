@@ -1,4 +1,4 @@
-"""InfoNCELoss / CachedInfoNCELoss: formula, learnable temperature, save/reload, GradCache equivalence."""
+"""InfoNCELoss / CachedInfoNCELoss: formula, learnable temperature owned by the loss, GradCache equivalence."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from loss_helpers import assert_same_gradients, embed_like_gradcache, gradients, tiny_model, tokenize_columns
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
 import st_contrast
 from st_contrast.losses import CachedInfoNCELoss, InfoNCELoss
+from st_contrast.losses.temperature import LearnedTemperature
 from st_contrast.modules import LogitScale
+from st_contrast.training import LOSS_STATE_NAME
 
 
 def reference_info_nce(q, docs, log_scale, symmetric=False):
@@ -51,7 +53,7 @@ def test_formula_and_temperature_gradient(model, symmetric, num_negatives):
     expected = reference_info_nce(reference_embeddings[0], reference_embeddings[1:], log_scale, symmetric)
     expected.backward()
     torch.testing.assert_close(loss, expected)
-    torch.testing.assert_close(loss_fn.logit_scale_module.logit_scale.grad, log_scale.grad)
+    torch.testing.assert_close(loss_fn.learned_temperature.logit_scale.grad, log_scale.grad)
     for actual, reference in zip(embeddings, reference_embeddings, strict=True):
         torch.testing.assert_close(actual.grad, reference.grad)
 
@@ -63,7 +65,7 @@ def test_learned_scale_gradient_is_finite_with_masked_directions(model):
     torch.manual_seed(3)
     embeddings = [torch.randn(4, 8) for _ in range(3)]
     loss_fn.compute_loss_from_embeddings(embeddings, None).backward()
-    learned = loss_fn.logit_scale_module.logit_scale.grad
+    learned = loss_fn.learned_temperature.logit_scale.grad
 
     log_scale = torch.tensor(math.log(20.0), requires_grad=True)
     fixed = InfoNCELoss(model, temperature=0.05, learnable_temperature=False, directions=directions)
@@ -92,28 +94,44 @@ def test_fixed_temperature_matches_stock_mnrl(model):
 def test_scale_is_clamped_like_clip(model):
     loss_fn = InfoNCELoss(model, temperature=0.05)
     with torch.no_grad():
-        loss_fn.logit_scale_module.logit_scale.fill_(math.log(500.0))
-    scale = loss_fn.logit_scale_module.scale()
+        loss_fn.learned_temperature.logit_scale.fill_(math.log(500.0))
+    scale = loss_fn.learned_temperature.scale()
     scale.backward()
     assert float(scale.detach()) == pytest.approx(100.0)
-    assert loss_fn.logit_scale_module.logit_scale.grad == 0
+    assert loss_fn.learned_temperature.logit_scale.grad == 0
     with pytest.raises(ValueError, match="exceeds max_scale"):
-        LogitScale(temperature=0.001)
+        LearnedTemperature(temperature=0.001)
 
 
-def test_temperature_saved_and_restored(model, tmp_path):
+def test_temperature_belongs_to_the_loss_not_the_saved_model(model, tmp_path):
     loss_fn = InfoNCELoss(model, temperature=0.05)
+    assert "learned_temperature.logit_scale" in dict(loss_fn.named_parameters())
+    assert not any(isinstance(module, LogitScale) for module in model)
+    model.save(str(tmp_path / "saved"))
+    assert "st_contrast" not in (tmp_path / "saved" / "modules.json").read_text()
+
+
+def test_a_model_saved_with_logit_scale_hands_it_to_the_loss(model, tmp_path):
+    """st_contrast 0.1 saved the learned temperature as a LogitScale module: such models still load and train."""
+    legacy = LogitScale(temperature=0.05)
     with torch.no_grad():
-        loss_fn.logit_scale_module.logit_scale.fill_(math.log(33.0))
+        legacy.logit_scale.fill_(math.log(33.0))
+    model.append(legacy)
     sentences = ["A man plays a guitar.", "A dog runs in the park."]
     before = model.encode(sentences, convert_to_tensor=True)
-    model.save(str(tmp_path / "saved"))
+    model.save(str(tmp_path / "legacy"))
+    assert "st_contrast.modules.temperature.LogitScale" in (tmp_path / "legacy" / "modules.json").read_text()
 
-    reloaded = st_contrast.load_model(str(tmp_path / "saved"), device="cpu")
+    reloaded = st_contrast.load_model(str(tmp_path / "legacy"), device="cpu")
     torch.testing.assert_close(reloaded.encode(sentences, convert_to_tensor=True), before)
-    reloaded_loss = InfoNCELoss(reloaded, temperature=0.05)
-    assert sum(isinstance(module, LogitScale) for module in reloaded) == 1
-    assert reloaded_loss.temperature == pytest.approx(1 / 33.0)
+    loss_fn = InfoNCELoss(reloaded, temperature=0.05)
+    assert loss_fn.temperature == pytest.approx(1 / 33.0)
+    assert not any(isinstance(module, LogitScale) for module in reloaded)
+    embeddings = [torch.randn(2, 32, requires_grad=True) for _ in range(2)]
+    loss_fn.compute_loss_from_embeddings(embeddings, None).backward()
+    assert loss_fn.learned_temperature.logit_scale.grad is not None
+    reloaded.save(str(tmp_path / "now"))
+    assert "st_contrast" not in (tmp_path / "now" / "modules.json").read_text()
 
 
 @pytest.mark.parametrize("mini_batch_size", [1, 3, 8])
@@ -167,12 +185,13 @@ def test_trains_in_trainer_and_checkpoints_temperature(tiny_model_factory, snli_
         max_steps=2,
         learning_rate=0.05,
         report_to=[],
-        save_strategy="no",
+        save_strategy="steps",
+        save_steps=2,
         use_cpu=True,
     )
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
+    st_contrast.ContrastiveTrainer(model=model, args=args, train_dataset=dataset, loss=loss, monitoring=False).train()
     assert loss.temperature != pytest.approx(0.05), "the temperature was not trained"
     assert loss.get_config_dict()["temperature"] == pytest.approx(loss.temperature)
-    model.save(str(tmp_path / "saved"))
-    reloaded = st_contrast.load_model(str(tmp_path / "saved"), device="cpu")
-    assert CachedInfoNCELoss(reloaded).temperature == pytest.approx(loss.temperature)
+    state = torch.load(tmp_path / "out" / "checkpoint-2" / LOSS_STATE_NAME, weights_only=True)
+    assert math.exp(-float(state["loss.learned_temperature.logit_scale"])) == pytest.approx(loss.temperature)
+    assert "st_contrast" not in (tmp_path / "out" / "checkpoint-2" / "modules.json").read_text()

@@ -9,12 +9,13 @@ import torch
 import torch.nn.functional as F
 from datasets import Dataset
 from loss_helpers import tiny_model
-from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+from sentence_transformers import SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-import st_contrast
+from st_contrast import ContrastiveTrainer
 from st_contrast.losses import CLIPLoss, SigLIPLoss
 from st_contrast.modules import LogitScale
+from st_contrast.training import LOSS_STATE_NAME, load_loss_state
 
 
 def reference_siglip(x, ys, log_scale, bias):
@@ -46,7 +47,7 @@ def test_siglip_formula_and_parameter_gradients(model, num_columns):
     expected = reference_siglip(embeddings[0], embeddings[1:], log_scale, bias)
     expected.backward()
     torch.testing.assert_close(loss, expected)
-    module = loss_fn.logit_scale_module
+    module = loss_fn.learned_temperature
     torch.testing.assert_close(module.logit_scale.grad, log_scale.grad)
     torch.testing.assert_close(module.logit_bias.grad, bias.grad)
 
@@ -70,18 +71,19 @@ def test_clip_is_symmetric_cross_entropy(model):
     torch.testing.assert_close(stock.compute_loss_from_embeddings([q, d], None), expected)
 
 
-def test_siglip_trains_and_reloads(model, snli_sentences, tmp_path):
+def test_siglip_scale_and_bias_train_and_resume_with_the_loss_state(model, snli_sentences, tmp_path):
     dataset = Dataset.from_dict({"anchor": snli_sentences[:8], "positive": snli_sentences[300:308]})
     loss = SigLIPLoss(model)
     args = SentenceTransformerTrainingArguments(
         output_dir=str(tmp_path / "out"), per_device_train_batch_size=4, max_steps=2, learning_rate=0.05,
-        report_to=[], save_strategy="no", use_cpu=True,
+        report_to=[], save_strategy="steps", save_steps=2, use_cpu=True,
     )  # fmt: skip
-    SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
-    bias = float(loss.logit_scale_module.logit_bias.detach())
+    ContrastiveTrainer(model=model, args=args, train_dataset=dataset, loss=loss, monitoring=False).train()
+    bias = float(loss.learned_temperature.logit_bias.detach())
     assert bias != pytest.approx(-10.0)
-    model.save(str(tmp_path / "saved"))
-    reloaded = st_contrast.load_model(str(tmp_path / "saved"), device="cpu")
-    module = next(module for module in reloaded if isinstance(module, LogitScale))
-    assert float(module.logit_bias.detach()) == pytest.approx(bias)
-    assert SigLIPLoss(reloaded).temperature == pytest.approx(loss.temperature)
+    assert not any(isinstance(module, LogitScale) for module in model)
+
+    fresh = SigLIPLoss(model)
+    load_loss_state(fresh, torch.load(tmp_path / "out" / "checkpoint-2" / LOSS_STATE_NAME, weights_only=True))
+    assert float(fresh.learned_temperature.logit_bias.detach()) == pytest.approx(bias)
+    assert fresh.temperature == pytest.approx(loss.temperature)

@@ -11,14 +11,10 @@ from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, Mu
 
 from st_contrast.losses import CachedInfoNCELoss, GlobalContrastiveLoss, GloFND, InfoNCELoss
 from st_contrast.modules import FlashTransformer
-from st_contrast.training.builders import (
-    build_loss,
-    build_model,
-    build_training_arguments,
-    loss_needs_sample_index,
-    resolve_loss_class,
-)
+from st_contrast.training.arguments import build_training_arguments
+from st_contrast.training.builders import build_loss, build_model
 from st_contrast.training.config import ConfigError, apply_overrides, load_config
+from st_contrast.training.specs import LossSpec, resolve_loss_class
 
 BASE = {
     "output_dir": "runs/x",
@@ -43,15 +39,16 @@ def test_overrides_parse_yaml_values_into_nested_keys_and_list_items(tmp_path):
             "training.learning_rate=2e-5",
             "loss.matryoshka.dims=[384, 64]",
             "data.datasets.0.max_rows=500",
-            "model.backbone=stock",
+            "model.packed=false",
             "training.eval_strategy=no",
             "training.use_cpu=true",
         ],
     )
-    assert config["training"] == {"max_steps": 10, "learning_rate": 2e-5, "eval_strategy": "no", "use_cpu": True}
-    assert config["loss"]["matryoshka"] == {"dims": [384, 64]}
-    assert config["data"]["datasets"][0]["max_rows"] == 500
-    assert config["model"]["backbone"] == "stock"
+    assert config.training == {"max_steps": 10, "learning_rate": 2e-5, "eval_strategy": "no", "use_cpu": True}
+    assert config.loss.matryoshka.dims == [384, 64]
+    assert config.data.datasets[0]["max_rows"] == 500
+    assert config.model.packed is False
+    assert config.raw["model"] == {"name_or_path": "minilm", "packed": False}, "config.yaml records what was given"
     assert BASE["training"]["max_steps"] == 5, "overrides must not modify the input"
 
 
@@ -73,6 +70,25 @@ def test_bad_overrides_are_explained(override, message):
     [
         ({"optimiser": {}}, "Unknown configuration section"),
         ({"model": {"name_or_path": "minilm", "pooling_mode": "mean"}}, r"Unknown key\(s\) \['pooling_mode'\]"),
+        ({"model": {"name_or_path": "minilm", "max_seq_length": "long"}}, "model.max_seq_length must be"),
+        ({"model": {"name_or_path": "minilm", "max_seq_length": 0}}, "model.max_seq_length must be positive"),
+        ({"model": {"name_or_path": "minilm", "backbone": "padded"}}, "'flash' or 'stock'"),
+        ({"model": {"name_or_path": "minilm", "attention_backend": "xformers"}}, "Unknown attention backend"),
+        ({"training": {"learning_rate": "fast"}}, r"training.learning_rate must be a number, got 'fast'"),
+        ({"training": {"max_steps": "two"}}, "training.max_steps must be an integer"),
+        ({"training": {"max_steps": -5}}, "training.max_steps must be positive"),
+        ({"training": {"per_device_train_batch_size": 0}}, "per_device_train_batch_size must be at least 1"),
+        ({"training": {"max_stepz": 5}}, "Unknown training argument 'max_stepz'"),
+        ({"training": {"prompts": "query: "}}, "training.prompts is set from"),
+        ({"training": {"eval_strategy": "steps"}}, "nothing to evaluate"),
+        ({"training": {"save_strategy": "sometimes"}}, "not a valid SaveStrategy"),
+        ({"loss": {"name": "InfoNCELoss", "kwargs": {"temprature": 0.1}}}, r"\['temprature'\] are not arguments"),
+        ({"loss": {"name": "MultipleNegativesRankingLoss", "glofnd": {"alpha": 0.1}}}, "InfoNCE loss"),
+        ({"loss": {"name": "InfoNCELoss", "matryoshka": {"weights": [1]}}}, "needs 'dims'"),
+        ({"adapters": {"lora": {"r": 0}}}, "adapters.lora.r must be positive"),
+        ({"adapters": {"bitfit": {}, "lora": {}}}, "bitfit or lora"),
+        ({"data": {"datasets": [{"name": "x", "path": "a", "max_rows": 0}]}}, r"data.datasets.0: .*max_rows"),
+        ({"data": {"datasets": BASE["data"]["datasets"], "batch_sampler": "token_budget"}}, "needs data.max_tokens"),
         ({"loss": {"kwargs": {}}}, "loss.name is required"),
         ({"data": {"datasets": []}}, "at least one dataset"),
         ({"resume": "maybe"}, "resume must be"),
@@ -103,31 +119,30 @@ def test_loss_classes_resolve_from_both_libraries_and_import_paths():
         resolve_loss_class("no_such_module:Loss")
 
 
-def test_build_model_converts_to_flash_and_matches_stock(minilm_path):
+def test_build_model_packs_and_matches_stock(minilm_path):
     flash = build_model({"name_or_path": "minilm", "max_seq_length": 32})
-    stock = build_model({"name_or_path": minilm_path, "backbone": "stock", "max_seq_length": 32})
-    assert isinstance(flash[0], FlashTransformer) and type(stock[0]) is Transformer
+    stock = build_model({"name_or_path": minilm_path, "packed": False, "max_seq_length": 32})
+    assert isinstance(flash[0], FlashTransformer) and not isinstance(stock[0], FlashTransformer)
+    assert type(flash[0]) is type(stock[0]) is Transformer
     assert flash.max_seq_length == 32
     sentences = ["A man plays a guitar on stage.", "Two dogs."]
     torch.testing.assert_close(flash.encode(sentences), stock.encode(sentences), atol=1e-5, rtol=1e-4)
 
 
 def test_build_model_pooling_and_normalize(minilm_path):
-    model = build_model({"name_or_path": minilm_path, "backbone": "stock", "pooling": "cls", "normalize": True})
+    model = build_model({"name_or_path": minilm_path, "packed": False, "pooling": "cls", "normalize": True})
     reference = SentenceTransformer(minilm_path, device="cpu")
     tokens = reference.encode("A cat sits.", output_value="token_embeddings")
     expected = torch.nn.functional.normalize(tokens[0], dim=-1)
     torch.testing.assert_close(model.encode("A cat sits.", convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
-    with pytest.raises(ConfigError, match="'flash' or 'stock'"):
-        build_model({"name_or_path": minilm_path, "backbone": "padded"})
 
 
 def test_build_loss_wires_glofnd_state_and_matryoshka(tiny_model_factory):
     model = SentenceTransformer(tiny_model_factory("bert"), device="cpu")
     section = {"name": "InfoNCELoss", "glofnd": {"alpha": 0.05}, "matryoshka": {"dims": [32, 16]}}
-    assert loss_needs_sample_index(section)
-    assert loss_needs_sample_index({"name": "GlobalContrastiveLoss"})
-    assert not loss_needs_sample_index({"name": "CachedInfoNCELoss"})
+    assert LossSpec.from_dict(section).needs_sample_index
+    assert LossSpec.from_dict({"name": "GlobalContrastiveLoss"}).needs_sample_index
+    assert not LossSpec.from_dict({"name": "CachedInfoNCELoss"}).needs_sample_index
     loss = build_loss(model, section, num_samples=100)
     assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, InfoNCELoss)
     assert isinstance(loss.loss.false_negative_detector, GloFND)
@@ -135,19 +150,15 @@ def test_build_loss_wires_glofnd_state_and_matryoshka(tiny_model_factory):
     assert list(loss.matryoshka_dims) == [32, 16]
     assert isinstance(build_loss(model, {"name": "GlobalContrastiveLoss"}, 7), GlobalContrastiveLoss)
     assert build_loss(model, {"name": "GlobalContrastiveLoss"}, 7).num_samples == 7
-    with pytest.raises(ConfigError, match="InfoNCE loss"):
-        build_loss(model, {"name": "MultipleNegativesRankingLoss", "glofnd": {"alpha": 0.1}}, 10)
-    with pytest.raises(ConfigError, match="do not fit"):
-        build_loss(model, {"name": "InfoNCELoss", "kwargs": {"temprature": 0.1}}, 10)
+    with pytest.raises(ConfigError, match="GlobalContrastiveLoss.*failed: gamma must be in"):
+        build_loss(model, {"name": "GlobalContrastiveLoss", "kwargs": {"gamma": 2.0}}, 10)
 
 
 def test_training_arguments_take_the_section_and_top_level_seed(tmp_path):
-    args = build_training_arguments({**BASE, "output_dir": str(tmp_path), "seed": 3})
+    args = build_training_arguments(str(tmp_path), {"max_steps": 5}, seed=3)
     assert args.max_steps == 5 and args.seed == 3 and args.report_to == []
-    with pytest.raises(ConfigError, match="training"):
-        build_training_arguments({**BASE, "training": {"max_stepz": 5}})
     with pytest.raises(ConfigError, match="not a valid IntervalStrategy"):
-        build_training_arguments({**BASE, "training": {"eval_strategy": "sometimes"}})
+        build_training_arguments(str(tmp_path), {"eval_strategy": "sometimes"})
 
 
 def test_dataset_fallback_applies_only_when_the_local_path_is_missing(tmp_path):
@@ -169,6 +180,6 @@ def test_build_model_makes_a_decoder_bidirectional(tiny_model_factory):
     assert is_bidirectional(build_model({**section, "bidirectional": True}))
     # Token 0's state (stock padded backbone, for token outputs) changes with a later word only when bidirectional.
     for bidirectional in (False, True):
-        model = build_model({**section, "backbone": "stock", "bidirectional": bidirectional})
+        model = build_model({**section, "packed": False, "bidirectional": bidirectional})
         first = [model.encode(text, output_value="token_embeddings")[0] for text in ("a man runs", "a man sits")]
         assert torch.allclose(first[0], first[1]) is not bidirectional

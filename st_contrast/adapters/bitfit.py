@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from st_contrast.adapters.backbones import backbone_models
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
+from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["apply_bitfit"]
 

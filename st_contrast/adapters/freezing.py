@@ -6,8 +6,8 @@ from types import MethodType
 
 from torch import nn
 
-from st_contrast.adapters.backbones import backbone_models, hidden_layers
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
+from st_contrast.modules.backbones import backbone_models, hidden_layers
 
 __all__ = ["freeze", "lock"]
 

@@ -9,9 +9,9 @@ from peft import LoraConfig
 from torch import nn
 from transformers import PreTrainedModel
 
-from st_contrast.adapters.backbones import backbone_models
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
 from st_contrast.compat import require_adapter_support
+from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["LORA_PRESETS", "add_lora", "linear_layer_names"]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from peft.tuners.tuners_utils import BaseTunerLayer
 from sentence_transformers import SentenceTransformer
 
-from st_contrast.adapters.backbones import backbone_models
+from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["merge_and_save", "merge_lora"]
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from st_contrast.attention.backends import (
     ATTENTION_BACKENDS,
+    BACKEND_ALIASES,
     available_backends,
+    canonical_backend_name,
     flash_attn_varlen_attention,
     resolve_backend,
     sdpa_varlen_attention,
@@ -24,6 +26,8 @@ from st_contrast.attention.packing import (
 
 __all__ = [
     "ATTENTION_BACKENDS",
+    "BACKEND_ALIASES",
+    "canonical_backend_name",
     "PackedLayout",
     "attention_implementation_name",
     "available_backends",

@@ -7,10 +7,11 @@ Every kernel takes packed ``q [total, heads, dim]``, ``k``/``v [total, kv_heads,
   fp16/bf16; no ``flash_attn`` build needed). Its signature changed across torch releases, so the
   call is adapted to whatever the installed version accepts.
 - ``flash_attn``: ``flash_attn.flash_attn_varlen_func`` from the ``flash-attn`` package.
-- ``cpu``: exact on any device and dtype: the sequences are regrouped into a padded batch, run
-  through :func:`torch.nn.functional.scaled_dot_product_attention` with a key mask and scattered
-  back. The projections and MLPs around it still only see real tokens.
-- ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; ``cpu``
+- ``sdpa``: exact on any device and dtype (CPU, and GPUs in fp32): the sequences are regrouped into a
+  padded batch, run through :func:`torch.nn.functional.scaled_dot_product_attention` with a key mask and
+  scattered back. The projections and MLPs around it still only see real tokens. ``cpu`` is its former
+  name, still accepted (saved configurations and scripts use it).
+- ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; ``sdpa``
   otherwise. Resolved per call from the tensors, so the same model runs on CPU and GPU.
 """
 
@@ -36,13 +37,17 @@ __all__ = [
     "sdpa_varlen_attention",
     "torch_varlen_attention",
     "flash_attn_varlen_attention",
+    "BACKEND_ALIASES",
+    "canonical_backend_name",
     "check_backend_name",
     "get_kernel",
 ]
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "cpu")
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "sdpa")
+BACKEND_ALIASES = {"cpu": "sdpa"}
+"""Former backend names, accepted wherever a backend is named."""
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
@@ -122,7 +127,7 @@ def torch_varlen_attention(
     if dropout > 0.0:
         _warn_once(
             "torch varlen_attn has no attention dropout: the model's attention dropout "
-            f"({dropout}) is not applied. Use attention_backend='flash_attn' or 'cpu' to keep it."
+            f"({dropout}) is not applied. Use attention_backend='flash_attn' or 'sdpa' to keep it."
         )
     kwargs: dict = {}
     if "window_size" in params:
@@ -131,7 +136,7 @@ def torch_varlen_attention(
         if window is not None:
             raise ValueError(
                 "This torch version's varlen_attn has no sliding-window support; upgrade torch (>= 2.11) "
-                "or use attention_backend='flash_attn' or 'cpu'."
+                "or use attention_backend='flash_attn' or 'sdpa'."
             )
         kwargs["is_causal"] = causal
     if scale is not None:
@@ -183,7 +188,7 @@ def flash_attn_varlen_attention(
 _KERNELS: dict[str, VarlenAttention] = {
     "varlen": torch_varlen_attention,
     "flash_attn": flash_attn_varlen_attention,
-    "cpu": sdpa_varlen_attention,
+    "sdpa": sdpa_varlen_attention,
 }
 
 
@@ -208,7 +213,7 @@ def _availability() -> dict[str, str | None]:
     cuda = torch.cuda.is_available()
     return {
         "auto": None,
-        "cpu": None,
+        "sdpa": None,
         "varlen": None
         if _has_torch_varlen() and cuda
         else ("needs CUDA" if _has_torch_varlen() else f"torch {torch.__version__} has no torch.nn.attention.varlen"),
@@ -218,9 +223,16 @@ def _availability() -> dict[str, str | None]:
     }
 
 
+def canonical_backend_name(name: str) -> str:
+    """``name`` with former names mapped to the current ones (``"cpu"`` -> ``"sdpa"``); unknown names raise."""
+    name = BACKEND_ALIASES.get(name, name)
+    check_backend_name(name)
+    return name
+
+
 def check_backend_name(name: str) -> None:
-    """Raise a ValueError naming the valid backends if ``name`` is not one of them."""
-    if name not in ATTENTION_BACKENDS:
+    """Raise a ValueError naming the valid backends if ``name`` is neither one of them nor a former name."""
+    if name not in ATTENTION_BACKENDS and name not in BACKEND_ALIASES:
         raise ValueError(f"Unknown attention backend {name!r}. Choose one of {list(ATTENTION_BACKENDS)}.")
 
 
@@ -230,14 +242,14 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
     ``auto`` never fails; an explicit backend that cannot run on these tensors raises a ValueError
     that says why and what to use instead.
     """
-    check_backend_name(name)
+    name = canonical_backend_name(name)
     on_cuda_half = device.type == "cuda" and dtype in _HALF_DTYPES
     if name == "auto":
         if on_cuda_half and _has_flash_attn():
             return "flash_attn"
         if on_cuda_half and _has_torch_varlen():
             return "varlen"
-        return "cpu"
+        return "sdpa"
     if name in ("varlen", "flash_attn"):
         reason = _availability()[name]
         if reason is None and not on_cuda_half:
@@ -245,7 +257,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
         if reason is not None:
             raise ValueError(
                 f"attention_backend={name!r} cannot run here: {reason}. "
-                "Use attention_backend='auto' (picks the best available) or 'cpu' (exact, any device)."
+                "Use attention_backend='auto' (picks the best available) or 'sdpa' (exact, any device)."
             )
     return name
 

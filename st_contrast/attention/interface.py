@@ -12,7 +12,7 @@ import torch
 from transformers import AttentionInterface
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
-from st_contrast.attention.backends import ATTENTION_BACKENDS, check_backend_name, get_kernel, resolve_backend
+from st_contrast.attention.backends import ATTENTION_BACKENDS, canonical_backend_name, get_kernel, resolve_backend
 
 __all__ = ["attention_implementation_name", "register_packed_attention", "packed_attention_forward"]
 
@@ -21,7 +21,7 @@ _PREFIX = "st_packed_"
 
 def attention_implementation_name(backend: str) -> str:
     """The transformers ``attn_implementation`` name of an attention backend (registered on demand)."""
-    check_backend_name(backend)
+    backend = canonical_backend_name(backend)
     register_packed_attention()
     return _PREFIX + backend
 
@@ -58,7 +58,8 @@ def packed_attention_forward(
     if attention_mask is not None:
         raise ValueError(
             "Packed attention received a padded batch with an attention mask. Feed it packed inputs "
-            "(FlashTransformer.preprocess does) or use attn_implementation='sdpa' for padded batches."
+            "(a module packed with st_contrast.modules.enable_packing does) or use attn_implementation='sdpa' for "
+            "padded batches."
         )
     batch, heads, seq_len, head_dim = query.shape
     cu_seqlens = kwargs.get("cu_seq_lens_q")
@@ -76,9 +77,7 @@ def packed_attention_forward(
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     window = None
     if sliding_window is not None:
-        # transformers' convention (as for flash attention): a token sees ``sliding_window - 1``
-        # neighbours on each allowed side.
-        window = (sliding_window - 1, 0 if causal else sliding_window - 1)
+        window = _window(module, sliding_window, causal)
 
     def packed(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
@@ -96,6 +95,23 @@ def packed_attention_forward(
         window=window,
     )
     return out.reshape(batch, seq_len, heads, value.shape[-1]), None
+
+
+def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple[int, int]:
+    """The ``(left, right)`` tokens a query sees, matching transformers' padded (eager / sdpa) masks.
+
+    Causal: ``sliding_window - 1`` tokens back (its mask: ``kv > q - sliding_window``). Bidirectional: the padded
+    mask is ``|q - kv| <= config.sliding_window``; decoders made bidirectional pass ``config.sliding_window`` as the
+    kwarg, ModernBERT passes ``config.sliding_window + 1`` (for flash attention's inclusive bounds), so the half
+    window is read from the module's config when it has one. (transformers' own flash_attention_2 path sees one
+    token less on each side for the former; the packed kernels agree with the padded paths instead, which is what a
+    plain Sentence Transformers model, loaded padded, computes.)
+    """
+    if causal:
+        return (sliding_window - 1, 0)
+    half = getattr(getattr(module, "config", None), "sliding_window", None)
+    half = sliding_window - 1 if half is None else half
+    return (half, half)
 
 
 _registered = False

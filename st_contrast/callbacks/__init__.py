@@ -1,12 +1,12 @@
 """Training monitoring for long contrastive runs: JSONL run logs, throughput and MFU, step-time breakdown,
 embedding geometry on a probe set, weight spectra. ``st-contrast describe RUN_DIR`` plots the logs.
 
-Quick start::
+:class:`st_contrast.ContrastiveTrainer` monitors by default::
 
-    from st_contrast.callbacks import MonitoredTrainer
+    from st_contrast import ContrastiveTrainer
 
-    trainer = MonitoredTrainer(model=model, args=args, train_dataset=train, loss=loss,
-                               monitoring={"probe": probe_pairs, "spectrum_every": 50})
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train, loss=loss,
+                                 monitoring={"probe": probe_pairs, "spectrum_every": 50})
     trainer.train()  # writes log.jsonl / eval.jsonl in args.output_dir
 
 Names load their modules on first use, so reading logs (``st-contrast describe``) does not import torch.
@@ -38,7 +38,6 @@ _LAZY_NAMES = {
     "spectral_ratio": "spectrum",
     "weight_spectrum": "spectrum",
     "ThroughputMonitor": "throughput",
-    "MonitoredTrainer": "trainer_mixin",
     "MonitoringMixin": "trainer_mixin",
     "enable_monitoring": "trainer_mixin",
     "with_geometry_probe": "trainer_mixin",

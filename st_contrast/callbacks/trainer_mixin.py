@@ -9,7 +9,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
@@ -20,7 +19,7 @@ from st_contrast.callbacks.throughput import ThroughputMonitor
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MonitoredTrainer", "MonitoringMixin", "enable_monitoring", "with_geometry_probe"]
+__all__ = ["MonitoringMixin", "enable_monitoring", "with_geometry_probe"]
 
 _PROGRESS_KEYS = {"tokens_per_second": "tok/s", "samples_per_second": "samples/s", "mfu": "mfu", "step_time": "s/step"}
 
@@ -102,26 +101,6 @@ class MonitoringMixin:
         return super().log(logs)
 
 
-class MonitoredTrainer(MonitoringMixin, SentenceTransformerTrainer):
-    """``SentenceTransformerTrainer`` with monitoring: throughput, MFU, step times and the JSONL run log.
-
-    Args:
-        *args, **kwargs: as for ``SentenceTransformerTrainer``.
-        monitoring: keyword arguments of :func:`enable_monitoring` (``probe``, ``spectrum_every``,
-            ``peak_flops``...); ``False`` leaves monitoring off (call :func:`enable_monitoring` later).
-    """
-
-    def __init__(self, *args: Any, monitoring: dict[str, Any] | bool = True, **kwargs: Any) -> None:
-        options = dict(monitoring) if isinstance(monitoring, dict) else {}
-        if options.get("probe") is not None:
-            # ST checks at construction that an eval_strategy has something to evaluate
-            probe, name = options.pop("probe"), options.get("probe_name", "geometry")
-            kwargs["evaluator"] = with_geometry_probe(kwargs.get("evaluator"), probe, name)
-        super().__init__(*args, **kwargs)
-        if monitoring is not False:
-            enable_monitoring(self, **options)
-
-
 def with_geometry_probe(evaluator: Any, probe: Any, name: str = "geometry") -> Any:
     """``evaluator`` plus an :class:`EmbeddingGeometryEvaluator` on ``probe`` (just the latter if ``evaluator``
     is None), keeping ``evaluator``'s primary score as the combined one (``metric_for_best_model``).
@@ -164,7 +143,7 @@ def enable_monitoring(
     Calling it again replaces the earlier monitoring callbacks.
 
     Args:
-        trainer: a ``MonitoredTrainer`` or any ``class X(MonitoringMixin, SentenceTransformerTrainer)``.
+        trainer: a :class:`~st_contrast.ContrastiveTrainer`, or any ``class X(MonitoringMixin, ...Trainer)``.
         output_dir: where the log files go; default ``trainer.args.output_dir``.
         probe: texts for the geometry evaluator (see :class:`EmbeddingGeometryEvaluator`); it runs at the
             trainer's evaluation steps. ST refuses an ``eval_strategy`` without an evaluator or eval dataset
@@ -182,7 +161,7 @@ def enable_monitoring(
     if not isinstance(trainer, MonitoringMixin):
         raise TypeError(
             f"enable_monitoring needs a trainer with MonitoringMixin, got {type(trainer).__name__}: a plain "
-            "SentenceTransformerTrainer cannot add metrics to its logs. Use st_contrast.callbacks.MonitoredTrainer, "
+            "SentenceTransformerTrainer cannot add metrics to its logs. Use st_contrast.ContrastiveTrainer, "
             "or define `class MyTrainer(MonitoringMixin, SentenceTransformerTrainer)`."
         )
     for kind in (JsonlLogCallback, ThroughputMonitor, WeightSpectrumCallback):

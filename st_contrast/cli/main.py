@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from st_contrast.cli import describe, evaluate, train
+from st_contrast.cli import describe, evaluate, export, train
 
 __all__ = ["main"]
 
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(func=_info)
     train.add_parser(commands)
     evaluate.add_parser(commands)
+    export.add_parser(commands)
     describe.add_parser(commands)
     return parser
 

@@ -12,11 +12,12 @@ def _train(args: argparse.Namespace) -> int:
     from st_contrast.training.config import load_config
     from st_contrast.training.run import train_from_config
 
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
     if args.output_dir:
-        config["output_dir"] = args.output_dir
+        overrides.append(f"output_dir={json.dumps(args.output_dir)}")
     if args.no_resume:
-        config["resume"] = False
+        overrides.append("resume=false")
+    config = load_config(args.config, overrides)
     metrics = train_from_config(config)
     from accelerate import PartialState
 
@@ -25,14 +26,14 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_summary(config: dict, metrics: dict) -> None:
+def _print_summary(config, metrics: dict) -> None:
     from st_contrast.evaluation import format_results_table
 
     if "after" in metrics:
         print(format_results_table(metrics["after"], baseline=metrics.get("before", {})))
     train = metrics.get("train", {})
     print(json.dumps({key: train[key] for key in ("train_loss", "train_runtime", "epoch") if key in train}))
-    print(f"model: {config['output_dir']}/model   metrics: {config['output_dir']}/metrics.json")
+    print(f"model: {config.output_dir}/model   metrics: {config.output_dir}/metrics.json")
 
 
 def add_parser(subcommands: argparse._SubParsersAction) -> None:

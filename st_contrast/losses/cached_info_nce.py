@@ -1,4 +1,4 @@
-"""InfoNCE with a learnable, rank-synced temperature, computed with GradCache for very large batches."""
+"""InfoNCE with a learnable, rank-synced temperature owned by the loss, computed with GradCache for large batches."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from torch import Tensor
 
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import Direction, InfoNCELoss
-from st_contrast.modules.temperature import LogitScale
+from st_contrast.losses.temperature import LearnedTemperature
 
 __all__ = ["CachedInfoNCELoss"]
 
@@ -34,7 +34,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         false_negative_detector: GloFND | None = None,
     ) -> None:
         """
-        :class:`InfoNCELoss` (learnable, rank-synced, saved temperature) computed with GradCache
+        :class:`InfoNCELoss` (learnable, rank-synced temperature that belongs to the loss) computed with GradCache
         (:class:`~sentence_transformers.sentence_transformer.losses.CachedMultipleNegativesRankingLoss`): the
         batch is embedded in mini-batches without gradients, the loss is back-propagated to the embeddings in
         chunks of ``mini_batch_size`` rows, then every mini-batch is re-embedded with its RNG state replayed
@@ -121,9 +121,9 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         )
 
     @property
-    def logit_scale_module(self) -> LogitScale | None:
-        """The model's ``LogitScale`` module holding the learned temperature, or None if it is fixed."""
-        return self.loss.logit_scale_module
+    def learned_temperature(self) -> LearnedTemperature | None:
+        """The loss's learned temperature (:class:`InfoNCELoss`'s), or None if it is fixed."""
+        return self.loss.learned_temperature
 
     @property
     def temperature(self) -> float:
@@ -138,7 +138,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             return super().calculate_loss(reps, labels, with_backward=with_backward)
         # Each loss chunk back-propagates separately: collect the scale's gradient on a leaf, then
         # back-propagate it through the (rank-synced) learned scale once.
-        scale = self.loss.logit_scale_module.scale()
+        scale = self.loss.learned_temperature.scale()
         scale_leaf = scale.detach().requires_grad_()
         with self.loss.fixed_scale(scale_leaf):
             loss = super().calculate_loss(reps, labels, with_backward=True)

@@ -13,7 +13,7 @@ from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, 
 from torch import Tensor, nn
 
 from st_contrast.losses.sample_state import check_sample_indices, sync_rows
-from st_contrast.modules.temperature import LogitScale, find_or_add_logit_scale
+from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 
 __all__ = ["GlobalContrastiveLoss"]
 
@@ -22,6 +22,9 @@ MAX_EXPONENT = 80.0  # exp(80) ~ 5.5e34 stays finite in fp32
 
 
 class GlobalContrastiveLoss(nn.Module):
+    needs_sample_index = True
+    """It keeps per-sample state: each row's dataset index must be the label column (see ``num_samples``)."""
+
     def __init__(
         self,
         model: SentenceTransformer,
@@ -52,8 +55,8 @@ class GlobalContrastiveLoss(nn.Module):
         ``gamma_decay_steps`` steps (constant ``gamma`` when 0).
 
         Temperature schemes: ``"constant"`` (SogCLR, FastCLIP-v0) and ``"learnable"`` (one global temperature,
-        FastCLIP-v3, with ``rho``), the latter kept as a :class:`~st_contrast.modules.LogitScale` of the model
-        (saved with it, averaged over ranks; ``1/tau`` clamped at 100).
+        FastCLIP-v3, with ``rho``), the latter a :class:`~st_contrast.losses.temperature.LearnedTemperature` of the loss
+        (checkpointed with the loss state, averaged over ranks; ``1/tau`` clamped at 100).
 
         The state (``u`` per sample and direction, ``seen`` flags, the step count) is made of buffers: it is in
         ``loss.state_dict()`` for checkpoints. Each rank updates its own anchors' ``u`` and the updates are
@@ -131,19 +134,17 @@ class GlobalContrastiveLoss(nn.Module):
         self.register_buffer("u", torch.zeros(num_samples, len(self.directions)))
         self.register_buffer("seen", torch.zeros(num_samples, len(self.directions), dtype=torch.bool))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        if temperature_scheme == "learnable":
-            # Kept in a list: the module belongs to the model, registering it here would make it a loss child too.
-            self._logit_scale = [find_or_add_logit_scale(model, temperature, 100.0, bias=None)]
-
-    @property
-    def logit_scale_module(self) -> LogitScale | None:
-        return self._logit_scale[0] if self.temperature_scheme == "learnable" else None
+        self.learned_temperature = (
+            LearnedTemperature(temperature, 100.0).to(model.device) if temperature_scheme == "learnable" else None
+        )
+        if self.learned_temperature is not None:
+            adopt_saved_logit_scale(model, self.learned_temperature)
 
     def tau(self) -> Tensor:
         """The current temperature (differentiable and rank-synced when learnable)."""
-        if self.logit_scale_module is None:
+        if self.learned_temperature is None:
             return torch.tensor(self.initial_temperature, device=self.u.device)
-        return 1.0 / self.logit_scale_module.scale()
+        return 1.0 / self.learned_temperature.scale()
 
     @property
     def temperature(self) -> float:

@@ -1,4 +1,4 @@
-"""InfoNCE with a learnable temperature that is synced across ranks and saved with the model."""
+"""InfoNCE with a learnable temperature that belongs to the loss and is synced across ranks."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from sentence_transformers.util import cos_sim, get_rank, similarity_fct_name
 from torch import Tensor
 
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
-from st_contrast.modules.temperature import LogitScale, ScaleFactor, find_or_add_logit_scale
+from st_contrast.losses.temperature import LearnedTemperature, ScaleFactor, adopt_saved_logit_scale
 
 __all__ = ["InfoNCELoss"]
 
@@ -39,11 +39,13 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         learned, as in CLIP.
 
         The scale ``1 / temperature`` is ``exp(logit_scale)``, clamped at ``max_scale``. ``logit_scale`` is a
-        parameter of a :class:`~st_contrast.modules.LogitScale` module appended to ``model`` (or found there,
-        when the model was saved by an earlier run), so the optimizer trains it with the model,
-        ``model.save(dir)`` writes it and ``st_contrast.load_model(dir)`` restores it. Its gradient is averaged
-        over the ranks in every backward pass, so it stays identical on every rank. When the model already has a
-        ``LogitScale`` (a reloaded model), training continues from its learned value and ``temperature`` is unused.
+        parameter of the loss (``loss.learned_temperature``, a
+        :class:`~st_contrast.losses.temperature.LearnedTemperature`):
+        the trainer optimizes it with the model, :class:`~st_contrast.ContrastiveTrainer` checkpoints it with the
+        loss state, and the saved model never holds it, so it stays a plain Sentence Transformers model. Its
+        gradient is averaged over the ranks in every backward pass, so it stays identical on every rank. A model
+        saved by st_contrast 0.1 with a ``LogitScale`` module hands its learned value to the loss (the module is
+        removed), and ``temperature`` is then unused.
 
         Args:
             model: SentenceTransformer model.
@@ -104,8 +106,8 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
                 })
                 loss = InfoNCELoss(model, temperature=0.05)
                 SentenceTransformerTrainer(model=model, train_dataset=train_dataset, loss=loss).train()
-                print(loss.temperature)  # the learned temperature
-                model.save("output/model")  # st_contrast.load_model("output/model") restores it
+                print(loss.temperature)  # the learned temperature, a parameter of the loss
+                model.save("output/model")  # a plain Sentence Transformers model
         """
         if false_negative_detector is not None and tuple(directions) != ("query_to_doc",):
             raise ValueError(
@@ -126,14 +128,10 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
             partition_mode=partition_mode,
         )
         self.false_negative_detector = false_negative_detector
-        if learnable_temperature:
-            # Kept in a list: the module belongs to the model, registering it here would make it a loss child too.
-            self._logit_scale = [find_or_add_logit_scale(model, temperature, max_scale, bias=None)]
-
-    @property
-    def logit_scale_module(self) -> LogitScale | None:
-        """The model's ``LogitScale`` module holding the learned temperature, or None if it is fixed."""
-        return self._logit_scale[0] if self.learnable_temperature else None
+        self.learned_temperature = LearnedTemperature(temperature, max_scale) if learnable_temperature else None
+        if self.learned_temperature is not None:
+            self.learned_temperature.to(model.device)
+            adopt_saved_logit_scale(model, self.learned_temperature)
 
     @property
     def scale(self) -> ScaleFactor | float:
@@ -141,8 +139,9 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         MNRL multiplies its (partly ``-inf``-masked) score matrices by it."""
         if self._fixed_scale is not None:
             return ScaleFactor(self._fixed_scale)
-        if self.learnable_temperature:
-            return ScaleFactor(self.logit_scale_module.scale())
+        learned = getattr(self, "learned_temperature", None)  # None until __init__ has created it
+        if learned is not None:
+            return ScaleFactor(learned.scale())
         return self._initial_scale
 
     @scale.setter

@@ -12,7 +12,7 @@ from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
-from st_contrast.modules.temperature import LogitScale, find_or_add_logit_scale
+from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 
 __all__ = ["SigLIPLoss"]
 
@@ -35,8 +35,9 @@ class SigLIPLoss(nn.Module):
             loss = -1/B * sum_i sum_j log sigmoid(z_ij * (t * sim(x_i, y_j) + b)),   z_ij = 1 if j == i else -1
 
         The scale ``t = exp(t')`` (initialised to 10, i.e. ``t' = log 10``, clamped at ``max_scale``) and the bias
-        ``b`` (initialised to -10) are learned; they live in a :class:`~st_contrast.modules.LogitScale` module of
-        the model, so they are saved with it and averaged over ranks like :class:`InfoNCELoss`'s temperature.
+        ``b`` (initialised to -10) are learned; they are parameters of the loss
+        (:class:`~st_contrast.losses.temperature.LearnedTemperature`), checkpointed with its state and averaged over
+        ranks like :class:`InfoNCELoss`'s temperature.
         No softmax couples the batch, so with ``gather_across_devices`` each rank scores its own anchors against
         the candidates of all ranks, which covers every pair of the global batch exactly once.
 
@@ -86,13 +87,8 @@ class SigLIPLoss(nn.Module):
         self.model = model
         self.similarity_fct = similarity_fct
         self.gather_across_devices = gather_across_devices
-        # Kept in a list: the module belongs to the model, registering it here would make it a loss child too.
-        self._logit_scale = [find_or_add_logit_scale(model, temperature, max_scale, bias=bias)]
-
-    @property
-    def logit_scale_module(self) -> LogitScale:
-        """The model's ``LogitScale`` module holding the learned scale and bias."""
-        return self._logit_scale[0]
+        self.learned_temperature = LearnedTemperature(temperature, max_scale, bias=bias).to(model.device)
+        adopt_saved_logit_scale(model, self.learned_temperature)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
         return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
@@ -108,7 +104,7 @@ class SigLIPLoss(nn.Module):
             candidates = [all_gather_with_grad(candidate) for candidate in candidates]
             offset = get_rank() * len(anchors)
         logits = self.similarity_fct(anchors, torch.cat(candidates))
-        logits = logits * self.logit_scale_module.scale() + self.logit_scale_module.bias()
+        logits = logits * self.learned_temperature.scale() + self.learned_temperature.bias()
         signs = -torch.ones_like(logits)
         rows = torch.arange(len(anchors), device=logits.device)
         signs[rows, rows + offset] = 1.0
@@ -116,13 +112,13 @@ class SigLIPLoss(nn.Module):
 
     @property
     def temperature(self) -> float:
-        return 1.0 / float(self.logit_scale_module.scale().detach())
+        return self.learned_temperature.temperature
 
     def get_config_dict(self) -> dict[str, Any]:
         return {
             "temperature": self.temperature,
-            "bias": float(self.logit_scale_module.logit_bias.detach()),
-            "max_scale": self.logit_scale_module.max_scale,
+            "bias": float(self.learned_temperature.logit_bias.detach()),
+            "max_scale": self.learned_temperature.max_scale,
             "similarity_fct": similarity_fct_name(self.similarity_fct),
             "gather_across_devices": self.gather_across_devices,
         }

@@ -1,25 +1,58 @@
-"""Sentence Transformers modules. Their import paths are part of the saved-model format
-(``modules.json`` stores ``module.Class``): keep them stable."""
+"""Sentence Transformers modules and the run-time modes st_contrast puts on them.
+
+Packing (:func:`enable_packing`, :class:`FlashTransformer`) and bidirectional attention (:func:`set_causal`) are
+modes of Sentence Transformers' own ``Transformer``: a model saved while they are on is a plain Sentence
+Transformers model. The module classes defined here are saved under their import paths (``modules.json`` stores
+``module.Class``): keep those paths stable.
+"""
 
 from __future__ import annotations
 
+from st_contrast.modules.backbones import backbone_models, hidden_layers
 from st_contrast.modules.bidirectional import (
     BidirectionalFlashTransformer,
     BidirectionalTransformer,
     is_bidirectional,
     set_causal,
 )
-from st_contrast.modules.flash_transformer import SUPPORTED_MODEL_TYPES, FlashTransformer
+from st_contrast.modules.embedding_tokenizer import SGPT_BRACKETS, EmbeddingTokenizer, EncodedTexts, collate_ids
+from st_contrast.modules.flash_transformer import FlashTransformer, to_flash
 from st_contrast.modules.instruction_pooling import InstructionPooling
+from st_contrast.modules.packing import (
+    SUPPORTED_MODEL_TYPES,
+    attention_backend,
+    can_pack,
+    disable_packing,
+    enable_packing,
+    is_packed,
+    packing_refusal,
+    resolved_attention_backend,
+    set_attention_backend,
+)
 from st_contrast.modules.temperature import LogitScale
 
 __all__ = [
+    "SGPT_BRACKETS",
+    "SUPPORTED_MODEL_TYPES",
     "BidirectionalFlashTransformer",
     "BidirectionalTransformer",
+    "EmbeddingTokenizer",
+    "EncodedTexts",
     "FlashTransformer",
     "InstructionPooling",
     "LogitScale",
-    "SUPPORTED_MODEL_TYPES",
+    "attention_backend",
+    "backbone_models",
+    "can_pack",
+    "collate_ids",
+    "disable_packing",
+    "enable_packing",
+    "hidden_layers",
     "is_bidirectional",
+    "is_packed",
+    "packing_refusal",
+    "resolved_attention_backend",
+    "set_attention_backend",
     "set_causal",
+    "to_flash",
 ]

@@ -10,8 +10,10 @@ from packaging import version
 from sentence_transformers.base.modules import Transformer
 from torch import nn
 
-from st_contrast.llm2vec.tokenization import EmbeddingTokenizer, collate_ids
-from st_contrast.modules.flash_transformer import FlashTransformer
+from st_contrast.modules.backbones import backbone_models
+from st_contrast.modules.embedding_tokenizer import EmbeddingTokenizer, collate_ids
+from st_contrast.modules.flash_transformer import PackedModuleType
+from st_contrast.modules.packing import enable_packing
 
 __all__ = ["BidirectionalFlashTransformer", "BidirectionalTransformer", "is_bidirectional", "set_causal"]
 
@@ -41,8 +43,6 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
     Returns:
         ``model``.
     """
-    from st_contrast.adapters.backbones import backbone_models
-
     if version.parse(transformers.__version__) < version.parse(_MIN_TRANSFORMERS):
         raise RuntimeError(
             f"Bidirectional decoders need transformers >= {_MIN_TRANSFORMERS} (config.is_causal drives the "
@@ -65,8 +65,6 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
 
 def is_bidirectional(model: nn.Module) -> bool:
     """Whether every backbone of ``model`` has ``config.is_causal == False`` and no causal attention module."""
-    from st_contrast.adapters.backbones import backbone_models
-
     for backbone in backbone_models(model):
         if getattr(backbone.config, "is_causal", True):
             return False
@@ -75,10 +73,50 @@ def is_bidirectional(model: nn.Module) -> bool:
     return True
 
 
-class _EmbeddingBackbone:
-    """Shared by both module classes: bidirectional attention and LLM2Vec/SGPT tokenization."""
+class BidirectionalTransformer(Transformer):
+    """Sentence Transformers' ``Transformer`` with a decoder LLM made bidirectional (LLM2Vec, step 1).
 
-    _extra_config_keys = ["bidirectional", "append_eos", "sgpt_brackets"]
+    Every attention implementation is bidirectional (``eager``, ``sdpa``, ``flash_attention_2``, and the packed
+    kernels after :func:`~st_contrast.modules.enable_packing`); see :func:`set_causal` for the mechanism.
+    Texts are tokenized for embedding:
+
+    - ``append_eos``: an EOS token after truncation, so last-token pooling always sees it (a
+      tokenizer that adds EOS itself gets no second one).
+    - a ``prompt`` (instruction) is tokenized together with each text; the tokens before the first
+      one that holds a text character are marked in ``instruction_mask``, which
+      :class:`~st_contrast.modules.InstructionPooling` leaves out of the embedding.
+    - ``sgpt_brackets``: SGPT's bracket tokens around the text, ``[ ]`` for queries and ``{ }``
+      for documents (``encode_query`` / ``encode_document``, or the trainer's task), inserted as
+      token ids so they never merge with the text.
+
+    The settings are saved in ``sentence_bert_config.json`` and ``is_causal: false`` in the
+    backbone's ``config.json``; :func:`st_contrast.load_model` restores both. This tokenization is not a stock
+    Sentence Transformers setting, so ``modules.json`` names this class; :func:`st_contrast.export_model`
+    writes the plain form (a stock ``Transformer``, EOS added by the saved tokenizer) where it is expressible.
+
+    Args:
+        model_name_or_path: A decoder (Llama, Mistral, Qwen2/3, Gemma, ...) id or path.
+        bidirectional: ``False`` keeps causal attention (SGPT-style causal embedders with EOS/brackets).
+        append_eos: Append the tokenizer's EOS after truncation. A tokenizer without one is refused.
+        sgpt_brackets: Wrap queries in ``[ ]`` and documents in ``{ }`` (SGPT asymmetric search).
+        **kwargs: Every ``Transformer`` argument (``model_kwargs={"attn_implementation": "sdpa"}``,
+            ``max_seq_length``, ...).
+
+    Example:
+        ::
+
+            from sentence_transformers import SentenceTransformer
+            from st_contrast.modules import BidirectionalTransformer, InstructionPooling
+
+            backbone = BidirectionalTransformer("meta-llama/Llama-3.2-1B", max_seq_length=512)
+            model = SentenceTransformer(modules=[backbone, InstructionPooling(backbone.get_embedding_dimension())])
+            model.encode(["A man plays a guitar."], prompt="Retrieve semantically similar text: ")
+
+    Reference: BehnamGhader et al., 2024, "LLM2Vec: Large Language Models Are Secretly Powerful Text
+    Encoders", arXiv:2404.05961; Muennighoff, 2022, "SGPT", arXiv:2202.08904.
+    """
+
+    config_keys: list[str] = [*Transformer.config_keys, "bidirectional", "append_eos", "sgpt_brackets"]
 
     def __init__(
         self,
@@ -89,10 +127,8 @@ class _EmbeddingBackbone:
         sgpt_brackets: bool = False,
         **kwargs: Any,
     ) -> None:
-        super().__init__(model_name_or_path, **kwargs)  # Transformer or FlashTransformer, by the class's bases
-        self._setup_embedding(bidirectional, append_eos, sgpt_brackets)
-
-    def _setup_embedding(self, bidirectional: bool, append_eos: bool, sgpt_brackets: bool) -> None:
+        kwargs.pop("unpad_inputs", None)  # packing is st_contrast's run-time mode, never a saved setting
+        super().__init__(model_name_or_path, **kwargs)
         self.bidirectional = bidirectional
         self.append_eos = append_eos
         self.sgpt_brackets = sgpt_brackets
@@ -106,7 +142,7 @@ class _EmbeddingBackbone:
     def preprocess(self, inputs, prompt: str | None = None, processing_kwargs=None, **kwargs) -> dict[str, Any]:
         """Tokenize texts with EOS after truncation, exact instruction boundaries and SGPT brackets.
 
-        Plain-string inputs go through :class:`~st_contrast.llm2vec.EmbeddingTokenizer`: ``prompt + text``
+        Plain-string inputs go through :class:`~st_contrast.modules.EmbeddingTokenizer`: ``prompt + text``
         is tokenized jointly, the tokens up to the first one holding a character of the text form the
         instruction (``instruction_mask`` marks them, for
         :class:`~st_contrast.modules.InstructionPooling`), brackets and EOS are inserted as token ids,
@@ -145,56 +181,13 @@ class _EmbeddingBackbone:
                 features["instruction_mask"] = instruction_mask
 
 
-class BidirectionalTransformer(_EmbeddingBackbone, Transformer):
-    """Sentence Transformers' ``Transformer`` with a decoder LLM made bidirectional (LLM2Vec, step 1).
-
-    Every attention implementation is bidirectional (``eager``, ``sdpa``, ``flash_attention_2``),
-    padded or, when the model is loaded with ``flash_attention_2``, packed by Sentence
-    Transformers; see :func:`set_causal` for the mechanism. :class:`BidirectionalFlashTransformer`
-    is the same with st_contrast's packed backends. Texts are tokenized for embedding:
-
-    - ``append_eos``: an EOS token after truncation, so last-token pooling always sees it (a
-      tokenizer that adds EOS itself gets no second one).
-    - a ``prompt`` (instruction) is tokenized together with each text; the tokens before the first
-      one that holds a text character are marked in ``instruction_mask``, which
-      :class:`~st_contrast.modules.InstructionPooling` leaves out of the embedding.
-    - ``sgpt_brackets``: SGPT's bracket tokens around the text, ``[ ]`` for queries and ``{ }``
-      for documents (``encode_query`` / ``encode_document``, or the trainer's task), inserted as
-      token ids so they never merge with the text.
-
-    The settings are saved in ``sentence_bert_config.json`` and ``is_causal: false`` in the
-    backbone's ``config.json``; :func:`st_contrast.load_model` restores both.
-
-    Args:
-        model_name_or_path: A decoder (Llama, Mistral, Qwen2/3, Gemma, ...) id or path.
-        bidirectional: ``False`` keeps causal attention (SGPT-style causal embedders with EOS/brackets).
-        append_eos: Append the tokenizer's EOS after truncation. A tokenizer without one is refused.
-        sgpt_brackets: Wrap queries in ``[ ]`` and documents in ``{ }`` (SGPT asymmetric search).
-        **kwargs: Every ``Transformer`` argument (``model_kwargs={"attn_implementation": "sdpa"}``,
-            ``max_seq_length``, ...).
-
-    Example:
-        ::
-
-            from sentence_transformers import SentenceTransformer
-            from st_contrast.modules import BidirectionalTransformer, InstructionPooling
-
-            backbone = BidirectionalTransformer("meta-llama/Llama-3.2-1B", max_seq_length=512)
-            model = SentenceTransformer(modules=[backbone, InstructionPooling(backbone.get_embedding_dimension())])
-            model.encode(["A man plays a guitar."], prompt="Retrieve semantically similar text: ")
-
-    Reference: BehnamGhader et al., 2024, "LLM2Vec: Large Language Models Are Secretly Powerful Text
-    Encoders", arXiv:2404.05961; Muennighoff, 2022, "SGPT", arXiv:2202.08904.
-    """
-
-    config_keys: list[str] = [*Transformer.config_keys, *_EmbeddingBackbone._extra_config_keys]
-
-
-class BidirectionalFlashTransformer(_EmbeddingBackbone, FlashTransformer):
-    """:class:`BidirectionalTransformer` on a packed :class:`~st_contrast.modules.FlashTransformer`.
+class BidirectionalFlashTransformer(BidirectionalTransformer, metaclass=PackedModuleType):
+    """:class:`BidirectionalTransformer`, packed (:func:`~st_contrast.modules.enable_packing`).
 
     Same arguments as :class:`BidirectionalTransformer` plus ``attention_backend`` (``"auto"``,
-    ``"varlen"``, ``"flash_attn"``, ``"cpu"``); the packed kernels run non-causal.
+    ``"varlen"``, ``"flash_attn"``, ``"sdpa"``); the packed kernels run non-causal. Calling it returns a packed
+    ``BidirectionalTransformer``; ``isinstance(module, BidirectionalFlashTransformer)`` tells whether a
+    ``BidirectionalTransformer`` runs packed. Models saved by st_contrast 0.1 under this name load through it.
 
     Example:
         ::
@@ -204,4 +197,7 @@ class BidirectionalFlashTransformer(_EmbeddingBackbone, FlashTransformer):
             backbone = BidirectionalFlashTransformer("Qwen/Qwen3-0.6B", attention_backend="auto")
     """
 
-    config_keys: list[str] = [*FlashTransformer.config_keys, *_EmbeddingBackbone._extra_config_keys]
+    packed_base = BidirectionalTransformer
+
+    def __new__(cls, model_name_or_path: str, *, attention_backend: str = "auto", **kwargs: Any):
+        return enable_packing(cls.packed_base(model_name_or_path, **kwargs), attention_backend)

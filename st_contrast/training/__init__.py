@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from st_contrast.training.loss_state import load_loss_state, loss_state_dict, save_loss_state
-from st_contrast.training.trainer import ContrastiveTrainer
+from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
+from st_contrast.training.trainer import ContrastiveTrainer, MonitoredTrainer
 
-__all__ = ["ContrastiveTrainer", "load_loss_state", "loss_state_dict", "save_loss_state"]
+__all__ = [
+    "LOSS_STATE_NAME",
+    "ContrastiveTrainer",
+    "MonitoredTrainer",
+    "load_loss_state",
+    "loss_state_dict",
+    "save_loss_state",
+]

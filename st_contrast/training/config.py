@@ -6,14 +6,16 @@ A configuration has these sections (see ``examples/configs/quickstart.yaml`` for
     seed: 12
     resume: auto                     # auto: continue from the newest checkpoint of output_dir; false: refuse to
                                      # start over a directory that has checkpoints
-    model: {...}                     # st_contrast.training.builders.build_model
-    adapters: {...}                  # optional: bitfit / lora / freeze
-    loss: {...}                      # st_contrast.training.builders.build_loss
-    data: {...}                      # st_contrast.data specs, batch sampler, sample index
+    model: {...}                     # ModelSpec: the model, packed or not, pooling, bidirectional
+    adapters: {...}                  # AdaptersSpec: bitfit / lora / freeze
+    loss: {...}                      # LossSpec: a loss class, its kwargs, glofnd, matryoshka
+    data: {...}                      # DataSection: st_contrast.data entries, batch sampler, sample index
     training: {...}                  # SentenceTransformerTrainingArguments keyword arguments
-    evaluation: {...}                # st_contrast.evaluation tasks, scored before and after training
-    monitoring: {...}                # st_contrast.callbacks: JSONL logs, throughput/MFU (on unless enabled: false),
+    evaluation: {...}                # EvaluationSpec: st_contrast.evaluation tasks, scored before and after
+    monitoring: {...}                # MonitoringSpec: JSONL logs, throughput/MFU (on unless enabled: false),
                                      # geometry probe, weight spectrum
+
+Each section is a typed spec in :mod:`st_contrast.training.specs`, validated once when the file is read.
 
 Relative paths in the configuration are relative to the current working directory.
 """
@@ -27,40 +29,10 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SECTIONS", "ConfigError", "apply_overrides", "dump_config", "load_config", "read_yaml", "validate_config"]
+from st_contrast.training.specs import RunConfig
+from st_contrast.training.validation import ConfigError
 
-# section -> allowed keys (None: free-form keyword arguments checked by the component they configure)
-SECTIONS: dict[str, set[str] | None] = {
-    "output_dir": None,
-    "seed": None,
-    "resume": None,
-    "model": {
-        "name_or_path",
-        "backbone",
-        "attention_backend",
-        "max_seq_length",
-        "pooling",
-        "normalize",
-        "bidirectional",
-        "model_kwargs",
-        "tokenizer_kwargs",
-        "device",
-    },
-    "adapters": {"bitfit", "lora", "freeze"},
-    "loss": {"name", "kwargs", "glofnd", "matryoshka"},
-    "data": {
-        "datasets",
-        "batch_sampler",
-        "max_tokens",
-        "single_dataset_batches",
-        "sample_index",
-        "no_duplicates",
-    },
-    "training": None,
-    "evaluation": {"tasks", "before", "after", "batch_size"},
-    "monitoring": {"enabled", "probe", "spectrum_every", "spectrum_patterns", "peak_flops"},
-}
-REQUIRED = ("output_dir", "model", "loss", "data")
+__all__ = ["ConfigError", "RunConfig", "apply_overrides", "dump_config", "load_config", "read_yaml"]
 
 
 class _Loader(yaml.SafeLoader):
@@ -86,12 +58,8 @@ def _parse(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
-    """A configuration that cannot be run; the message names the key and the fix."""
-
-
-def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
-    """Read a YAML configuration, apply ``key.sub=value`` overrides and validate it.
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML configuration, apply ``key.sub=value`` overrides and validate every section.
 
     Args:
         path: The YAML file.
@@ -99,17 +67,15 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
             ``loss.matryoshka.dims=[384,128]``, ``data.datasets.0.max_rows=500``).
 
     Returns:
-        The configuration as a plain dict.
+        The validated :class:`~st_contrast.training.specs.RunConfig` (``.raw`` holds the dict as written).
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"Configuration file {path} does not exist.")
     config = read_yaml(path)
     if not isinstance(config, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections ({', '.join(SECTIONS)}), not {type(config)}.")
-    config = apply_overrides(config, overrides)
-    validate_config(config)
-    return config
+        raise ConfigError(f"{path} must hold a mapping of configuration sections, not {type(config).__name__}.")
+    return RunConfig.from_dict(apply_overrides(config, overrides))
 
 
 def read_yaml(path: str | Path) -> Any:
@@ -156,36 +122,6 @@ def _index(node: list, part: str, key: str) -> int:
     if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
         raise ConfigError(f"--set {key}: {part!r} is not an index of a list of {len(node)} items.")
     return int(part)
-
-
-def validate_config(config: dict[str, Any]) -> None:
-    """Raise :class:`ConfigError` for unknown sections or keys and missing required sections."""
-    if unknown := sorted(set(config) - set(SECTIONS)):
-        raise ConfigError(f"Unknown configuration section(s) {unknown}; known: {sorted(SECTIONS)}.")
-    if missing := [name for name in REQUIRED if not config.get(name)]:
-        raise ConfigError(f"The configuration needs the section(s) {missing}.")
-    for section, allowed in SECTIONS.items():
-        value = config.get(section)
-        if allowed is None or value is None:
-            continue
-        if not isinstance(value, dict):
-            raise ConfigError(f"Section {section!r} must be a mapping, got {value!r}.")
-        if unknown := sorted(set(value) - allowed):
-            raise ConfigError(f"Unknown key(s) {unknown} in section {section!r}; known: {sorted(allowed)}.")
-    if config.get("training") is not None and not isinstance(config["training"], dict):
-        raise ConfigError(f"Section 'training' must be a mapping, got {config['training']!r}.")
-    if "name_or_path" not in config["model"]:
-        raise ConfigError(
-            "model.name_or_path is required (a local path, a hub id, or 'minilm' for the packaged model)."
-        )
-    if "name" not in config["loss"]:
-        raise ConfigError("loss.name is required (a class of st_contrast.losses or ST's losses, or 'module:Class').")
-    if not config["data"].get("datasets"):
-        raise ConfigError("data.datasets must list at least one dataset.")
-    if config.get("resume", "auto") not in ("auto", True, False):
-        raise ConfigError(f"resume must be 'auto', true or false, not {config['resume']!r}.")
-    if (training := config.get("training")) and "output_dir" in training:
-        raise ConfigError("Set output_dir at the top level of the configuration, not in 'training'.")
 
 
 def dump_config(config: dict[str, Any], path: str | Path) -> None:

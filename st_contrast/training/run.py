@@ -12,16 +12,12 @@ from accelerate import PartialState
 from transformers import set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from st_contrast.callbacks import enable_monitoring
-from st_contrast.training.builders import (
-    apply_adapters,
-    build_loss,
-    build_model,
-    build_training_arguments,
-    loss_needs_sample_index,
-)
-from st_contrast.training.config import ConfigError, dump_config
+from st_contrast.training.arguments import build_training_arguments
+from st_contrast.training.builders import apply_adapters, build_loss, build_model
+from st_contrast.training.config import dump_config
+from st_contrast.training.specs import DataSection, EvaluationSpec, MonitoringSpec, RunConfig
 from st_contrast.training.trainer import ContrastiveTrainer
+from st_contrast.training.validation import ConfigError
 
 __all__ = ["CONFIG_NAME", "FINAL_MODEL_DIR", "METRICS_NAME", "train_from_config"]
 
@@ -44,14 +40,11 @@ def _checkpoint_to_resume(output_dir: Path, resume: str | bool) -> str | None:
     return last
 
 
-def _evaluate(model: Any, section: dict[str, Any], output_dir: Path, stage: str) -> dict[str, Any]:
+def _evaluate(model: Any, section: EvaluationSpec, output_dir: Path, stage: str) -> dict[str, Any]:
     from st_contrast.evaluation import evaluate_model
 
     return evaluate_model(
-        model,
-        section["tasks"],
-        batch_size=section.get("batch_size", 64),
-        output_folder=str(output_dir / "eval" / stage),
+        model, section.tasks, batch_size=section.batch_size, output_folder=str(output_dir / "eval" / stage)
     )
 
 
@@ -59,71 +52,88 @@ def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
     path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n", encoding="utf8")
 
 
-def train_from_config(config: dict[str, Any]) -> dict[str, Any]:
+def train_from_config(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
     """Run the configured training and return the metrics that are also written to ``metrics.json``.
 
     Rerunning the same configuration continues from the newest ``checkpoint-*`` of ``output_dir``
     (``resume: auto``, the default) with the model, optimizer, scheduler, RNG, data order and loss state
-    of that checkpoint; the "before" evaluation is then not repeated.
+    of that checkpoint; the "before" evaluation is then not repeated. The final model is written to
+    ``output_dir/model`` as a plain Sentence Transformers model (:func:`st_contrast.export_model`).
     """
+    from st_contrast.model_io import export_model
+
+    config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     state = PartialState()
-    output_dir = Path(config["output_dir"])
-    checkpoint = _checkpoint_to_resume(output_dir, config.get("resume", "auto"))
+    output_dir = Path(config.output_dir)
+    checkpoint = _checkpoint_to_resume(output_dir, config.resume)
     metrics_path = output_dir / METRICS_NAME
     metrics: dict[str, Any] = (
         json.loads(metrics_path.read_text(encoding="utf8")) if checkpoint and metrics_path.is_file() else {}
     )
     if state.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config, output_dir / CONFIG_NAME)
-    set_seed(int(config.get("seed", 12)))
+        dump_config(config.raw, output_dir / CONFIG_NAME)
+    set_seed(config.seed)
 
     from st_contrast.data import build_training_data
 
-    model = build_model(config["model"])
-    apply_adapters(model, config.get("adapters"))
-    data_section = config["data"]
-    sample_index = data_section.get("sample_index", "auto")
+    model = build_model(config.model)
+    apply_adapters(model, config.adapters)
+    data_section = config.data
+    sample_index = data_section.sample_index
     data = build_training_data(
-        [_with_fallback(spec) for spec in data_section["datasets"]],
-        add_sample_index=loss_needs_sample_index(config["loss"]) if sample_index == "auto" else bool(sample_index),
+        [_with_fallback(spec) for spec in data_section.datasets],
+        add_sample_index=config.loss.needs_sample_index if sample_index == "auto" else bool(sample_index),
     )
-    loss = build_loss(model, config["loss"], num_samples=data.num_samples)
+    loss = build_loss(model, config.loss, num_samples=data.num_samples)
 
-    evaluation = config.get("evaluation") or {}
-    if evaluation.get("tasks") and evaluation.get("before", True) and "before" not in metrics:
+    evaluation = config.evaluation
+    if evaluation.tasks and evaluation.before and "before" not in metrics:
         if state.is_main_process:
             metrics["before"] = _evaluate(model, evaluation, output_dir, "before")
             _write_metrics(metrics_path, metrics)
         state.wait_for_everyone()
 
     sampler_arguments = _sampler_arguments(data_section, model, data.prompts, data.weights)
-    args = build_training_arguments(config, prompts=data.prompts or None, **sampler_arguments)
-    monitoring = config.get("monitoring") or {}
-    trainer = ContrastiveTrainer(
-        model=model, args=args, train_dataset=data.dataset, loss=loss, evaluator=_geometry_probe(monitoring)
+    args = build_training_arguments(
+        config.output_dir, config.training, seed=config.seed, prompts=data.prompts or None, **sampler_arguments
     )
-    if monitoring.get("enabled", True):
-        enable_monitoring(
-            trainer,
-            output_dir,
-            spectrum_every=int(monitoring.get("spectrum_every", 0)),
-            spectrum_patterns=monitoring.get("spectrum_patterns"),
-            peak_flops=monitoring.get("peak_flops"),
-        )
+    trainer = ContrastiveTrainer(
+        model=model,
+        args=args,
+        train_dataset=data.dataset,
+        loss=loss,
+        evaluator=_geometry_probe(config.monitoring),
+        monitoring=_monitoring_options(config.monitoring, output_dir),
+    )
     if checkpoint:
         logger.info("Resuming from %s", checkpoint)
     result = trainer.train(resume_from_checkpoint=checkpoint)
     metrics["train"] = result.metrics
-    trainer.save_model(str(output_dir / FINAL_MODEL_DIR))
+    if state.is_main_process:
+        report = export_model(trainer.model, output_dir / FINAL_MODEL_DIR, verify=False)
+        if not report.plain:
+            logger.warning("The final model needs st_contrast.load_model: %s", " ".join(report.notes))
+    state.wait_for_everyone()
 
-    if evaluation.get("tasks") and evaluation.get("after", True):
+    if evaluation.tasks and evaluation.after:
         if state.is_main_process:
             metrics["after"] = _evaluate(model, evaluation, output_dir, "after")
         state.wait_for_everyone()
     if state.is_main_process:
         _write_metrics(metrics_path, metrics)
     return metrics
+
+
+def _monitoring_options(section: MonitoringSpec, output_dir: Path) -> dict[str, Any] | bool:
+    if not section.enabled:
+        return False
+    return {
+        "output_dir": output_dir,
+        "spectrum_every": section.spectrum_every,
+        "spectrum_patterns": section.spectrum_patterns,
+        "peak_flops": section.peak_flops,
+    }
 
 
 def _with_fallback(spec: dict[str, Any]) -> dict[str, Any]:
@@ -136,39 +146,34 @@ def _with_fallback(spec: dict[str, Any]) -> dict[str, Any]:
     return spec
 
 
-def _sampler_arguments(section: dict[str, Any], model: Any, prompts: Any, weights: Any) -> dict[str, Any]:
+def _sampler_arguments(section: DataSection, model: Any, prompts: Any, weights: Any) -> dict[str, Any]:
     """``batch_sampler`` / ``multi_dataset_batch_sampler`` training arguments from the ``data`` section."""
     from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler
 
     arguments: dict[str, Any] = {}
-    sampler = section.get("batch_sampler", "no_duplicates")
-    if sampler == "token_budget":
-        if not section.get("max_tokens"):
-            raise ConfigError("data.batch_sampler: token_budget needs data.max_tokens (padded tokens per batch).")
+    if section.batch_sampler == "token_budget":
         arguments["batch_sampler"] = partial(
             TokenBudgetBatchSampler,
-            max_tokens=int(section["max_tokens"]),
+            max_tokens=section.max_tokens,
             tokenizer=model,
             prompts=prompts,
-            no_duplicates=bool(section.get("no_duplicates", True)),
+            no_duplicates=section.no_duplicates,
         )
-    elif sampler in ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label"):
-        arguments["batch_sampler"] = sampler
     else:
-        raise ConfigError(
-            f"data.batch_sampler must be batch_sampler, no_duplicates, no_duplicates_hashed, group_by_label or "
-            f"token_budget, not {sampler!r}."
-        )
-    if section.get("single_dataset_batches", True):
+        arguments["batch_sampler"] = section.batch_sampler
+    if section.single_dataset_batches:
         arguments["multi_dataset_batch_sampler"] = partial(SingleDatasetBatchSampler, weights=weights)
     return arguments
 
 
-def _geometry_probe(monitoring: dict[str, Any]) -> Any:
-    """The embedding-geometry evaluator on ``monitoring.probe`` (a dataset entry like those of ``data``), if any."""
-    if not monitoring.get("probe"):
+def _geometry_probe(monitoring: MonitoringSpec) -> Any:
+    """The embedding-geometry evaluator on ``monitoring.probe`` (a dataset entry like those of ``data``), if any.
+
+    Only when monitoring is enabled: ``enabled: false`` switches the probe off too.
+    """
+    if not (monitoring.enabled and monitoring.probe):
         return None
     from st_contrast.callbacks import with_geometry_probe
     from st_contrast.data import load_dataset_spec
 
-    return with_geometry_probe(None, load_dataset_spec({"name": "probe", **monitoring["probe"]}))
+    return with_geometry_probe(None, load_dataset_spec({"name": "probe", **monitoring.probe}))

@@ -11,43 +11,56 @@ import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from st_contrast.callbacks.trainer_mixin import MonitoringMixin
+from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
-__all__ = ["ContrastiveTrainer"]
+__all__ = ["ContrastiveTrainer", "MonitoredTrainer"]
 
 logger = logging.getLogger(__name__)
 
 
 class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
-    """:class:`~sentence_transformers.SentenceTransformerTrainer` that checkpoints stateful losses and can be monitored.
+    """st_contrast's trainer: :class:`~sentence_transformers.SentenceTransformerTrainer` that checkpoints the loss's
+    own state, keeps the data order across resumes, and monitors the run.
 
-    Losses such as :class:`~st_contrast.losses.GloFND` (per-anchor thresholds) and
-    :class:`~st_contrast.losses.GlobalContrastiveLoss` (per-sample moving averages) keep state in buffers of the
-    loss, outside the model. Every checkpoint written by this trainer also holds that state in
-    ``loss_state.pt``, and ``train(resume_from_checkpoint=...)`` restores it together with the model, optimizer,
-    scheduler, RNG and data order (with :class:`~st_contrast.data.SamplerEpochCallback`, also on several ranks), so
-    a resumed run continues exactly where it stopped. Stateless losses write nothing extra.
+    - **Loss state.** Losses such as :class:`~st_contrast.losses.GloFND` (per-anchor thresholds),
+      :class:`~st_contrast.losses.GlobalContrastiveLoss` (per-sample moving averages) and every learned temperature
+      keep state in the loss, outside the model. Every checkpoint also holds that state in ``loss_state.pt``, and
+      ``train(resume_from_checkpoint=...)`` restores it with the model, optimizer, scheduler and RNG, so a resumed
+      run continues exactly where it stopped. Stateless losses write nothing extra.
+    - **Data order.** :class:`~st_contrast.data.SamplerEpochCallback` keeps the interrupted epoch's order when a
+      multi-process run resumes.
+    - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
+      the step-time breakdown in the logs and the progress bar (:func:`~st_contrast.callbacks.enable_monitoring`).
 
-    It includes :class:`~st_contrast.callbacks.MonitoringMixin`, so :func:`~st_contrast.callbacks.enable_monitoring`
-    can add run logs, throughput and MFU; without that call, everything else is the stock trainer.
+    Args:
+        *args, **kwargs: As for ``SentenceTransformerTrainer``.
+        monitoring: ``True`` (default), ``False`` to switch monitoring off, or the keyword arguments of
+            :func:`~st_contrast.callbacks.enable_monitoring` (``probe``, ``spectrum_every``, ``peak_flops``...).
 
     Example:
         ::
 
+            from st_contrast import ContrastiveTrainer
             from st_contrast.losses import GloFND, InfoNCELoss
-            from st_contrast.training import ContrastiveTrainer
 
             loss = InfoNCELoss(model, false_negative_detector=GloFND(num_samples=len(train_dataset)))
             trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
             trainer.train(resume_from_checkpoint=True)  # the latest checkpoint in args.output_dir, if any
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, monitoring: bool | dict[str, Any] = True, **kwargs: Any) -> None:
+        options = dict(monitoring) if isinstance(monitoring, dict) else {}
+        if options.get("probe") is not None:
+            # ST checks at construction that an eval_strategy has something to evaluate
+            probe, name = options.pop("probe"), options.get("probe_name", "geometry")
+            kwargs["evaluator"] = with_geometry_probe(kwargs.get("evaluator"), probe, name)
         super().__init__(*args, **kwargs)
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
+        if monitoring is not False:
+            enable_monitoring(self, **options)
 
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
@@ -71,3 +84,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
                 "restart from its initial values. Resume from a checkpoint written by st_contrast's "
                 "ContrastiveTrainer, or start a new run."
             )
+
+
+MonitoredTrainer = ContrastiveTrainer
+"""Former name of :class:`ContrastiveTrainer` (which now monitors by default)."""

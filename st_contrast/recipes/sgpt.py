@@ -10,6 +10,7 @@ from sentence_transformers.base.modules import Dense, Router, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast.adapters.bitfit import apply_bitfit
+from st_contrast.modules.packing import enable_packing
 
 __all__ = ["asymmetric_model", "linear_stack", "sgpt_bitfit_model"]
 
@@ -32,7 +33,7 @@ def linear_stack(dimension: int, num_layers: int, *, before_pooling: bool = Fals
     Example:
         ::
 
-            from st_contrast.adapters import linear_stack
+            from st_contrast.recipes import linear_stack
 
             modules = [backbone, *linear_stack(384, 2, before_pooling=True), Pooling(384, "mean")]
     """
@@ -55,7 +56,8 @@ def linear_stack(dimension: int, num_layers: int, *, before_pooling: bool = Fals
 def sgpt_bitfit_model(
     model_name_or_path: str,
     *,
-    backbone_class: type[Transformer] = Transformer,
+    packed: bool = False,
+    attention_backend: str = "auto",
     pooling_mode: str = "weightedmean",
     linear_before: int = 0,
     linear_after: int = 0,
@@ -70,12 +72,13 @@ def sgpt_bitfit_model(
 
     Args:
         model_name_or_path: Decoder id or path (needs bias terms, e.g. GPT-Neo or Qwen2).
-        backbone_class: ``Transformer`` (default), :class:`~st_contrast.modules.FlashTransformer`, or a subclass.
+        packed: Run the backbone packed (:func:`~st_contrast.modules.enable_packing`) for supported architectures.
+        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
         pooling_mode: ST ``Pooling`` mode.
         linear_before: Number of identity-initialised linear layers on the token embeddings.
         linear_after: Number of identity-initialised linear layers on the sentence embedding.
         device: Passed to ``SentenceTransformer``.
-        **backbone_kwargs: Passed to ``backbone_class`` (``max_seq_length``, ``model_kwargs``...).
+        **backbone_kwargs: Passed to the ``Transformer`` (``max_seq_length``, ``model_kwargs``...).
 
     Returns:
         The ``SentenceTransformer``, ready for ``SentenceTransformerTrainer``.
@@ -83,12 +86,13 @@ def sgpt_bitfit_model(
     Example:
         ::
 
-            from st_contrast.adapters import count_parameters, sgpt_bitfit_model
+            from st_contrast.adapters import count_parameters
+            from st_contrast.recipes import sgpt_bitfit_model
 
             model = sgpt_bitfit_model("EleutherAI/gpt-neo-125m", linear_after=1)
             print(count_parameters(model))
     """
-    backbone = backbone_class(model_name_or_path, **backbone_kwargs)
+    backbone = _backbone(model_name_or_path, packed, attention_backend, backbone_kwargs)
     dimension = backbone.get_embedding_dimension()
     modules = [backbone]
     if linear_before:
@@ -105,7 +109,8 @@ def asymmetric_model(
     model_name_or_path: str,
     *,
     document_model_name_or_path: str | None = None,
-    backbone_class: type[Transformer] = Transformer,
+    packed: bool = False,
+    attention_backend: str = "auto",
     pooling_mode: str = "mean",
     device: str | None = None,
     **backbone_kwargs: Any,
@@ -120,10 +125,11 @@ def asymmetric_model(
     Args:
         model_name_or_path: Backbone of the query tower (and of the document tower by default).
         document_model_name_or_path: A different backbone for the document tower.
-        backbone_class: ``Transformer`` (default), :class:`~st_contrast.modules.FlashTransformer`, or a subclass.
+        packed: Run both towers packed (:func:`~st_contrast.modules.enable_packing`).
+        attention_backend: The packed attention backend.
         pooling_mode: ST ``Pooling`` mode of both towers.
         device: Passed to ``SentenceTransformer``.
-        **backbone_kwargs: Passed to both ``backbone_class`` instances.
+        **backbone_kwargs: Passed to both ``Transformer`` instances.
 
     Returns:
         The ``SentenceTransformer`` with a query/document ``Router``.
@@ -131,14 +137,20 @@ def asymmetric_model(
     Example:
         ::
 
-            from st_contrast.adapters import asymmetric_model, lock
+            from st_contrast.adapters import lock
+            from st_contrast.recipes import asymmetric_model
 
             model = asymmetric_model("sentence-transformers/all-MiniLM-L6-v2")
             lock(model[0].sub_modules["document"])  # optional: train the query tower only
     """
     towers = []
     for path in (model_name_or_path, document_model_name_or_path or model_name_or_path):
-        backbone = backbone_class(path, **backbone_kwargs)
+        backbone = _backbone(path, packed, attention_backend, backbone_kwargs)
         towers.append([backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling_mode)])
     router = Router.for_query_document(query_modules=towers[0], document_modules=towers[1])
     return SentenceTransformer(modules=[router], device=device)
+
+
+def _backbone(path: str, packed: bool, attention_backend: str, kwargs: dict[str, Any]) -> Transformer:
+    backbone = Transformer(path, **kwargs)
+    return enable_packing(backbone, attention_backend) if packed else backbone

@@ -7,8 +7,9 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 
 from st_contrast.adapters import add_lora
-from st_contrast.modules.bidirectional import BidirectionalFlashTransformer, BidirectionalTransformer
+from st_contrast.modules.bidirectional import BidirectionalTransformer
 from st_contrast.modules.instruction_pooling import InstructionPooling
+from st_contrast.modules.packing import enable_packing
 
 __all__ = ["llm2vec_model"]
 
@@ -17,7 +18,8 @@ def llm2vec_model(
     model_name_or_path: str,
     *,
     pooling_mode: str = "mean",
-    attention_backend: str | None = None,
+    packed: bool = False,
+    attention_backend: str = "auto",
     attention_dropout: float | None = None,
     lora: dict[str, Any] | None = None,
     max_seq_length: int | None = None,
@@ -34,8 +36,9 @@ def llm2vec_model(
     Args:
         model_name_or_path: Decoder id or path.
         pooling_mode: ``"mean"`` (LLM2Vec's best), ``"weightedmean"``, ``"lasttoken"``, ...
-        attention_backend: ``None`` for the padded transformers attention (``model_kwargs`` picks eager / sdpa /
-            flash_attention_2), or a packed backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"cpu"``).
+        packed: Run packed (:func:`~st_contrast.modules.enable_packing`); padded (default) uses the transformers
+            attention that ``model_kwargs`` picks (eager / sdpa / flash_attention_2).
+        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
         attention_dropout: Overrides the config's attention dropout: LLM2Vec's unsupervised SimCSE stage
             uses it as the dropout noise (0.3 in the paper), as decoders like Llama have no other dropout.
         lora: ``{"r": 16, "alpha": 32, "dropout": 0.05}`` adds a LoRA adapter (preset ``"decoder"``).
@@ -49,12 +52,9 @@ def llm2vec_model(
         backbone_kwargs["config_kwargs"] = config_kwargs
     if max_seq_length is not None:
         backbone_kwargs["max_seq_length"] = max_seq_length
-    if attention_backend is None:
-        backbone = BidirectionalTransformer(model_name_or_path, **backbone_kwargs)
-    else:
-        backbone = BidirectionalFlashTransformer(
-            model_name_or_path, attention_backend=attention_backend, **backbone_kwargs
-        )
+    backbone = BidirectionalTransformer(model_name_or_path, **backbone_kwargs)
+    if packed:
+        enable_packing(backbone, attention_backend)
     pooling = InstructionPooling(backbone.get_embedding_dimension(), pooling_mode)
     model = SentenceTransformer(modules=[backbone, pooling], device=device)
     if lora:

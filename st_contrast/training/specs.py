@@ -1,0 +1,395 @@
+"""Typed sections of the ``st-contrast train`` configuration, each validated once, when the configuration is read.
+
+Every check that needs no model, no data and no network happens here, before anything expensive starts: unknown
+keys, wrong value types (``learning_rate: fast``), out-of-range numbers (``max_seq_length: 0``), unknown losses and
+loss arguments, unknown trainer arguments. Errors are :class:`ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from st_contrast.data.spec import DatasetSpec
+from st_contrast.training.arguments import build_training_arguments
+from st_contrast.training.validation import ConfigError, check_type, describe, from_mapping, positive
+
+__all__ = [
+    "AdaptersSpec",
+    "ConfigError",
+    "DataSection",
+    "EvaluationSpec",
+    "LoraSpec",
+    "LossSpec",
+    "ModelSpec",
+    "MonitoringSpec",
+    "RunConfig",
+    "resolve_loss_class",
+]
+
+logger = logging.getLogger(__name__)
+
+_BATCH_SAMPLERS = ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label", "token_budget")
+
+
+@dataclass
+class ModelSpec:
+    """The ``model`` section.
+
+    Attributes:
+        name_or_path: A saved Sentence Transformers model, a transformers model, a hub id, or ``minilm`` (the
+            packaged all-MiniLM-L6-v2).
+        packed: Run the backbone packed (padding-free; :func:`~st_contrast.modules.enable_packing`). Default true;
+            an architecture that cannot run packed is refused with the alternative (``packed: false``).
+        attention_backend: The packed kernel: ``auto``, ``varlen``, ``flash_attn`` or ``sdpa`` (``cpu``: old name).
+        max_seq_length: Truncation length (a positive integer).
+        pooling: A ``Pooling`` mode replacing the model's (``mean``, ``cls``, ``lasttoken``, ...).
+        normalize: Append a ``Normalize`` module when the model has none.
+        bidirectional: Make a decoder bidirectional (LLM2Vec), persisted as ``is_causal: false``.
+        model_kwargs / tokenizer_kwargs: Passed to the backbone.
+        device: Where to load the model.
+    """
+
+    name_or_path: str
+    packed: bool = True
+    attention_backend: str = "auto"
+    max_seq_length: int | None = None
+    pooling: str | None = None
+    normalize: bool = False
+    bidirectional: bool | None = None
+    model_kwargs: dict | None = None
+    tokenizer_kwargs: dict | None = None
+    device: str | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any) -> ModelSpec:
+        if isinstance(values, Mapping) and "backbone" in values:
+            values = dict(values)
+            backbone = values.pop("backbone")
+            if backbone not in ("flash", "stock"):
+                raise ConfigError(
+                    f"model.backbone (old name of model.packed) must be 'flash' or 'stock', not {backbone!r}."
+                )
+            logger.warning("model.backbone: %s is the old spelling of model.packed: %s.", backbone, backbone == "flash")
+            values.setdefault("packed", backbone == "flash")
+        if isinstance(values, Mapping) and "name_or_path" not in values:
+            raise ConfigError(
+                "model.name_or_path is required (a local path, a hub id, or 'minilm' for the packaged model)."
+            )
+        spec = from_mapping(cls, "model", values)
+        spec.name_or_path = str(spec.name_or_path)
+        positive("model.max_seq_length", spec.max_seq_length)
+        from st_contrast.attention.backends import canonical_backend_name
+
+        try:
+            spec.attention_backend = canonical_backend_name(spec.attention_backend)
+        except ValueError as error:
+            raise ConfigError(f"model.attention_backend: {error}") from None
+        if spec.pooling is not None:
+            from sentence_transformers.sentence_transformer.modules import Pooling
+
+            if spec.pooling not in Pooling.POOLING_MODES:
+                raise ConfigError(f"model.pooling must be one of {list(Pooling.POOLING_MODES)}, got {spec.pooling!r}.")
+        return spec
+
+
+@dataclass
+class LoraSpec:
+    """``adapters.lora``: a preset (``auto``, ``encoder``, ``decoder``, ``modernbert``) and its size."""
+
+    preset: str = "auto"
+    r: int = 8
+    alpha: int | float = 16
+    dropout: float = 0.05
+
+    def __post_init__(self) -> None:
+        from st_contrast.adapters.lora import LORA_PRESETS
+
+        if self.preset != "auto" and self.preset not in LORA_PRESETS:
+            raise ConfigError(
+                f"adapters.lora.preset must be 'auto' or one of {sorted(LORA_PRESETS)}, not {self.preset!r}."
+            )
+        positive("adapters.lora.r", self.r)
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"adapters.lora.dropout must be in [0, 1), got {self.dropout!r}.")
+
+
+@dataclass
+class FreezeSpec:
+    """``adapters.freeze``: the embeddings and/or the first ``layers`` blocks."""
+
+    embeddings: bool = False
+    layers: int = 0
+
+
+@dataclass
+class BitFitSpec:
+    """``adapters.bitfit``: bias-only training, optionally with embeddings and heads."""
+
+    train_embeddings: bool = False
+    train_heads: bool = False
+
+
+@dataclass
+class AdaptersSpec:
+    """The ``adapters`` section: ``bitfit``, ``lora`` (not both) and ``freeze``."""
+
+    bitfit: BitFitSpec | None = None
+    lora: LoraSpec | None = None
+    freeze: FreezeSpec | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any) -> AdaptersSpec:
+        if values is None:
+            return cls()
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"Section 'adapters' must be a mapping, got {describe(values)}.")
+        parts = {"bitfit": BitFitSpec, "lora": LoraSpec, "freeze": FreezeSpec}
+        if unknown := sorted(set(values) - set(parts)):
+            raise ConfigError(f"Unknown key(s) {unknown} in section 'adapters'; known: {sorted(parts)}.")
+        spec = cls(**{name: from_mapping(parts[name], f"adapters.{name}", v) for name, v in values.items()})
+        if spec.bitfit is not None and spec.lora is not None:
+            raise ConfigError("adapters: choose bitfit or lora, not both.")
+        return spec
+
+
+def resolve_loss_class(name: str) -> type:
+    """A loss class from ``st_contrast.losses``, Sentence Transformers' losses, or a ``module:Class`` path."""
+    from sentence_transformers.sentence_transformer import losses as st_losses
+
+    from st_contrast import losses as our_losses
+
+    if ":" in name:
+        module_name, _, class_name = name.partition(":")
+        try:
+            return getattr(importlib.import_module(module_name), class_name)
+        except (ImportError, AttributeError) as error:
+            raise ConfigError(f"loss.name {name!r} cannot be imported: {error}") from error
+    for namespace in (our_losses, st_losses):
+        if name in getattr(namespace, "__all__", ()):
+            return getattr(namespace, name)
+    raise ConfigError(
+        f"Unknown loss {name!r}. Use a class of st_contrast.losses ({', '.join(our_losses.__all__)}), of "
+        "sentence_transformers.sentence_transformer.losses, or 'package.module:ClassName'."
+    )
+
+
+@dataclass
+class MatryoshkaSpec:
+    """``loss.matryoshka``: the dimensions (and optional weights) of ST's ``MatryoshkaLoss``."""
+
+    dims: list
+    weights: list | None = None
+    n_dims_per_step: int = -1
+
+    def __post_init__(self) -> None:
+        if not self.dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in self.dims):
+            raise ConfigError(f"loss.matryoshka.dims must be a list of positive integers, got {self.dims!r}.")
+        if self.weights is not None and len(self.weights) != len(self.dims):
+            raise ConfigError(f"loss.matryoshka.weights needs one weight per dimension ({len(self.dims)}).")
+
+
+@dataclass
+class LossSpec:
+    """The ``loss`` section: a loss class by name, its keyword arguments, GloFND and Matryoshka wrappers."""
+
+    name: str
+    kwargs: dict = field(default_factory=dict)
+    glofnd: dict | None = None
+    matryoshka: MatryoshkaSpec | None = None
+    loss_class: type = field(init=False, repr=False)
+
+    @classmethod
+    def from_dict(cls, values: Any) -> LossSpec:
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"Section 'loss' must be a mapping, got {describe(values)}.")
+        if "name" not in values:
+            raise ConfigError(
+                "loss.name is required (a class of st_contrast.losses or ST's losses, or 'module:Class')."
+            )
+        values = dict(values)
+        matryoshka = values.pop("matryoshka", None)
+        if matryoshka is not None:
+            if isinstance(matryoshka, Mapping) and "dims" not in matryoshka:
+                raise ConfigError("loss.matryoshka needs 'dims', e.g. [384, 256, 128, 64].")
+            matryoshka = from_mapping(MatryoshkaSpec, "loss.matryoshka", matryoshka)
+        spec = from_mapping(cls, "loss", values)
+        spec.kwargs = dict(spec.kwargs or {})
+        spec.matryoshka = matryoshka
+        spec.loss_class = resolve_loss_class(spec.name)
+        spec._check_arguments()
+        return spec
+
+    @property
+    def needs_sample_index(self) -> bool:
+        """Whether the loss keeps per-sample state (declared by the loss class, or GloFND), so rows need indices."""
+        return bool(self.glofnd) or bool(getattr(self.loss_class, "needs_sample_index", False))
+
+    def _check_arguments(self) -> None:
+        try:
+            parameters = inspect.signature(self.loss_class).parameters
+        except (TypeError, ValueError):
+            return
+        if self.glofnd and "false_negative_detector" not in parameters:
+            raise ConfigError(f"loss.glofnd needs an InfoNCE loss of st_contrast.losses, not {self.name}.")
+        if self.glofnd:
+            from st_contrast.losses import GloFND
+
+            detector_parameters = inspect.signature(GloFND).parameters
+            if unknown := sorted(set(self.glofnd) - set(detector_parameters) - {"num_samples"}):
+                raise ConfigError(f"Unknown key(s) {unknown} in loss.glofnd; known: {sorted(detector_parameters)}.")
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+            return
+        if unknown := sorted(set(self.kwargs) - set(parameters)):
+            raise ConfigError(
+                f"loss.kwargs {unknown} are not arguments of {self.loss_class.__name__}; it takes "
+                f"{sorted(name for name in parameters if name != 'model')}."
+            )
+
+
+@dataclass
+class DataSection:
+    """The ``data`` section: the dataset entries and how they are batched."""
+
+    datasets: list
+    batch_sampler: str = "no_duplicates"
+    max_tokens: int | None = None
+    single_dataset_batches: bool = True
+    sample_index: bool | str = "auto"
+    no_duplicates: bool = True
+
+    @classmethod
+    def from_dict(cls, values: Any) -> DataSection:
+        spec = from_mapping(cls, "data", values)
+        if not spec.datasets:
+            raise ConfigError("data.datasets must list at least one dataset.")
+        for index, entry in enumerate(spec.datasets):
+            if not isinstance(entry, Mapping):
+                raise ConfigError(f"data.datasets.{index} must be a mapping, got {describe(entry)}.")
+            try:
+                DatasetSpec.from_dict({key: value for key, value in entry.items() if key != "fallback"})
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"data.datasets.{index}: {error}") from None
+        if spec.batch_sampler not in _BATCH_SAMPLERS:
+            raise ConfigError(f"data.batch_sampler must be one of {list(_BATCH_SAMPLERS)}, not {spec.batch_sampler!r}.")
+        if spec.batch_sampler == "token_budget" and not spec.max_tokens:
+            raise ConfigError("data.batch_sampler: token_budget needs data.max_tokens (padded tokens per batch).")
+        positive("data.max_tokens", spec.max_tokens)
+        if spec.sample_index not in ("auto", True, False):
+            raise ConfigError(f"data.sample_index must be auto, true or false, not {spec.sample_index!r}.")
+        return spec
+
+
+@dataclass
+class EvaluationSpec:
+    """The ``evaluation`` section: MTEB task specs scored before and after training."""
+
+    tasks: list = field(default_factory=list)
+    before: bool = True
+    after: bool = True
+    batch_size: int = 64
+
+    @classmethod
+    def from_dict(cls, values: Any) -> EvaluationSpec:
+        spec = from_mapping(cls, "evaluation", values)
+        positive("evaluation.batch_size", spec.batch_size)
+        return spec
+
+
+@dataclass
+class MonitoringSpec:
+    """The ``monitoring`` section (on unless ``enabled: false``)."""
+
+    enabled: bool = True
+    probe: dict | None = None
+    spectrum_every: int = 0
+    spectrum_patterns: list | None = None
+    peak_flops: float | None = None
+
+    @classmethod
+    def from_dict(cls, values: Any) -> MonitoringSpec:
+        spec = from_mapping(cls, "monitoring", values)
+        if spec.spectrum_every < 0:
+            raise ConfigError(f"monitoring.spectrum_every must be 0 (off) or positive, got {spec.spectrum_every}.")
+        return spec
+
+
+_SECTIONS = (
+    "output_dir",
+    "seed",
+    "resume",
+    "model",
+    "adapters",
+    "loss",
+    "data",
+    "training",
+    "evaluation",
+    "monitoring",
+)
+_REQUIRED = ("output_dir", "model", "loss", "data")
+
+
+@dataclass
+class RunConfig:
+    """A validated run configuration (see :func:`~st_contrast.training.config.load_config`).
+
+    ``raw`` keeps the configuration as written (after ``--set`` overrides), which is what ``config.yaml`` records.
+    """
+
+    output_dir: str
+    model: ModelSpec
+    loss: LossSpec
+    data: DataSection
+    seed: int = 12
+    resume: bool | str = "auto"
+    adapters: AdaptersSpec = field(default_factory=AdaptersSpec)
+    training: dict = field(default_factory=dict)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    monitoring: MonitoringSpec = field(default_factory=MonitoringSpec)
+    raw: dict = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any]) -> RunConfig:
+        if not isinstance(config, Mapping):
+            raise ConfigError(
+                f"A configuration is a mapping of sections ({', '.join(_SECTIONS)}), not {describe(config)}."
+            )
+        if unknown := sorted(set(config) - set(_SECTIONS)):
+            raise ConfigError(f"Unknown configuration section(s) {unknown}; known: {sorted(_SECTIONS)}.")
+        if missing := [name for name in _REQUIRED if not config.get(name)]:
+            raise ConfigError(f"The configuration needs the section(s) {missing}.")
+        output_dir = check_type("output_dir", config["output_dir"], str)
+        seed = check_type("seed", config.get("seed", 12), int)
+        resume = config.get("resume", "auto")
+        if resume not in ("auto", True, False):
+            raise ConfigError(f"resume must be 'auto', true or false, not {resume!r}.")
+        training = config.get("training") or {}
+        if not isinstance(training, Mapping):
+            raise ConfigError(f"Section 'training' must be a mapping, got {describe(training)}.")
+        if "output_dir" in training:
+            raise ConfigError("Set output_dir at the top level of the configuration, not in 'training'.")
+        build_training_arguments(output_dir, dict(training), seed)  # every check TrainingArguments makes, up front
+        monitoring = MonitoringSpec.from_dict(config.get("monitoring"))
+        if training.get("eval_strategy", "no") != "no" and not (monitoring.enabled and monitoring.probe):
+            raise ConfigError(
+                f"training.eval_strategy is {training['eval_strategy']!r}, but there is nothing to evaluate during "
+                "training: the monitoring probe is off (monitoring.probe unset or monitoring.enabled: false). Set "
+                "training.eval_strategy: 'no' (the evaluation section runs before and after training), or a probe."
+            )
+        return cls(
+            output_dir=output_dir,
+            model=ModelSpec.from_dict(config["model"]),
+            loss=LossSpec.from_dict(config["loss"]),
+            data=DataSection.from_dict(config["data"]),
+            seed=seed,
+            resume=resume,
+            adapters=AdaptersSpec.from_dict(config.get("adapters")),
+            training=dict(training),
+            evaluation=EvaluationSpec.from_dict(config.get("evaluation")),
+            monitoring=monitoring,
+            raw=dict(config),
+        )
