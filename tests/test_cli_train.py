@@ -90,7 +90,7 @@ assert not [name for name in sys.modules if name.startswith("st_contrast")]
 
 
 def assert_plain_sentence_transformers_reproduces(model_dir: Path, texts: list[str], reference, tmp_path: Path) -> None:
-    """``SentenceTransformer(dir)`` in a process where st_contrast cannot be imported gives ``reference``'s embeddings."""
+    """``SentenceTransformer(dir)`` where st_contrast cannot be imported gives ``reference``'s embeddings."""
     import numpy as np
 
     out = tmp_path / "plain.npy"

@@ -10,8 +10,9 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraine
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from transformers import TrainerCallback
 
+from st_contrast import ContrastiveTrainer
 from st_contrast.losses import GlobalContrastiveLoss, GloFND, InfoNCELoss
-from st_contrast.training import ContrastiveTrainer, load_loss_state, loss_state_dict
+from st_contrast.training import load_loss_state, loss_state_dict
 
 NUM_ROWS, BATCH, STEPS, STOP_AT = 48, 8, 6, 3
 
