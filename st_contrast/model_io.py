@@ -16,7 +16,14 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from st_contrast.compat import load_with_module_classes, require_adapter_support
+from st_contrast.compat import (
+    clear_prompt_lengths,
+    has_peft_adapters,
+    load_with_module_classes,
+    peft_configs,
+    prompt_length,
+    require_adapter_support,
+)
 from st_contrast.modules import (
     BidirectionalFlashTransformer,
     BidirectionalTransformer,
@@ -186,7 +193,7 @@ def export_model(
     for name, module in list(exported.named_children()):
         if isinstance(module, LogitScale):
             del exported._modules[name]
-    if merge_adapters and any(getattr(b, "_hf_peft_config_loaded", False) for b in backbone_models(exported)):
+    if merge_adapters and any(has_peft_adapters(backbone) for backbone in backbone_models(exported)):
         from st_contrast.adapters.merging import merge_lora
 
         merge_lora(exported)
@@ -227,7 +234,7 @@ def _to_stock_transformer(module: BidirectionalTransformer) -> str | None:
         if reason := bake_eos_into_tokenizer(module.tokenizer):
             return f"BidirectionalTransformer kept: {reason}"
     module.__class__ = Transformer
-    module._prompt_length_mapping = {}  # measured with the EOS-appending tokenization of the class it had
+    clear_prompt_lengths(module)  # measured with the EOS-appending tokenization of the class it had
     return None
 
 
@@ -237,7 +244,7 @@ def _prompt_boundaries_agree(module: Transformer, prompts: dict[str, str]) -> bo
     tokenizer = EmbeddingTokenizer(module.tokenizer, append_eos=False)
     for prompt in {prompt for prompt in (prompts or {}).values() if prompt}:
         exact = tokenizer([text for text in _PROBE_TEXTS], instruction=prompt).instruction_lengths
-        if any(length != module._get_prompt_length(prompt) for length in exact):
+        if any(length != prompt_length(module, prompt) for length in exact):
             return False
     return True
 
@@ -377,8 +384,8 @@ def load_adapter_model(model_dir: str | Path, *, trainable: bool = False, **kwar
     model = load_model(str(model_dir), **kwargs)
     if trainable:
         for backbone in backbone_models(model):
-            if getattr(backbone, "_hf_peft_config_loaded", False):
-                set_requires_grad(backbone, list(backbone.peft_config), requires_grad=True)
+            if has_peft_adapters(backbone):
+                set_requires_grad(backbone, list(peft_configs(backbone)), requires_grad=True)
     return model
 
 

@@ -10,7 +10,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
-from st_contrast.compat import require_adapter_support
+from st_contrast.compat import peft_configs, require_adapter_support
 from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["LORA_PRESETS", "add_lora", "linear_layer_names"]
@@ -80,9 +80,9 @@ def add_lora(
             else _preset_config(backbone, preset_or_config, r=r, alpha=alpha, dropout=dropout)
         )
         backbone.add_adapter(config, adapter_name=adapter_name)
-        base = backbone.peft_config[adapter_name].base_model_name_or_path
-        if base and os.path.isdir(base):
-            backbone.peft_config[adapter_name].base_model_name_or_path = os.path.abspath(base)
+        config = peft_configs(backbone)[adapter_name]
+        if config.base_model_name_or_path and os.path.isdir(config.base_model_name_or_path):
+            config.base_model_name_or_path = os.path.abspath(config.base_model_name_or_path)
     return count_parameters(model)
 
 

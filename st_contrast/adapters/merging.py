@@ -8,6 +8,7 @@ from pathlib import Path
 from peft.tuners.tuners_utils import BaseTunerLayer
 from sentence_transformers import SentenceTransformer
 
+from st_contrast.compat import forget_peft_adapters, has_peft_adapters
 from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["merge_and_save", "merge_lora"]
@@ -42,9 +43,8 @@ def merge_lora(model: SentenceTransformer) -> SentenceTransformer:
             layer.merge()
             setattr(backbone.get_submodule(parent_name), child_name, layer.get_base_layer())
         merged += len(peft_layers)
-        if getattr(backbone, "_hf_peft_config_loaded", False):
-            del backbone.peft_config
-            backbone._hf_peft_config_loaded = False
+        if has_peft_adapters(backbone):
+            forget_peft_adapters(backbone)
     if not merged:
         raise ValueError("The model has no LoRA adapters to merge; add one with add_lora(model) or load an adapter.")
     return model

@@ -9,10 +9,9 @@ avoid the substring "flash", which transformers reserves for its own flash-atten
 from __future__ import annotations
 
 import torch
-from transformers import AttentionInterface
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, flash_attention_mask
 
 from st_contrast.attention.backends import ATTENTION_BACKENDS, canonical_backend_name, get_kernel, resolve_backend
+from st_contrast.compat import register_attention_function
 
 __all__ = ["attention_implementation_name", "register_packed_attention", "packed_attention_forward"]
 
@@ -132,6 +131,5 @@ def register_packed_attention() -> None:
         def forward(*args, _backend: str = backend, **kwargs):
             return packed_attention_forward(*args, backend=_backend, **kwargs)
 
-        AttentionInterface.register(_PREFIX + backend, forward)
-        ALL_MASK_ATTENTION_FUNCTIONS.register(_PREFIX + backend, flash_attention_mask)
+        register_attention_function(_PREFIX + backend, forward)
     _registered = True

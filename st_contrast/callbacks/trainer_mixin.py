@@ -16,6 +16,7 @@ from st_contrast.callbacks.geometry import EmbeddingGeometryEvaluator
 from st_contrast.callbacks.run_log import JsonlLogCallback
 from st_contrast.callbacks.spectrum import WeightSpectrumCallback
 from st_contrast.callbacks.throughput import ThroughputMonitor
+from st_contrast.compat import training_progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ class MonitoringMixin:
                 if callable(metrics_for_log):
                     logs.update(metrics_for_log(self.args, self.state))
             progress = self._monitoring_callback(ProgressCallback)
-            bar = getattr(progress, "training_bar", None)
+            bar = training_progress_bar(progress)
             shown = {label: logs[key] for key, label in _PROGRESS_KEYS.items() if key in logs}
             if bar is not None and shown:
                 bar.set_postfix({label: f"{value:.3g}" for label, value in shown.items()}, refresh=False)

@@ -12,6 +12,8 @@ from torch.utils.data import BatchSampler, ConcatDataset
 from transformers import TrainerCallback
 from transformers.utils import logging
 
+from st_contrast.compat import SAMPLER_WRAPPER_ATTRIBUTES, accelerate_state_exists
+
 __all__ = ["SamplerEpochCallback", "SingleDatasetBatchSampler", "resolve_world_size", "set_sampler_epoch"]
 
 logger = logging.get_logger(__name__)
@@ -25,13 +27,10 @@ def resolve_world_size(world_size: int | None = None) -> int:
         return int(world_size)
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_world_size()
-    try:
+    if accelerate_state_exists():  # only read a state someone created: never initialise one here
         from accelerate.state import PartialState
 
-        if PartialState._shared_state:  # only read a state someone created: never initialise one here
-            return int(PartialState().num_processes)
-    except ImportError:  # pragma: no cover - accelerate is a dependency
-        pass
+        return int(PartialState().num_processes)
     return 1
 
 
@@ -177,7 +176,7 @@ def set_sampler_epoch(obj: object, epoch: int) -> int:
         ):
             current.set_epoch(epoch)
             count += 1
-        for name in ("batch_sampler", "sampler", "base_dataloader", "_loader", "dataloader"):
+        for name in SAMPLER_WRAPPER_ATTRIBUTES:
             child = getattr(current, name, None)
             if child is not None and not isinstance(child, (torch.utils.data.Dataset, list)):
                 stack.append(child)

@@ -12,6 +12,7 @@ import torch
 from sentence_transformers.base.sampler import DefaultBatchSampler
 from transformers.utils import logging
 
+from st_contrast.compat import dataset_fingerprint
 from st_contrast.data.lengths import resolve_prompts, row_lengths, text_columns, text_hashes
 from st_contrast.data.single_dataset import resolve_world_size
 
@@ -110,7 +111,7 @@ class TokenBudgetBatchSampler(DefaultBatchSampler):
         if len(self.lengths) != len(dataset):
             raise ValueError(f"lengths has {len(self.lengths)} entries for {len(dataset)} rows.")
         self._hashes = text_hashes(dataset, columns) if no_duplicates else None
-        fingerprint = getattr(dataset, "_fingerprint", None) or str(len(dataset))
+        fingerprint = dataset_fingerprint(dataset) or str(len(dataset))
         self._salt = zlib.crc32(fingerprint.encode())  # datasets of one mixture do not share shuffles
 
         rows = len(self.lengths)

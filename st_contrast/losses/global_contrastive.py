@@ -8,10 +8,10 @@ from typing import Any, Literal
 
 import torch
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
+from st_contrast.compat import embed_columns
 from st_contrast.losses.sample_state import check_sample_indices, sync_rows
 from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 

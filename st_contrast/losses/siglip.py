@@ -8,10 +8,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from sentence_transformers import SentenceTransformer
-from sentence_transformers.base.losses.merged_forward import embed_columns
 from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
+from st_contrast.compat import embed_columns
 from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 
 __all__ = ["SigLIPLoss"]

@@ -10,6 +10,7 @@ from packaging import version
 from sentence_transformers.base.modules import Transformer
 from torch import nn
 
+from st_contrast.compat import flatten_position_offset, should_flatten_inputs
 from st_contrast.modules.backbones import backbone_models
 from st_contrast.modules.embedding_tokenizer import EmbeddingTokenizer, collate_ids
 from st_contrast.modules.flash_transformer import PackedModuleType
@@ -161,12 +162,12 @@ class BidirectionalTransformer(Transformer):
         texts = [text.lower() for text in inputs] if self.do_lower_case else list(inputs)
         max_length = kwargs.get("max_length") or self.max_seq_length
         encoded = self._embedding_tokenizer(texts, instruction=prompt, max_length=max_length, task=kwargs.get("task"))
-        packed = self._should_flatten_inputs("text", {"text": texts}, **kwargs)
+        packed = should_flatten_inputs(self, "text", {"text": texts}, **kwargs)
         features = collate_ids(
             encoded,
             self.tokenizer,
             data_collator=self.data_collator if packed else None,
-            position_offset=getattr(self, "_flatten_position_offset", 0) if packed else 0,
+            position_offset=flatten_position_offset(self) if packed else 0,
         )
         features["modality"] = "text"
         return features

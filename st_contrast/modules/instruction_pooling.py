@@ -8,6 +8,8 @@ import torch
 from sentence_transformers.sentence_transformer.modules import Pooling
 from torch import Tensor
 
+from st_contrast.compat import pool_flattened, pool_padded
+
 __all__ = ["InstructionPooling"]
 
 
@@ -60,7 +62,7 @@ class InstructionPooling(Pooling):
             kept = attention_mask * keep
             if (kept.sum(dim=1) == 0).any():
                 raise ValueError("A row has no token left to pool once its instruction is excluded.")
-            vectors = self._forward_padded(token_embeddings, kept, {})
+            vectors = pool_padded(self, token_embeddings, kept, {})
         features["sentence_embedding"] = torch.cat(vectors, dim=-1)
         return features
 
@@ -74,4 +76,4 @@ class InstructionPooling(Pooling):
             raise ValueError("A row has no token left to pool once its instruction is excluded.")
         kept_cu = torch.nn.functional.pad(counts.cumsum(0), (1, 0)).to(cu_seq_lens.dtype)
         embeddings = token_embeddings.reshape(-1, token_embeddings.shape[-1])[keep].unsqueeze(0)
-        return self._forward_flattened(embeddings, {"cu_seq_lens_q": kept_cu})
+        return pool_flattened(self, embeddings, {"cu_seq_lens_q": kept_cu})

@@ -17,6 +17,13 @@ from transformers import DataCollatorWithFlattening
 
 from st_contrast.attention.backends import canonical_backend_name, resolve_backend
 from st_contrast.attention.interface import attention_implementation_name
+from st_contrast.compat import (
+    attn_implementation,
+    flatten_inputs,
+    flattens_inputs,
+    forward_params,
+    restore_padded_inputs,
+)
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -97,17 +104,12 @@ def enable_packing(module: Transformer, attention_backend: str = "auto") -> Tran
     state = getattr(module, _STATE, None)
     if state is None:
         state = {
-            "padded_attn_implementation": module.model.config._attn_implementation,
-            "forward_params": None if module.model_forward_params is None else set(module.model_forward_params),
+            "padded_attn_implementation": attn_implementation(module.model.config),
+            "forward_params": forward_params(module),
         }
         setattr(module, _STATE, state)
-    module.data_collator = DataCollatorWithFlattening(
-        return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True
-    )
-    if module.model_forward_params is not None:
-        module.model_forward_params |= _PACKED_FORWARD_KWARGS
-    module._flatten_position_offset = module._infer_flatten_position_offset()
-    module.can_flatten_inputs = True
+    collator = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True)
+    flatten_inputs(module, collator, _PACKED_FORWARD_KWARGS)  # Sentence Transformers' own flattened text path
     set_attention_backend(module, backend)
     return module
 
@@ -118,16 +120,14 @@ def disable_packing(module: Transformer) -> Transformer:
     if state is None:
         return module
     module.model.set_attn_implementation(state["padded_attn_implementation"])
-    if state["forward_params"] is not None:
-        module.model_forward_params = set(state["forward_params"])
     delattr(module, _STATE)
-    module.unpad_inputs = module.unpad_inputs  # Sentence Transformers re-evaluates its own flattening conditions
+    restore_padded_inputs(module, state["forward_params"])  # ST re-evaluates its own flattening conditions
     return module
 
 
 def is_packed(module: Any) -> bool:
     """Whether ``module`` is a ``Transformer`` running packed (see :func:`enable_packing`)."""
-    return isinstance(module, Transformer) and getattr(module, _STATE, None) is not None and module.can_flatten_inputs
+    return isinstance(module, Transformer) and getattr(module, _STATE, None) is not None and flattens_inputs(module)
 
 
 def attention_backend(module: Transformer) -> str | None:

@@ -10,6 +10,7 @@ from datasets import Dataset
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, TrainingArguments
 
 from st_contrast.adapters.merging import merge_lora
+from st_contrast.compat import has_peft_adapters
 from st_contrast.pretraining.masking import MaskingCollator
 
 __all__ = ["SAVE_MODES", "save_pretrained_model", "tokenize_texts", "train_masked_lm"]
@@ -68,7 +69,7 @@ def save_pretrained_model(
     """
     if mode not in SAVE_MODES:
         raise ValueError(f"Unknown save mode {mode!r}; choose one of {SAVE_MODES}.")
-    has_adapter = bool(getattr(model, "_hf_peft_config_loaded", False))
+    has_adapter = has_peft_adapters(model)
     if mode != "merged" and not has_adapter:
         raise ValueError(f"save mode {mode!r} needs a LoRA adapter, but the model was fully trained; use 'merged'.")
     output_dir = Path(output_dir)

@@ -15,6 +15,8 @@ import torch
 from sentence_transformers.base.model import BaseModel
 from torch import Tensor, nn
 
+from st_contrast.compat import is_persistent_buffer
+
 __all__ = ["LOSS_STATE_NAME", "load_loss_state", "loss_state_dict", "save_loss_state"]
 
 LOSS_STATE_NAME = "loss_state.pt"
@@ -27,7 +29,7 @@ def _own_tensors(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, Ten
     for name, parameter in module.named_parameters(recurse=False):
         yield prefix + name, parameter
     for name, buffer in module.named_buffers(recurse=False):
-        if name not in module._non_persistent_buffers_set:
+        if is_persistent_buffer(module, name):
             yield prefix + name, buffer
     for child_name, child in module.named_children():
         yield from _own_tensors(child, f"{prefix}{child_name}.")

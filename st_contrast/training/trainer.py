@@ -12,6 +12,7 @@ from sentence_transformers import SentenceTransformerTrainer
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
+from st_contrast.compat import trainer_output_dir
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
@@ -65,7 +66,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
     def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
-            folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+            folder = Path(trainer_output_dir(self, trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
             if save_loss_state(self.loss, folder) is not None:
                 logger.info("Saved the loss state to %s", folder / LOSS_STATE_NAME)
 
