@@ -583,10 +583,14 @@ def _resolve_owner(owner: str) -> Any:
 
 
 def _owner_source(owner: Any) -> str:
+    """The source of ``owner`` (a module, or a class and its bases from the same library)."""
     import inspect
 
+    library = getattr(owner, "__module__", None) or owner.__name__
     texts = []
     for cls in getattr(owner, "__mro__", (owner,)):
+        if (getattr(cls, "__module__", None) or cls.__name__).split(".")[0] != library.split(".")[0]:
+            continue
         try:
             texts.append(inspect.getsource(cls))
         except (OSError, TypeError):
@@ -646,9 +650,9 @@ def hook_problem(hook: Hook) -> str | None:
             if not hasattr(owner, hook.attribute):
                 problem = "it is gone"
         elif hook.kind == "attribute":
-            mentioned = re.search(rf"(\.|[\"']){re.escape(hook.attribute)}\b", _owner_source(owner))
-            if not hasattr(owner, hook.attribute) and not mentioned:
-                problem = "neither the class nor its source has it any more"
+            pattern = rf"(\.|[\"']){re.escape(hook.attribute)}\b"  # self.name, obj.name, getattr(obj, "name")
+            if not hasattr(owner, hook.attribute) and not re.search(pattern, _owner_source(owner)):
+                problem = "neither it nor its source has it any more"
         else:
             problem = f"unknown hook kind {hook.kind!r}"
     if problem is None:

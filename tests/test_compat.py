@@ -32,6 +32,7 @@ from st_contrast.compat import (
     CHECKED_ON,
     HOOKS,
     CompatibilityError,
+    Hook,
     adapter_support_problem,
     hook_problem,
     transformers_min_peft_version,
@@ -106,6 +107,12 @@ def test_a_changed_or_removed_hook_is_named_with_the_versions(monkeypatch):
     a_new_required_parameter = next(hook for hook in HOOKS if hook.attribute == "_get_prompt_length")
     monkeypatch.setattr(Transformer, "_get_prompt_length", lambda self, prompt, task: 0)
     assert "its parameters are now (prompt, task)" in hook_problem(a_new_required_parameter)
+
+    renamed = Hook(
+        "sentence-transformers", "sentence_transformers.base.modules:Transformer", "_renamed_away", "attribute", "x"
+    )
+    assert "sentence_transformers.base.modules.Transformer._renamed_away" in hook_problem(renamed)
+    assert "neither it nor its source has it any more" in hook_problem(renamed)
 
 
 def test_registry_points_at_real_files():
