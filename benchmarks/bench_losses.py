@@ -9,8 +9,10 @@ from ../shared/data with:
 
 Every measurement runs in a fresh subprocess, so the peak memory is its own: on CUDA
 ``torch.cuda.max_memory_allocated``, on CPU the growth of the process's peak resident set over the step.
-Prints one JSON object with, per batch size, the median step seconds, the peak MiB and the ratios
-``cached / uncached`` (memory and time) and ``cached / stock_cached`` (time).
+Prints one JSON object with, per batch size, the median step seconds, the peak MiB, the loss of the batch
+(computed once more after the timed steps, without dropout: the three methods must give the same value, and
+``loss_max_abs_difference`` says how far apart they are) and the ratios ``cached / uncached`` (memory and time)
+and ``cached / stock_cached`` (time).
 
 The default model is a small random BERT (MiniLM's tokenizer, hidden 128, 2 layers) so that the CPU can reach
 batch 512; pass ``--model`` (e.g. the packaged all-MiniLM-L6-v2) and larger ``--batch-sizes`` on a GPU.
@@ -108,7 +110,12 @@ def measure(args: argparse.Namespace) -> dict:
             peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
         if step >= args.warmup:
             times.append(time.perf_counter() - start)
-    return {"seconds": statistics.median(times), "peak_mib": round(peak, 1)}
+    # The loss value on this batch, without dropout (no optimizer step ran, so the weights are the initial ones):
+    # the three methods compute the same InfoNCE (temperature 0.05 = MNRL's scale 20) and must agree.
+    model.eval()
+    with torch.no_grad():
+        loss = loss_fn([dict(f) for f in features], None).item()
+    return {"seconds": statistics.median(times), "peak_mib": round(peak, 1), "loss": loss}
 
 
 def current_rss_mib() -> float:
@@ -156,6 +163,8 @@ def main() -> None:
         }
         for batch_size in args.batch_sizes:
             figures = {method: run_one(args, model, method, batch_size) for method in METHODS}
+            losses = [figures[method]["loss"] for method in METHODS]
+            figures["loss_max_abs_difference"] = max(losses) - min(losses)
             figures["memory_ratio_cached_vs_uncached"] = round(
                 figures["cached"]["peak_mib"] / max(figures["uncached"]["peak_mib"], 1e-6), 3
             )

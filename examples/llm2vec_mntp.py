@@ -5,17 +5,17 @@ masked tokens: the token at i from the logits at i-1 (BehnamGhader et al., 2024)
 is merged and the full model saved (`save: merged`, with `is_causal: false` in its config.json),
 ready for `llm2vec_simcse.py` / `llm2vec_supervised.py` (`model_name_or_path: <output_dir>/model`).
 
-Defaults (examples/configs/llm2vec_mntp.yaml): a tiny random Llama built offline and SNLI sentences
+Defaults (examples/configs/scripts/llm2vec_mntp.yaml): a tiny random Llama built offline and SNLI sentences
 from ../shared/data; about a minute on 2 CPU cores. For a real model set `model_name_or_path`.
 
 Run:
-  python examples/llm2vec_mntp.py [--config examples/configs/llm2vec_mntp.yaml] [--set training.max_steps=50]
+  python examples/llm2vec_mntp.py [--config examples/configs/scripts/llm2vec_mntp.yaml] [--set training.max_steps=50]
   accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/llm2vec_mntp.py --config ...
 """
 
 from __future__ import annotations
 
-from _common import load_config, model_path, run_masked_lm
+from helpers.scripts import load_config, model_path, run_masked_lm
 
 from st_contrast.pretraining import load_mntp_model
 

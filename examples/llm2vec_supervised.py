@@ -5,11 +5,11 @@ hard negatives do not; InfoNCE with in-batch and hard negatives (LLM2Vec trains 
 with the same loss). Prints STS-B dev Spearman (with the STS instruction) before and after, then
 merges the adapter and saves a standalone model (reload with `st_contrast.load_model`).
 
-Defaults (examples/configs/llm2vec_supervised.yaml): a tiny random Llama (or the SimCSE / MNTP
+Defaults (examples/configs/scripts/llm2vec_supervised.yaml): a tiny random Llama (or the SimCSE / MNTP
 output) and NLI triplets from ../shared/data; about a minute on 2 CPU cores.
 
 Run:
-  python examples/llm2vec_supervised.py [--config examples/configs/llm2vec_supervised.yaml] [--set ...]
+  python examples/llm2vec_supervised.py [--config examples/configs/scripts/llm2vec_supervised.yaml] [--set ...]
   accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/llm2vec_supervised.py --config ...
 """
 
@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from _common import finish_run, load_config, model_path, nli_triplets, stsb_dev_spearman
+from helpers.data import nli_triplets, stsb_spearman
+from helpers.scripts import finish_run, load_config, model_path
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
 
@@ -37,7 +38,7 @@ def main() -> None:
         lora=config.get("lora"),
     )
     sts_prompt, limit = config["sts_instruction"], config.get("stsb_pairs")
-    print(f"STS-B dev Spearman before: {stsb_dev_spearman(model, sts_prompt, limit):.2f}")
+    print(f"STS-B dev Spearman before: {stsb_spearman(model, pairs=limit, prompt=sts_prompt):.2f}")
     args = SentenceTransformerTrainingArguments(
         output_dir=str(output_dir / "checkpoints"),
         prompts={"anchor": config["train_instruction"]},
@@ -49,7 +50,7 @@ def main() -> None:
         model=model, args=args, train_dataset=nli_triplets(config["num_triplets"]), loss=loss
     )
     trainer.train()
-    finish_run(trainer, model, config, "supervised", lambda: stsb_dev_spearman(model, sts_prompt, limit))
+    finish_run(trainer, model, config, "supervised", lambda: stsb_spearman(model, pairs=limit, prompt=sts_prompt))
 
 
 if __name__ == "__main__":

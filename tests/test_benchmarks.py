@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end (tiny settings) and report well-formed ratios.
 
 Speed claims come from running the benchmarks at full size (benchmarks/RESULTS.md); this only
-keeps the scripts working, so it asserts structure and sanity, never a speed-up.
+keeps the scripts working, so it asserts structure, sanity and the figures that must agree exactly (the loss of
+one batch under three implementations), never a speed-up.
 """
 
 from __future__ import annotations
@@ -44,6 +45,12 @@ def test_bench_losses_small_run():
     for method in ("uncached", "cached", "stock_cached"):
         assert figures[method]["seconds"] > 0 and figures[method]["peak_mib"] >= 0
     assert figures["time_ratio_cached_vs_uncached"] > 0 and figures["time_ratio_cached_vs_stock_cached"] > 0
+    # The same batch gives the same InfoNCE loss whichever way it is computed: a loss well above zero (16 anchors
+    # of a random model), equal across the three methods.
+    losses = [figures[method]["loss"] for method in ("uncached", "cached", "stock_cached")]
+    assert losses[0] > 0.1
+    assert losses == pytest.approx([losses[0]] * 3, rel=1e-5, abs=1e-6)
+    assert figures["loss_max_abs_difference"] == pytest.approx(max(losses) - min(losses))
 
 
 @pytest.mark.slow

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -19,3 +20,20 @@ def test_flash_backbone_example(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "stock 82.03, FlashTransformer 82.03" in result.stdout
     assert (tmp_path / "model" / "modules.json").is_file()
+
+
+@pytest.mark.slow
+def test_monitored_example(tmp_path):
+    script = ROOT / "examples" / "train_monitored.py"
+    command = [sys.executable, str(script), "--max-steps=4", "--batch-size=8", f"--output-dir={tmp_path}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [2, 4]
+    counted = log[-1]["samples_seen/pairs"] + log[-1]["samples_seen/triplets"]
+    assert log[-1]["samples_seen"] == counted == 4 * 8 and log[-1]["tokens_seen"] > 4 * 8 * 2
+    evaluations = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in evaluations] == [0, 4]
+    assert all(0 < entry["eval_stsb-dev_spearman_cosine"] < 1 for entry in evaluations)
+    assert all(0 < entry["eval_geometry_effective_rank"] <= 384 for entry in evaluations)
+    assert (tmp_path / "plots" / "loss.png").stat().st_size > 10_000

