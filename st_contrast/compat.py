@@ -47,6 +47,7 @@ __all__ = [
     "has_peft_adapters",
     "hook_problem",
     "is_persistent_buffer",
+    "load_checkpoint_weights",
     "load_with_module_classes",
     "peft_configs",
     "pool_flattened",
@@ -316,6 +317,13 @@ def trainer_output_dir(trainer: Any, trial: Any) -> str:
     return trainer._get_output_dir(trial=trial)
 
 
+def load_checkpoint_weights(trainer: Any, checkpoint: str) -> None:
+    """Load a checkpoint's model weights into the trainer's model (hook: ``BaseTrainer._load_from_checkpoint``,
+    Sentence Transformers' own checkpoint reload; used when a run stopped after its final checkpoint). Checked on
+    sentence-transformers 6.0.1 and 6.2.0."""
+    trainer._load_from_checkpoint(checkpoint)
+
+
 def training_progress_bar(callback: Any) -> Any:
     """The tqdm bar of transformers' ``ProgressCallback`` during training, or None (hook:
     ``ProgressCallback.training_bar``; monitoring shows throughput in its postfix). Checked on transformers 5.17
@@ -485,12 +493,19 @@ HOOKS: tuple[Hook, ...] = (
          used_in=("st_contrast/data/single_dataset.py",), covered_by=("tests/test_data_samplers.py",)),
     # transformers: Trainer hooks
     Hook(_TF, _TRAINER, "_save_checkpoint", "override",
-         "ContrastiveTrainer writes loss_state.pt into each checkpoint",
+         "ContrastiveTrainer stages each checkpoint (loss_state.pt and a manifest included) and renames it into "
+         "place when complete",
          params=("model", "trial"), used_in=("st_contrast/training/trainer.py",),
-         covered_by=("tests/test_training_resume.py",)),
-    Hook(_TF, _TRAINER, "_get_output_dir", "method", "the run directory holding the checkpoint folders",
+         covered_by=("tests/test_training_resume.py", "tests/test_checkpoint_crashes.py")),
+    Hook(_ST, "sentence_transformers.base.trainer:BaseTrainer", "_load_from_checkpoint", "method",
+         "load_checkpoint_weights: a run stopped after its final checkpoint takes the weights from it",
+         params=("checkpoint_path",), used_in=("st_contrast/training/trainer.py",),
+         covered_by=("tests/test_checkpoint_crashes.py",)),
+    Hook(_TF, _TRAINER, "_get_output_dir", "override",
+         "the run directory holding the checkpoint folders; ContrastiveTrainer returns the staging area while the "
+         "upstream save writes a checkpoint",
          params=("trial",), used_in=("st_contrast/training/trainer.py",),
-         covered_by=("tests/test_training_resume.py",)),
+         covered_by=("tests/test_training_resume.py", "tests/test_checkpoint_crashes.py")),
     Hook(_TF, _TRAINER, "_load_optimizer_and_scheduler", "override",
          "ContrastiveTrainer restores loss_state.pt on every resume path (plain, DeepSpeed, FSDP)",
          params=("checkpoint",), used_in=("st_contrast/training/trainer.py",),

@@ -221,9 +221,9 @@ def test_row_numbers_count_across_files_of_a_glob(tmp_path, cache):
 
 
 def test_missing_paths_and_offline_hub_ids_get_clear_errors(tmp_path, cache, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(DataError, match="does not exist"):
         load_dataset_spec({"name": "m", "path": str(tmp_path / "nope.jsonl")})
-    with pytest.raises(FileNotFoundError, match="no file matches"):
+    with pytest.raises(DataError, match="no file matches"):
         load_dataset_spec({"name": "m", "path": str(tmp_path / "*.parquet")})
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="no local file or folder, and loading it as a Hugging Face hub dataset failed"):

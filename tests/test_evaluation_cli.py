@@ -63,10 +63,15 @@ def test_eval_saved_flash_model_and_default_output_dir(tmp_path, small_sts, tiny
     rows, sts_path = small_sts
     backbone = FlashTransformer(tiny_model_factory("bert"), max_seq_length=64, attention_backend="sdpa")
     model = SentenceTransformer(modules=[backbone, Pooling(backbone.get_embedding_dimension(), "mean")], device="cpu")
-    model.save(str(tmp_path / "tiny-flash"))
+    for run in ("a", "b"):  # two runs' models, both called "model": their default output folders differ
+        model.save(str(tmp_path / "runs" / run / "model"))
     monkeypatch.chdir(tmp_path)
-    assert main(["eval", "tiny-flash", "--tasks", f"sts:{sts_path}", "--device", "cpu", "--no-progress"]) == 0
-    results = json.loads((tmp_path / "output" / "eval" / "tiny-flash" / "results.json").read_text())
+    for run in ("a", "b"):
+        argv = ["eval", f"runs/{run}/model", "--tasks", f"sts:{sts_path}", "--device", "cpu", "--no-progress"]
+        assert main(argv) == 0
+    folders = sorted(path.parent for path in (tmp_path / "output" / "eval").glob("*/results.json"))
+    assert [folder.name.endswith(f"runs__{run}__model") for folder, run in zip(folders, "ab", strict=True)] == [True] * 2
+    results = json.loads((folders[0] / "results.json").read_text())
     (name,) = results
     assert results[name]["main_score"] == pytest.approx(_reference_spearman(model, rows), abs=1e-6)
     assert _table_rows(capsys.readouterr().out)[name][2] == f"{100 * results[name]['main_score']:.2f}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from pathlib import Path
@@ -38,7 +39,7 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
     parser.add_argument(
         "--output-dir",
         default=None,
-        help="where results.json and MTEB's per-task JSON go (default output/eval/<model>)",
+        help="where results.json and MTEB's per-task JSON go (default output/eval/<model path>, unique per model)",
     )
     parser.add_argument("--batch-size", type=int, default=32, help="encoding batch size (default 32)")
     parser.add_argument(
@@ -75,7 +76,9 @@ def load_eval_model(model: str, device: str | None = None):
 
 
 def _default_output_dir(model: str) -> Path:
-    label = Path(model).name if Path(model).exists() else model
+    """``output/eval/<model>``, unique per model: a local directory is named by its whole (resolved) path, so
+    ``runs/a/model`` and ``runs/b/model`` never share results; a hub id or alias by itself."""
+    label = str(Path(model).resolve()).lstrip(os.sep) if Path(model).exists() else model
     return Path("output") / "eval" / re.sub(r"[^\w.-]+", "__", label)
 
 

@@ -47,6 +47,7 @@ def _info(_: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="st-contrast", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
     info = commands.add_parser("info", help="versions and available attention backends")
     info.set_defaults(func=_info)
@@ -57,15 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe bad input (the message names the key, or the file and line): one line, exit 2."""
+    from st_contrast.compat import CompatibilityError
+    from st_contrast.data import DataError
+    from st_contrast.evaluation.errors import DataFormatError, HubUnavailableError, TaskSpecError
+    from st_contrast.training.validation import ConfigError
+
+    return ConfigError, CompatibilityError, DataError, DataFormatError, HubUnavailableError, TaskSpecError
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from st_contrast.compat import CompatibilityError
-    from st_contrast.training.config import ConfigError
-
     try:
         return args.func(args)
-    except (ConfigError, CompatibilityError) as error:
-        print(f"st-contrast {args.command}: error: {error}", file=sys.stderr)
+    except _user_errors() as error:
+        if args.debug:
+            raise
+        message = " ".join(str(error).split())
+        print(f"st-contrast {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

@@ -18,7 +18,7 @@ def _train(args: argparse.Namespace) -> int:
     if args.no_resume:
         overrides.append("resume=false")
     config = load_config(args.config, overrides)
-    metrics = train_from_config(config)
+    metrics = train_from_config(config, restart=args.restart)
     from accelerate import PartialState
 
     if PartialState().is_main_process:
@@ -53,4 +53,10 @@ def add_parser(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--output-dir", help="override output_dir")
     parser.add_argument("--no-resume", action="store_true", help="refuse to continue from existing checkpoints")
+    parser.add_argument(
+        "--restart",
+        action="store_true",
+        help="start over: remove the run's checkpoints, model/, metrics and logs from output_dir first (a finished "
+        "run is otherwise not trained again)",
+    )
     parser.set_defaults(func=_train)

@@ -7,7 +7,9 @@ import glob
 import gzip
 import json
 import os
-from collections.abc import Mapping, Sequence
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +47,7 @@ def _expand_files(patterns: Sequence[str], name: str) -> list[str]:
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         matches = [match for match in matches if os.path.isfile(match)]
         if not matches:
-            raise FileNotFoundError(f"Dataset {name!r}: no file matches {pattern!r}.")
+            raise DataError(f"Dataset {name!r}: no file matches {pattern!r}.")
         files.extend(matches)
     return files
 
@@ -107,10 +109,14 @@ def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | No
     elif any(glob.has_magic(path) or os.path.exists(os.path.expanduser(path)) for path in paths):
         dataset, source = _load_files(_expand_files(paths, spec.name), spec, cache_dir)
     elif len(paths) == 1 and (first.startswith((".", "/", "~")) or _suffix(first)):
-        raise FileNotFoundError(f"Dataset {spec.name!r}: {paths[0]!r} does not exist.")
+        raise DataError(f"Dataset {spec.name!r}: {paths[0]!r} does not exist.")
     else:
         dataset, source = _load_hub(paths[0], spec, cache_dir), _Source(f"hub dataset {paths[0]!r}")
-    return _prepare(dataset, spec, source)
+    try:
+        return _prepare(dataset, spec, source)
+    except (pa.ArrowInvalid, UnicodeDecodeError) as error:  # e.g. bytes that are not UTF-8 inside JSON strings
+        problems = [problem for file, _ in source.files if (problem := _scan_text_file(file, "json"))]
+        raise DataError(f"Dataset {spec.name!r}: {problems[0] if problems else error}") from error
 
 
 def _load_from_disk(directory: Path, spec: DatasetSpec) -> datasets.Dataset:
@@ -156,9 +162,10 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
     for file in files:
         builder, kwargs = DATA_FILE_FORMATS[suffixes[file]]
         try:
-            part = datasets.load_dataset(
-                builder, data_files=file, split="train", cache_dir=cache_dir, **{**kwargs, **spec.load_kwargs}
-            )
+            with _quiet_datasets():
+                part = datasets.load_dataset(
+                    builder, data_files=file, split="train", cache_dir=cache_dir, **{**kwargs, **spec.load_kwargs}
+                )
         except Exception as error:
             raise DataError(f"Dataset {spec.name!r}: {_describe_file_error(file, builder, error)}") from error
         parts.append(part)
@@ -169,25 +176,63 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
         dataset = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
     except ValueError as error:
         raise DataError(f"Dataset {spec.name!r}: its files do not share columns and types: {error}") from error
-    return dataset, _Source(f"dataset {spec.name!r}", counts)
+    shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more file(s)"
+    return dataset, _Source(shown, counts)
+
+
+@contextmanager
+def _quiet_datasets() -> Iterator[None]:
+    """No progress bars and no logged error from ``datasets`` while a file loads: a failure becomes one DataError."""
+    bars = datasets.utils.is_progress_bar_enabled()
+    level = datasets.utils.logging.get_verbosity()
+    datasets.utils.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
+    try:
+        yield
+    finally:
+        datasets.utils.logging.set_verbosity(level)
+        if bars:
+            datasets.utils.enable_progress_bars()
 
 
 def _describe_file_error(file: str, builder: str, error: Exception) -> str:
-    """The error of a file that ``datasets`` could not read, with the bad line for JSON Lines."""
+    """The error of a file that ``datasets`` could not read, located to a line where the file itself is at fault."""
+    if builder != "parquet" and (problem := _scan_text_file(file, builder)):
+        return problem
     cause = error.__cause__ or error.__context__ or error
-    if builder == "json" and not file.lower().removesuffix(".gz").endswith(".json"):
-        opener = gzip.open if file.lower().endswith(".gz") else open
-        try:
-            with opener(file, "rt", encoding="utf8") as handle:
-                for number, line in enumerate(handle, start=1):
-                    if line.strip():
-                        try:
-                            json.loads(line)
-                        except json.JSONDecodeError as bad:
-                            return f"{file}, line {number}: malformed JSON ({bad.msg}). Fix or remove the line."
-        except (OSError, UnicodeDecodeError) as bad:
-            return f"{file}: cannot be read ({bad})."
+    if "EmptyDataError" in type(cause).__name__ or Path(file).stat().st_size == 0:
+        return f"{file}: the file is empty (no header, no rows)."
+    if "corresponds to no data" in str(cause):
+        return f"{file}: the file has a header but no rows."
     return f"{file}: cannot be read as {builder} ({type(cause).__name__}: {cause})."
+
+
+def _scan_text_file(file: str, builder: str) -> str | None:
+    """Read a text data file line by line: a truncated gzip stream, bytes that are not UTF-8 or (JSON Lines) a
+    malformed line, named with the file and line number; None when every line reads."""
+    opener = gzip.open if file.lower().endswith(".gz") else open
+    json_lines = builder == "json" and not file.lower().removesuffix(".gz").endswith(".json")
+    number = 0
+    try:
+        with opener(file, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    line = raw.decode("utf8")
+                except UnicodeDecodeError as bad:
+                    return (
+                        f"{file}, line {number}: byte 0x{raw[bad.start]:02x} at column {bad.start + 1} is not UTF-8. "
+                        "Re-encode the file as UTF-8, or fix or remove the line."
+                    )
+                if json_lines and line.strip():
+                    try:
+                        json.loads(line)
+                    except json.JSONDecodeError as bad:
+                        return f"{file}, line {number}: malformed JSON ({bad.msg}). Fix or remove the line."
+    except (EOFError, gzip.BadGzipFile, zlib.error) as bad:
+        return f"{file}: the gzip stream is truncated or damaged after line {number} ({bad})."
+    except OSError as bad:
+        return f"{file}: cannot be read ({bad})."
+    return None
 
 
 def _prepare(dataset: datasets.Dataset, spec: DatasetSpec, source: _Source) -> datasets.Dataset:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import typing
 from pathlib import Path
@@ -43,10 +44,10 @@ def check_training_arguments(training: dict[str, Any]) -> None:
         if key in _MANAGED:
             raise ConfigError(f"training.{key} is set from {_MANAGED[key]}; remove it from 'training'.")
         if key not in types:
-            close = [name for name in types if name.replace("_", "") == key.replace("_", "")]
+            close = difflib.get_close_matches(key, list(types), n=1)
             hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"Unknown training argument {key!r} (SentenceTransformerTrainingArguments has no such field).{hint}"
+                f"Unknown training argument {key!r}.{hint} (training takes SentenceTransformerTrainingArguments fields)"
             )
         if value is not None:
             check_type(f"training.{key}", value, types[key])

@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import sys
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from accelerate import PartialState
 from transformers import set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from st_contrast.training.arguments import build_training_arguments
 from st_contrast.training.builders import apply_adapters, build_loss, build_model
+from st_contrast.training.checkpoints import STAGING_DIR, CheckpointChoice, newest_complete_checkpoint
 from st_contrast.training.config import dump_config
 from st_contrast.training.specs import DataSection, EvaluationSpec, MonitoringSpec, RunConfig
 from st_contrast.training.trainer import ContrastiveTrainer
 from st_contrast.training.validation import ConfigError
 
-__all__ = ["CONFIG_NAME", "FINAL_MODEL_DIR", "METRICS_NAME", "train_from_config"]
+__all__ = [
+    "CONFIG_NAME",
+    "FINAL_MODEL_DIR",
+    "METRICS_NAME",
+    "RUN_ARTIFACTS",
+    "finished_run",
+    "restart_run",
+    "train_from_config",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -28,76 +39,131 @@ METRICS_NAME = "metrics.json"
 FINAL_MODEL_DIR = "model"
 
 
-def _checkpoint_to_resume(output_dir: Path, resume: str | bool) -> str | None:
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    if resume is False and last is not None:
+RUN_ARTIFACTS = (
+    CONFIG_NAME,
+    METRICS_NAME,
+    FINAL_MODEL_DIR,
+    "log.jsonl",
+    "eval.jsonl",
+    "run_info.json",
+    "summary.json",
+    "eval",
+    "plots",
+    STAGING_DIR,
+)
+"""What a run writes into its output directory besides ``checkpoint-*`` (``--restart`` removes exactly these)."""
+
+
+def _checkpoint_to_resume(output_dir: Path, resume: str | bool) -> CheckpointChoice:
+    choice = newest_complete_checkpoint(output_dir)
+    checkpoints = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
+    if resume is False and checkpoints:
         raise ConfigError(
-            f"{output_dir} already holds checkpoints ({Path(last).name}) and resume is false: training from "
-            "scratch there would overwrite them. Use another output_dir, delete the checkpoints, or resume."
+            f"{output_dir} already holds checkpoints ({checkpoints[-1].name}) and resume is false: training from "
+            "scratch there would overwrite them. Use another output_dir, --restart, or resume."
         )
-    if resume is True and last is None:
-        raise ConfigError(f"resume is true but {output_dir} has no checkpoint-* directory to resume from.")
-    return last
+    if resume is True and choice.path is None:
+        damaged = "".join(f"; {path}: {problem}" for path, problem in choice.skipped)
+        raise ConfigError(f"resume is true but {output_dir} has no complete checkpoint-* to resume from{damaged}.")
+    return choice
 
 
-def _evaluate(model: Any, section: EvaluationSpec, output_dir: Path, stage: str) -> dict[str, Any]:
+def finished_run(output_dir: Path) -> dict[str, Any] | None:
+    """The metrics of a run that completed in ``output_dir`` (trained, final model written), else None."""
+    metrics_path = output_dir / METRICS_NAME
+    if not (metrics_path.is_file() and (output_dir / FINAL_MODEL_DIR / "modules.json").is_file()):
+        return None
+    metrics = json.loads(metrics_path.read_text(encoding="utf8"))
+    return metrics if "train" in metrics else None
+
+
+def restart_run(output_dir: Path) -> None:
+    """Remove a run's checkpoints and :data:`RUN_ARTIFACTS` from ``output_dir`` (nothing else there)."""
+    if not output_dir.is_dir():
+        return
+    for path in [*output_dir.glob("checkpoint-*"), *(output_dir / name for name in RUN_ARTIFACTS)]:
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
+
+
+def _evaluate(model: Any, tasks: list[Any], section: EvaluationSpec, output_dir: Path, stage: str) -> dict[str, Any]:
     from st_contrast.evaluation import evaluate_model
 
-    return evaluate_model(
-        model, section.tasks, batch_size=section.batch_size, output_folder=str(output_dir / "eval" / stage)
-    )
+    return evaluate_model(model, tasks, batch_size=section.batch_size, output_folder=str(output_dir / "eval" / stage))
 
 
 def _write_metrics(path: Path, metrics: dict[str, Any]) -> None:
-    path.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n", encoding="utf8")
+    """Write ``metrics.json`` atomically (a temporary file renamed over it)."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(metrics, indent=2, sort_keys=False) + "\n", encoding="utf8")
+    os.replace(temporary, path)
 
 
-def train_from_config(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
+def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = False) -> dict[str, Any]:
     """Run the configured training and return the metrics that are also written to ``metrics.json``.
 
-    Rerunning the same configuration continues from the newest ``checkpoint-*`` of ``output_dir``
-    (``resume: auto``, the default) with the model, optimizer, scheduler, RNG, data order and loss state
-    of that checkpoint; the "before" evaluation is then not repeated. The final model is written to
-    ``output_dir/model`` as a plain Sentence Transformers model (:func:`st_contrast.export_model`).
+    Order: everything that can be checked without loading a model is checked first (the configuration, the model's
+    architecture and attention backend, the evaluation files), then the data is read (its errors name file and
+    line), then the model; only then is anything written. Rerunning continues from the newest *complete*
+    ``checkpoint-*`` of ``output_dir`` (``resume: auto``) with the model, optimizer, scheduler, RNG, data order and
+    loss state; the "before" evaluation is not repeated. A run that already finished is not trained again: its
+    metrics are returned (``restart=True`` starts it over). The final model is written to ``output_dir/model`` as a
+    plain Sentence Transformers model (:func:`st_contrast.export_model`).
     """
+    from st_contrast.data import build_training_data
     from st_contrast.model_io import export_model
+    from st_contrast.training.builders import resolve_model_path
+    from st_contrast.training.preflight import preflight
 
     config = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
     state = PartialState()
     output_dir = Path(config.output_dir)
-    checkpoint = _checkpoint_to_resume(output_dir, config.resume)
-    metrics_path = output_dir / METRICS_NAME
-    metrics: dict[str, Any] = (
-        json.loads(metrics_path.read_text(encoding="utf8")) if checkpoint and metrics_path.is_file() else {}
-    )
-    if state.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(config.raw, output_dir / CONFIG_NAME)
-    set_seed(config.seed)
+    if restart:
+        if state.is_main_process:
+            restart_run(output_dir)
+        state.wait_for_everyone()
+    elif (done := finished_run(output_dir)) is not None:
+        if config.resume is False:
+            raise ConfigError(f"{output_dir} holds a finished run and resume is false: use --restart or another one.")
+        _say(state, f"{output_dir} holds a finished run (model/, metrics.json): nothing to train; --restart redoes it.")
+        return done
+    choice = _checkpoint_to_resume(output_dir, config.resume)
+    for path, problem in choice.skipped:
+        _say(state, f"skipping the damaged checkpoint {path}: {problem}")
+    model_path = resolve_model_path(config.model.name_or_path)
+    tasks = preflight(config, model_path)
 
-    from st_contrast.data import build_training_data
-
-    model = build_model(config.model)
-    apply_adapters(model, config.adapters)
     data_section = config.data
     sample_index = data_section.sample_index
     data = build_training_data(
         [_with_fallback(spec) for spec in data_section.datasets],
         add_sample_index=config.loss.needs_sample_index if sample_index == "auto" else bool(sample_index),
     )
+    set_seed(config.seed)
+    model = build_model(config.model)
+    apply_adapters(model, config.adapters)
     loss = build_loss(model, config.loss, num_samples=data.num_samples)
-
-    evaluation = config.evaluation
-    if evaluation.tasks and evaluation.before and "before" not in metrics:
-        if state.is_main_process:
-            metrics["before"] = _evaluate(model, evaluation, output_dir, "before")
-            _write_metrics(metrics_path, metrics)
-        state.wait_for_everyone()
-
     sampler_arguments = _sampler_arguments(data_section, model, data.prompts, data.weights)
     args = build_training_arguments(
         config.output_dir, config.training, seed=config.seed, prompts=data.prompts or None, **sampler_arguments
     )
+
+    metrics_path = output_dir / METRICS_NAME
+    metrics: dict[str, Any] = (
+        json.loads(metrics_path.read_text(encoding="utf8")) if choice.path and metrics_path.is_file() else {}
+    )
+    if state.is_main_process:  # from here on the run writes into output_dir
+        output_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(config.raw, output_dir / CONFIG_NAME)
+    evaluation = config.evaluation
+    if tasks and evaluation.before and "before" not in metrics:
+        if state.is_main_process:
+            metrics["before"] = _evaluate(model, tasks, evaluation, output_dir, "before")
+            _write_metrics(metrics_path, metrics)
+        state.wait_for_everyone()
+
     trainer = ContrastiveTrainer(
         model=model,
         args=args,
@@ -106,9 +172,10 @@ def train_from_config(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
         evaluator=_geometry_probe(config.monitoring),
         monitoring=_monitoring_options(config.monitoring, output_dir),
     )
-    if checkpoint:
-        logger.info("Resuming from %s", checkpoint)
-    result = trainer.train(resume_from_checkpoint=checkpoint)
+    if choice.path:
+        total = json.loads((Path(choice.path) / "trainer_state.json").read_text(encoding="utf8")).get("max_steps")
+        _say(state, f"resuming from {choice.path}, step {choice.step} of {total}")
+    result = trainer.train(resume_from_checkpoint=choice.path)
     metrics["train"] = result.metrics
     if state.is_main_process:
         report = export_model(trainer.model, output_dir / FINAL_MODEL_DIR, verify=False)
@@ -116,13 +183,19 @@ def train_from_config(config: RunConfig | dict[str, Any]) -> dict[str, Any]:
             logger.warning("The final model needs st_contrast.load_model: %s", " ".join(report.notes))
     state.wait_for_everyone()
 
-    if evaluation.tasks and evaluation.after:
+    if tasks and evaluation.after:
         if state.is_main_process:
-            metrics["after"] = _evaluate(model, evaluation, output_dir, "after")
+            metrics["after"] = _evaluate(model, tasks, evaluation, output_dir, "after")
         state.wait_for_everyone()
     if state.is_main_process:
         _write_metrics(metrics_path, metrics)
     return metrics
+
+
+def _say(state: PartialState, message: str) -> None:
+    """One line on stderr from the main process (what the run does, not a warning)."""
+    if state.is_main_process:
+        print(f"st-contrast train: {message}", file=sys.stderr)
 
 
 def _monitoring_options(section: MonitoringSpec, output_dir: Path) -> dict[str, Any] | bool:

@@ -1,4 +1,4 @@
-"""``ContrastiveTrainer``: Sentence Transformers' trainer whose checkpoints also carry the loss's own state."""
+"""``ContrastiveTrainer``: Sentence Transformers' trainer with crash-safe checkpoints that carry the loss's state."""
 
 from __future__ import annotations
 
@@ -9,11 +9,21 @@ from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers import TrainerState
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
-from st_contrast.compat import trainer_output_dir
+from st_contrast.compat import load_checkpoint_weights, trainer_output_dir
 from st_contrast.data.single_dataset import SamplerEpochCallback
+from st_contrast.training.checkpoints import (
+    STAGING_DIR,
+    checkpoint_problem,
+    clear_staging,
+    commit_checkpoint,
+    newest_complete_checkpoint,
+    rotate_checkpoints,
+    write_manifest,
+)
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
 __all__ = ["ContrastiveTrainer", "MonitoredTrainer"]
@@ -30,6 +40,10 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       keep state in the loss, outside the model. Every checkpoint also holds that state in ``loss_state.pt``, and
       ``train(resume_from_checkpoint=...)`` restores it with the model, optimizer, scheduler and RNG, so a resumed
       run continues exactly where it stopped. Stateless losses write nothing extra.
+    - **Crash-safe checkpoints.** Each checkpoint is written into ``<output_dir>/.staging``, listed with its file
+      sizes, flushed, and renamed to ``checkpoint-N`` only when complete; ``save_total_limit`` removes old ones only
+      after that (:mod:`st_contrast.training.checkpoints`). ``resume_from_checkpoint=True`` takes the newest
+      complete checkpoint and skips damaged newer ones with a warning naming them.
     - **Data order.** :class:`~st_contrast.data.SamplerEpochCallback` keeps the interrupted epoch's order when a
       multi-process run resumes.
     - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
@@ -63,18 +77,81 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         if monitoring is not False:
             enable_monitoring(self, **options)
 
-    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
-        super()._save_checkpoint(model, trial)
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
+        """``SentenceTransformerTrainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete*
+        checkpoint of ``args.output_dir``, and a named checkpoint is checked before anything loads from it."""
         if self.args.should_save:
-            folder = Path(trainer_output_dir(self, trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
-            if save_loss_state(self.loss, folder) is not None:
-                logger.info("Saved the loss state to %s", folder / LOSS_STATE_NAME)
+            clear_staging(self.args.output_dir)  # what a killed save left: never a complete checkpoint
+        if resume_from_checkpoint is True:
+            choice = newest_complete_checkpoint(self.args.output_dir)
+            if choice.path is None:
+                damaged = "".join(f"; {path}: {problem}" for path, problem in choice.skipped)
+                raise ValueError(f"No complete checkpoint to resume from in {self.args.output_dir}{damaged}.")
+            resume_from_checkpoint = choice.path
+        elif isinstance(resume_from_checkpoint, str) and (problem := checkpoint_problem(resume_from_checkpoint)):
+            raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
+        if isinstance(resume_from_checkpoint, str) and self._is_final_checkpoint(resume_from_checkpoint):
+            return self._finish_from_checkpoint(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+
+    def _is_final_checkpoint(self, checkpoint: str) -> bool:
+        """Whether ``checkpoint`` already holds the last step of this run (transformers would train one more)."""
+        state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        if self.args.max_steps > 0:
+            target = self.args.max_steps
+        elif state.num_train_epochs == self.args.num_train_epochs:
+            target = state.max_steps
+        else:
+            return False
+        return state.global_step >= target
+
+    def _finish_from_checkpoint(self, checkpoint: str) -> TrainOutput:
+        """A run stopped after its final checkpoint: restore model and loss state from it, train no further."""
+        self.state = TrainerState.load_from_json(os.path.join(checkpoint, "trainer_state.json"))
+        load_checkpoint_weights(self, checkpoint)
+        self._restore_loss_state(checkpoint)
+        logger.info("%s holds the final step %d: nothing left to train.", checkpoint, self.state.global_step)
+        losses = [entry["loss"] for entry in self.state.log_history if "loss" in entry]
+        metrics = {"global_step": self.state.global_step, "epoch": self.state.epoch or 0.0}
+        return TrainOutput(self.state.global_step, losses[-1] if losses else float("nan"), metrics)
+
+    def _get_output_dir(self, trial: Any) -> str:
+        # While a checkpoint is being written, the upstream save writes it into the staging area.
+        staging = getattr(self, "_checkpoint_staging", None)
+        return staging if staging is not None else super()._get_output_dir(trial=trial)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = trainer_output_dir(self, trial)
+        staging = os.path.join(run_dir, STAGING_DIR)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._checkpoint_staging = staging
+        try:
+            super()._save_checkpoint(model, trial)  # model, optimizer, scheduler, RNG, trainer state: into staging
+        finally:
+            self._checkpoint_staging = None
+        staged, final = Path(staging) / name, Path(run_dir) / name
+        if self.args.should_save:
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(staging):  # recorded under the staging path: point it at the final one
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.basename(best))
+                self.state.save_to_json(str(staged / "trainer_state.json"))
+            if save_loss_state(self.loss, staged) is not None:
+                logger.info("Saved the loss state to %s", final / LOSS_STATE_NAME)
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state (and shards)
+        if self.args.should_save:
+            write_manifest(staged, self.state.global_step)
+            commit_checkpoint(staged, final)
+            protected = {str(final), *([self.state.best_model_checkpoint] if self.state.best_model_checkpoint else [])}
+            rotate_checkpoints(run_dir, self.args.save_total_limit, protected)
+        self.accelerator.wait_for_everyone()
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # Called on every resume path (plain, DeepSpeed, FSDP), unlike _load_from_checkpoint.
         super()._load_optimizer_and_scheduler(checkpoint)
-        if checkpoint is None:
-            return
+        if checkpoint is not None:
+            self._restore_loss_state(checkpoint)
+
+    def _restore_loss_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, LOSS_STATE_NAME)
         if os.path.isfile(path):
             load_loss_state(self.loss, torch.load(path, map_location="cpu", weights_only=True))
