@@ -70,7 +70,7 @@ def test_eval_saved_flash_model_and_default_output_dir(tmp_path, small_sts, tiny
         argv = ["eval", f"runs/{run}/model", "--tasks", f"sts:{sts_path}", "--device", "cpu", "--no-progress"]
         assert main(argv) == 0
     folders = sorted(path.parent for path in (tmp_path / "output" / "eval").glob("*/results.json"))
-    assert [folder.name.endswith(f"runs__{run}__model") for folder, run in zip(folders, "ab", strict=True)] == [True] * 2
+    assert all(folder.name.endswith(f"runs__{run}__model") for folder, run in zip(folders, "ab", strict=True))
     results = json.loads((folders[0] / "results.json").read_text())
     (name,) = results
     assert results[name]["main_score"] == pytest.approx(_reference_spearman(model, rows), abs=1e-6)

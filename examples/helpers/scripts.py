@@ -79,7 +79,8 @@ def run_masked_lm(config: dict[str, Any], model: Any, tokenizer: Any, *, shifted
         shifted=shifted,
     )
     if trainer.is_world_process_zero():
-        losses = training_losses(trainer.state.log_history)
-        print(f"{'MNTP' if shifted else 'MLM'} loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
+        losses = training_losses(trainer.state.log_history)  # empty when the run ends before logging_steps
+        if losses:
+            print(f"{'MNTP' if shifted else 'MLM'} loss: first {losses[0]:.4f}, last {losses[-1]:.4f}")
         written = save_pretrained_model(model, tokenizer, output_dir / "model", mode=config["save"])
         print(f"saved: {written}")
