@@ -27,6 +27,8 @@ DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_tex
 PADDED_ENCODERS = ("mpnet", "deberta-v2")
 PADDED_DECODERS = ("gptj", "bloom", "gpt_neo")
 """Architectures refused packed (tests/test_architectures.py checks the refusals and the padded-only support)."""
+NO_SDPA = ("gemma2", "gptj", "bloom", "gpt_neo")
+"""Architectures transformers runs with ``eager`` attention only (Gemma2: logit soft-capping)."""
 
 _COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
 _ENCODER_COMMON = {**_COMMON, "num_hidden_layers": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, ENCODERS, TINY_MAX_SEQ_LENGTH
+from conftest import DECODERS, ENCODERS, NO_SDPA, TINY_MAX_SEQ_LENGTH
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
@@ -20,7 +20,6 @@ from st_contrast.modules import (
 )
 
 ALL_POOLING_MODES = ("mean", "max", "cls", "lasttoken", "weightedmean", "mean_sqrt_len_tokens")
-NO_SDPA = ("gemma2",)
 
 
 def mixed_length_texts(sentences: list[str]) -> list[str]:
