@@ -46,6 +46,7 @@ __all__ = [
     "forward_params",
     "has_peft_adapters",
     "hook_problem",
+    "in_encode",
     "is_persistent_buffer",
     "load_checkpoint_weights",
     "load_with_module_classes",
@@ -254,6 +255,20 @@ def clear_prompt_lengths(module: Any) -> None:
     module._prompt_length_mapping = {}
 
 
+def in_encode() -> bool:
+    """Whether the current forward pass runs inside ``SentenceTransformer.encode`` (as far as it can tell).
+
+    Hook: ``SentenceTransformer._inference``, which ``encode`` calls to embed, runs under ``torch.inference_mode`` and,
+    for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row by row beside
+    ``token_embeddings``; packed modules hand on padded outputs there
+    (:mod:`st_contrast.modules.packed_outputs`). Training and ``torch.no_grad`` passes are not inference mode.
+    Checked on sentence-transformers 6.0.1 and 6.2.0.
+    """
+    import torch
+
+    return torch.is_inference_mode_enabled()
+
+
 def pool_padded(pooling: Any, token_embeddings: Any, attention_mask: Any, features: dict[str, Any]) -> list[Any]:
     """ST ``Pooling``'s own pooling of a padded batch under ``attention_mask`` (hook: ``Pooling._forward_padded``;
     :class:`~st_contrast.modules.InstructionPooling` masks out per-row instructions first). Checked on
@@ -434,6 +449,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_ST, _ST_TRANSFORMER, "unpad_inputs", "attribute",
          "its setter re-evaluates can_flatten_inputs when packing is switched off", used_in=_PACKING,
          covered_by=_PACKING_TESTS),
+    Hook(_ST, "sentence_transformers:SentenceTransformer", "_inference", "attribute",
+         "encode() embeds under torch.inference_mode and reads out_features['attention_mask'] beside "
+         "token_embeddings; packed modules hand on padded outputs there (in_encode)",
+         used_in=("st_contrast/modules/packed_outputs.py",),
+         covered_by=("tests/test_compat.py", "tests/test_packed_outputs.py")),
     Hook(_ST, _ST_TRANSFORMER, "_should_flatten_inputs", "method",
          "BidirectionalTransformer tokenizes itself and asks whether the batch is flattened",
          params=("modality", "processor_inputs", "**kwargs"), used_in=("st_contrast/modules/bidirectional.py",),

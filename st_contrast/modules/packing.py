@@ -25,6 +25,7 @@ from st_contrast.compat import (
     restore_padded_inputs,
 )
 from st_contrast.modules.architectures import ARCHITECTURES, model_type_of, packed_refusal
+from st_contrast.modules.packed_outputs import padded_outputs_hook
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -49,6 +50,7 @@ _PACKED_FORWARD_KWARGS = frozenset(
     {"position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
 )
 _STATE = "_st_contrast_packing"
+_HOOKED = "_st_contrast_padded_outputs_hook"
 
 
 def packing_refusal(module: Any) -> str | None:
@@ -98,6 +100,9 @@ def enable_packing(module: Transformer, attention_backend: str = "auto") -> Tran
         setattr(module, _STATE, state)
     collator = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True)
     flatten_inputs(module, collator, _PACKED_FORWARD_KWARGS)  # Sentence Transformers' own flattened text path
+    if not getattr(module, _HOOKED, False):  # encode() gets the padded layout it reads (packed_outputs)
+        module.register_forward_hook(padded_outputs_hook)
+        setattr(module, _HOOKED, True)
     set_attention_backend(module, backend)
     return module
 
