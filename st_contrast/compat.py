@@ -50,6 +50,7 @@ __all__ = [
     "is_persistent_buffer",
     "load_checkpoint_weights",
     "load_with_module_classes",
+    "model_position_offset",
     "peft_configs",
     "pool_flattened",
     "pool_padded",
@@ -198,6 +199,21 @@ def flatten_inputs(module: Any, data_collator: Any, forward_kwargs: Iterable[str
         module.model_forward_params |= set(forward_kwargs)
     module._flatten_position_offset = module._infer_flatten_position_offset()
     module.can_flatten_inputs = True
+
+
+def model_position_offset(model: Any) -> int:
+    """The offset ST adds to flattened ``position_ids`` for a bare transformers ``model`` (RoBERTa family:
+    ``padding_idx + 1``, else 0).
+
+    Hook: ``Transformer._infer_flatten_position_offset``, which reads only ``self.model``; called here on a stand-in
+    holding ``model``, for st_contrast's packed MLM batches (:mod:`st_contrast.pretraining`). Checked on
+    sentence-transformers 6.0.1 and 6.2.0.
+    """
+    from types import SimpleNamespace
+
+    from sentence_transformers.base.modules import Transformer
+
+    return Transformer._infer_flatten_position_offset(SimpleNamespace(model=model))
 
 
 def forward_params(module: Any) -> set[str] | None:
@@ -438,8 +454,9 @@ HOOKS: tuple[Hook, ...] = (
          "the forward kwargs passed to the model; packing adds cu_seq_lens_q/k, max_length_q/k, seq_idx",
          used_in=_PACKING, covered_by=_PACKING_TESTS),
     Hook(_ST, _ST_TRANSFORMER, "_infer_flatten_position_offset", "method",
-         "the RoBERTa-family position offset of flattened position_ids", used_in=_PACKING,
-         covered_by=("tests/test_flash_transformer.py",)),
+         "the RoBERTa-family position offset of flattened position_ids (also of packed MLM batches: it reads only "
+         "self.model)", used_in=(*_PACKING, "st_contrast/pretraining/models.py"),
+         covered_by=("tests/test_flash_transformer.py", "tests/test_pretraining_packed.py")),
     Hook(_ST, _ST_TRANSFORMER, "_flatten_position_offset", "attribute",
          "the offset ST adds to flattened position_ids (set by packing, read by BidirectionalTransformer)",
          used_in=(*_PACKING, "st_contrast/modules/bidirectional.py"), covered_by=("tests/test_flash_transformer.py",)),
