@@ -85,7 +85,10 @@ ARCHITECTURES: dict[str, Architecture] = {
         "MPNet (all-mpnet-base-v2)",
         "encoder",
         "mpnet",
-        packed_refusal=f"MPNet adds a relative-position bias to its attention scores and {_OWN_ATTENTION}",
+        packed_refusal=(
+            "MPNet adds a relative-position bias, computed over the whole (packed) row, to the scores of its own "
+            "attention module, and its layers do not pass the sequence boundaries on to it"
+        ),
     ),
     "deberta-v2": Architecture(
         "DeBERTa-v2/v3",
