@@ -132,18 +132,52 @@ ARCHITECTURES: dict[str, Architecture] = {
 
 
 def model_type_of(config) -> str | None:
-    """The ``model_type`` of a transformers config (a multimodal config keeps its own: only the listed, text-only
-    architectures are supported)."""
+    """The ``model_type`` of a transformers config, the key of :data:`ARCHITECTURES`.
+
+    A multimodal config keeps its own ``model_type`` (not its text config's): only the listed, text-only
+    architectures are supported.
+
+    Args:
+        config: A transformers ``PretrainedConfig`` (``model.config``).
+
+    Returns:
+        ``config.model_type``, or None when it has none.
+    """
     return getattr(config, "model_type", None)
 
 
 def architecture(model_type: str | None) -> Architecture | None:
-    """The :class:`Architecture` entry of ``model_type``, or None for architectures st_contrast has not tested."""
+    """The :class:`Architecture` entry of ``model_type``, or None for architectures st_contrast has not tested.
+
+    Args:
+        model_type: A transformers ``model_type`` such as ``"gpt_neox"``.
+
+    Example:
+        ::
+
+            from st_contrast.modules.architectures import architecture
+
+            architecture("nomic_bert").lora_preset  # "nomic_bert"
+    """
     return ARCHITECTURES.get(model_type) if model_type else None
 
 
 def packed_refusal(model_type: str | None) -> str | None:
-    """Why ``model_type`` cannot run packed (ending in what to do instead), or None when it can."""
+    """Why ``model_type`` cannot run packed (ending in what to do instead), or None when it can.
+
+    Args:
+        model_type: A transformers ``model_type``; architectures missing from :data:`ARCHITECTURES` are refused.
+
+    Returns:
+        A message naming the architecture, the reason and ``model.packed: false`` / ``packed=False``, or None.
+
+    Example:
+        ::
+
+            from st_contrast.modules.architectures import packed_refusal
+
+            print(packed_refusal("deberta-v2"))  # model_type 'deberta-v2' cannot run packed: DeBERTa's ...
+    """
     entry = architecture(model_type)
     if entry is None:
         supported = ", ".join(t for t, a in ARCHITECTURES.items() if a.packed_refusal is None)
@@ -154,13 +188,28 @@ def packed_refusal(model_type: str | None) -> str | None:
 
 
 def bidirectional_refusal(model_type: str | None) -> str | None:
-    """Why ``model_type`` cannot be made bidirectional, or None (unknown architectures go to the leak probe)."""
+    """Why ``model_type`` cannot be made bidirectional, or None.
+
+    Architectures missing from :data:`ARCHITECTURES` get None: :func:`~st_contrast.modules.set_causal`'s leak probe
+    decides for them.
+
+    Args:
+        model_type: A transformers ``model_type``.
+    """
     entry = architecture(model_type)
     return entry.bidirectional_refusal if entry else None
 
 
 def support_table() -> str:
-    """The README's architecture table (markdown): packed, bidirectional, MNTP/MLM, LoRA preset per architecture."""
+    """The README's architecture table (markdown): packed, bidirectional, MNTP/MLM, LoRA preset per architecture.
+
+    Example:
+        ::
+
+            from st_contrast.modules.architectures import support_table
+
+            print(support_table())  # paste into README.md's "Architectures" section after changing the table
+    """
     rows = [
         "| architecture | `model_type` | packed | bidirectional | MNTP / MLM | LoRA preset |",
         "|---|---|---|---|---|---|",

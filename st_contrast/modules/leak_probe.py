@@ -132,7 +132,20 @@ def check_bidirectional(backbone: PreTrainedModel) -> LeakProbe:
         backbone: A transformers model that was made bidirectional.
 
     Returns:
-        The :class:`LeakProbe` measurements (None-free; a meta model reports zeros).
+        The :class:`LeakProbe` measurements (a meta model reports zeros).
+
+    Raises:
+        BidirectionalityError: The first token did not move (still causal) or another sequence did (attention
+            crosses sequences); the message names the architecture.
+
+    Example:
+        ::
+
+            from transformers import AutoModel
+            from st_contrast.modules import check_bidirectional
+
+            model = AutoModel.from_pretrained("answerdotai/ModernBERT-base")  # an encoder: bidirectional already
+            print(check_bidirectional(model))  # set_causal(model, False) runs this check itself
     """
     if any(parameter.device.type == "meta" for parameter in backbone.parameters()):
         return LeakProbe(ahead=0.0, across=0.0)

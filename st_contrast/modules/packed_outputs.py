@@ -66,7 +66,21 @@ def unpack_features(features: dict[str, Any]) -> dict[str, Any]:
 
 
 def padded_outputs_hook(module: torch.nn.Module, args: Any, output: Any) -> Any:
-    """Forward hook of packed modules: :func:`unpack_features` on their output while ``encode`` runs them."""
+    """Forward hook of packed modules: :func:`unpack_features` on their output while ``encode`` runs them.
+
+    :func:`~st_contrast.modules.enable_packing` registers it once per module; on a padded module (no
+    ``cu_seq_lens_q`` in the output) and outside ``encode`` it returns the output unchanged.
+
+    Args:
+        module: The Sentence Transformers ``Transformer`` (unused).
+        args: Its forward arguments (unused).
+        output: Its output features.
+
+    Example:
+        ::
+
+            module.register_forward_hook(padded_outputs_hook)  # what enable_packing(module) does
+    """
     if isinstance(output, dict) and "cu_seq_lens_q" in output and in_encode():
         return unpack_features(output)
     return output

@@ -131,7 +131,21 @@ class MaskingCollator(DataCollatorForLanguageModeling):
 
 
 def pack_masked_batch(batch: dict[str, Any], position_offset: int = 0) -> dict[str, Any]:
-    """A padded, masked batch as one packed row (see :class:`MaskingCollator`'s ``packed``)."""
+    """A padded, masked batch as one packed row (see :class:`MaskingCollator`'s ``packed``).
+
+    Args:
+        batch: ``input_ids``, ``labels``, ``attention_mask`` (and optionally ``token_type_ids``), ``[batch, len]``.
+        position_offset: Added to the per-sequence positions (RoBERTa family: ``padding_idx + 1``).
+
+    Returns:
+        ``input_ids`` / ``labels`` (/ ``token_type_ids``) as ``[1, real_tokens]``, ``position_ids``,
+        ``cu_seq_lens_q/k`` and ``max_length_q/k``.
+
+    Example:
+        ::
+
+            packed = pack_masked_batch(MaskingCollator(tokenizer, shifted=False)(features), position_offset=2)
+    """
     if "attention_mask" not in batch:
         raise ValueError("Packed MLM batches need the tokenizer's attention_mask to find the padding.")
     real = batch["attention_mask"].bool()

@@ -100,11 +100,31 @@ def load_mlm_model(
 
 
 def is_packed_model(model: PreTrainedModel) -> bool:
-    """Whether ``model`` runs st_contrast's packed attention (:func:`load_mlm_model` with ``packed=True``)."""
+    """Whether ``model`` runs st_contrast's packed attention (:func:`load_mlm_model` with ``packed=True``).
+
+    Args:
+        model: A transformers model.
+
+    Example:
+        ::
+
+            model, tokenizer = load_mlm_model("bert-base-uncased", packed=True)
+            assert is_packed_model(model)
+    """
     return is_packed_implementation(attn_implementation(model.config))
 
 
 def packed_position_offset(model: PreTrainedModel) -> int:
     """The offset packed ``position_ids`` need for ``model``: ``padding_idx + 1`` for RoBERTa-family learned position
-    tables, else 0 (what Sentence Transformers adds on its own flattened path)."""
+    tables, else 0 (what Sentence Transformers adds on its own flattened path).
+
+    Args:
+        model: A transformers model (any head).
+
+    Example:
+        ::
+
+            offset = packed_position_offset(model)  # 2 for RoBERTa (padding_idx 1), 0 for BERT
+            collator = MaskingCollator(tokenizer, shifted=False, packed=True, position_offset=offset)
+    """
     return model_position_offset(model)
