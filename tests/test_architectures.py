@@ -73,6 +73,16 @@ def test_leak_probe_on_every_bidirectional_decoder(name, tiny_model_factory):
     assert not probe_attention(backbone.model).sees_ahead
 
 
+@pytest.mark.parametrize("name", ["gpt_neox", "gptj", "bloom"])
+def test_new_decoders_reload_bidirectional_in_plain_sentence_transformers(name, tiny_model_factory, tmp_path):
+    """config.json's is_causal: false is all a plain reload needs (transformers builds the masks from it)."""
+    stock = set_causal(Transformer(tiny_model_factory(name), model_kwargs={"attn_implementation": "eager"}), False)
+    SentenceTransformer(modules=[stock, Pooling(32)], device="cpu").save(str(tmp_path))
+    reloaded = SentenceTransformer(str(tmp_path), device="cpu", model_kwargs={"attn_implementation": "eager"})
+    probe = probe_attention(reloaded[0].model)
+    assert probe.sees_ahead and probe.stays_within_sequences, probe
+
+
 def test_gpt_neo_is_refused_at_construction(tiny_model_factory):
     with pytest.raises(BidirectionalityError, match="GPTNeoModel \\(model_type 'gpt_neo'\\) cannot be made bidir"):
         BidirectionalTransformer(tiny_model_factory("gpt_neo"))
