@@ -103,6 +103,12 @@ def test_the_leak_probe_catches_an_untested_causal_architecture(tiny_model_facto
     assert getattr(model.model.config, "is_causal", True) and not is_bidirectional(model)  # set back, not half-changed
 
 
+def test_probe_of_a_packed_gpu_backend_runs_anywhere(tiny_model_factory):
+    """A module packed for a GPU kernel is set up (and probed, with the exact kernel) on a CPU machine."""
+    module = set_causal(FlashTransformer(tiny_model_factory("gpt_neox"), attention_backend="varlen"), False)
+    assert is_bidirectional(module) and module.model.config._attn_implementation == "st_packed_varlen"
+
+
 def test_probe_runs_when_a_saved_module_loads(tiny_model_factory, tmp_path, monkeypatch):
     import st_contrast.modules.bidirectional as bidirectional
 

@@ -102,6 +102,8 @@ def test_leak_probe_on_gpu(implementation, tiny_model_factory):
     if implementation == "flash_attention_2":
         pytest.importorskip("flash_attn", reason="flash_attention_2 needs the flash-attn package")
     for model_type in DECODERS:
+        if model_type == "gemma2" and implementation == "packed_varlen":
+            continue  # soft-capped logits: varlen refuses them (tests/test_attention_kernels.py), auto skips it
         backbone = build_backbone(tiny_model_factory(model_type), implementation)
         backbone.to("cuda", torch.bfloat16).eval()
         for side in ("right", "left"):

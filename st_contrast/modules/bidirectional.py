@@ -82,7 +82,7 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
         if not causal:
             try:
                 check_bidirectional(backbone)
-            except BidirectionalityError:
+            except Exception:  # refused, or the probe could not run: never leave it half changed
                 _restore(previous)
                 raise
     return model

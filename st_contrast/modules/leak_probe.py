@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers import PreTrainedModel
 
-from st_contrast.attention.interface import is_packed_implementation
+from st_contrast.attention.interface import attention_implementation_name, is_packed_implementation
 from st_contrast.compat import attn_implementation
 
 __all__ = ["BidirectionalityError", "LeakProbe", "check_bidirectional", "probe_attention"]
@@ -87,6 +87,9 @@ def _probe_inputs(backbone: PreTrainedModel) -> tuple[dict, list[torch.Tensor]]:
 def probe_attention(backbone: PreTrainedModel) -> LeakProbe:
     """Run the leak probe on a transformers model (any head; eval mode and no gradients while it runs).
 
+    A model running one of st_contrast's packed kernels is probed, packed, with the exact one (``sdpa`` backend,
+    any device), since the GPU kernels may not run where the model is being set up.
+
     Args:
         backbone: A transformers model with its current attention implementation (padded or packed).
 
@@ -109,6 +112,11 @@ def probe_attention(backbone: PreTrainedModel) -> LeakProbe:
         backbone.config.get_text_config().vocab_size
     )
     modes = {module: module.training for module in backbone.modules()}
+    implementation = attn_implementation(backbone.config)
+    exact = attention_implementation_name("sdpa")
+    if is_packed_implementation(implementation) and implementation != exact:
+        # Every packed kernel gets the same causal flag and window (attention.interface); the exact one runs anywhere.
+        backbone.set_attn_implementation(exact)
     backbone.eval()
     try:
         with torch.no_grad():
@@ -116,6 +124,8 @@ def probe_attention(backbone: PreTrainedModel) -> LeakProbe:
     finally:
         for module, training in modes.items():
             module.training = training
+        if attn_implementation(backbone.config) != implementation:
+            backbone.set_attn_implementation(implementation)
     before, after = before.reshape(-1, before.shape[-1]), after.reshape(-1, after.shape[-1])
     scale = before.abs().max().clamp_min(1e-6)
     ahead = (after[first[0]] - before[first[0]]).abs().max() / scale
