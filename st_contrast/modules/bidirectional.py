@@ -41,8 +41,8 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
 
     Making a model bidirectional is then checked on every backbone with a leak probe
     (:func:`~st_contrast.modules.leak_probe.check_bidirectional`: two short token sequences, no gradients): a
-    backbone that stays causal or attends across sequences is set back to causal and refused with an error naming
-    its architecture. Architectures known not to follow ``config.is_causal`` (GPT-Neo, see
+    backbone that stays causal or attends across sequences is refused with an error naming its architecture, and the
+    model gets its previous settings back. Architectures known not to follow ``config.is_causal`` (GPT-Neo, see
     :data:`~st_contrast.modules.architectures.ARCHITECTURES`) are refused before anything changes.
 
     Args:
@@ -77,14 +77,14 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
                 raise BidirectionalityError(
                     f"{type(backbone).__name__} (model_type {model_type!r}) cannot be made bidirectional: {reason}."
                 )
-    for backbone in backbones:
-        previous = _set_backbone_causal(backbone, causal)
-        if not causal:
-            try:
+    previous = [value for backbone in backbones for value in _set_backbone_causal(backbone, causal)]
+    if not causal:
+        try:
+            for backbone in backbones:
                 check_bidirectional(backbone)
-            except Exception:  # refused, or the probe could not run: never leave it half changed
-                _restore(previous)
-                raise
+        except Exception:  # refused, or the probe could not run: never leave the model half changed
+            _restore(previous)
+            raise
     return model
 
 
