@@ -35,11 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
+from shared_data import find_data
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = find_data()
 METHODS = ("uncached", "cached", "stock_cached")
 
 

@@ -274,9 +274,9 @@ def clear_prompt_lengths(module: Any) -> None:
 def in_encode() -> bool:
     """Whether the current forward pass runs inside ``SentenceTransformer.encode`` (as far as it can tell).
 
-    Hook: ``SentenceTransformer._inference``, which ``encode`` calls to embed, runs under ``torch.inference_mode`` and,
-    for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row by row beside
-    ``token_embeddings``; packed modules hand on padded outputs there
+    Hook: ``SentenceTransformer.encode`` embeds under ``torch.inference_mode`` (6.2: inside ``_inference``; 6.0:
+    in ``encode`` itself) and, for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row
+    by row beside ``token_embeddings``; packed modules hand on padded outputs there
     (:mod:`st_contrast.modules.packed_outputs`). Training and ``torch.no_grad`` passes are not inference mode.
     Checked on sentence-transformers 6.0.1 and 6.2.0.
     """
@@ -466,9 +466,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_ST, _ST_TRANSFORMER, "unpad_inputs", "attribute",
          "its setter re-evaluates can_flatten_inputs when packing is switched off", used_in=_PACKING,
          covered_by=_PACKING_TESTS),
-    Hook(_ST, "sentence_transformers:SentenceTransformer", "_inference", "attribute",
-         "encode() embeds under torch.inference_mode and reads out_features['attention_mask'] beside "
-         "token_embeddings; packed modules hand on padded outputs there (in_encode)",
+    Hook(_ST, "sentence_transformers:SentenceTransformer", "inference_mode", "attribute",
+         "encode() embeds under torch.inference_mode (6.2: in _inference) and reads out_features['attention_mask'] "
+         "beside token_embeddings; packed modules hand on padded outputs there (in_encode)",
          used_in=("st_contrast/modules/packed_outputs.py",),
          covered_by=("tests/test_compat.py", "tests/test_packed_outputs.py")),
     Hook(_ST, _ST_TRANSFORMER, "_should_flatten_inputs", "method",
