@@ -57,6 +57,7 @@ __all__ = [
     "prompt_length",
     "register_attention_function",
     "require_adapter_support",
+    "sequences_in",
     "restore_padded_inputs",
     "should_flatten_inputs",
     "trainer_output_dir",
@@ -308,6 +309,14 @@ def embed_columns(model: Any, features_list: Iterable[dict[str, Any]]) -> list[A
     return _embed_columns(model, features_list)
 
 
+def sequences_in(features: dict[str, Any]) -> int:
+    """The number of texts in one column's features, padded or flattened (hook: ST's GradCache
+    ``_get_batch_size``, which its mini-batching uses). Checked on sentence-transformers 6.0.1 and 6.2.0."""
+    from sentence_transformers.base.losses.gradcache import _get_batch_size
+
+    return _get_batch_size(features)
+
+
 def register_attention_function(name: str, function: Any) -> None:
     """Register an attention function and transformers' flash-attention mask builder under ``name``.
 
@@ -511,6 +520,18 @@ HOOKS: tuple[Hook, ...] = (
          "CachedInfoNCELoss collects the learned scale's gradient over the loss chunks",
          params=("reps", "labels", "with_backward"), used_in=("st_contrast/losses/cached_info_nce.py",),
          covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, _ST_CACHED_MNRL, "forward", "override",
+         "CachedInfoNCELoss embeds a batch no larger than one mini-batch once, with gradients, before GradCache",
+         params=("sentence_features", "labels"), used_in=("st_contrast/losses/cached_info_nce.py",),
+         covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, _ST_CACHED_MNRL, "embed_minibatch", "override",
+         "CachedInfoNCELoss keeps the first mini-batch's graph from the first pass and hands it to the backward "
+         "hook, which embeds each column's mini-batches again, in order, from the same feature dicts",
+         params=("sentence_feature", "begin", "end", "with_grad", "copy_random_state", "random_state"),
+         used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, "sentence_transformers.base.losses.gradcache", "_get_batch_size", "function",
+         "the number of texts of a padded or flattened column (sequences_in)", params=("sentence_feature",),
+         used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
     Hook(_ST, _ST_MNRL, "scale", "attribute",
          "InfoNCELoss turns it into a property (the learned, rank-synced scale): MNRL must assign it in __init__ "
          "and read self.scale when it scores", used_in=("st_contrast/losses/info_nce.py",),
