@@ -236,20 +236,22 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     ]
     common = {"max_seq_length": args.max_seq_length}
     stock_kwargs = {"attn_implementation": "sdpa"}
-    variants: dict[str, Transformer | str] = {
-        "stock": Transformer(args.model, model_kwargs=stock_kwargs, **common),
-        "flash": FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
-        "stock_unpad": stock_unpad_backbone(args.model, device, **common),
-    }
-    if args.compile:
-        variants["flash_compiled"] = FlashTransformer(
+    builders = {
+        "stock": lambda: Transformer(args.model, model_kwargs=stock_kwargs, **common),
+        "flash": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
+        "stock_unpad": lambda: stock_unpad_backbone(args.model, device, **common),
+        "flash_compiled": lambda: FlashTransformer(
             args.model, attention_backend=args.attention_backend, compile=True, **common
-        )
+        ),
+    }
+    names = args.variants or ["stock", "flash", "stock_unpad", *(["flash_compiled"] if args.compile else [])]
+    variants: dict[str, Transformer | str] = {name: builders[name]() for name in names}
     models = {name: build(v, device, dtype) for name, v in variants.items() if not isinstance(v, str)}
     report["skipped"] = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
     for name, reason in report["skipped"].items():
         print(f"SKIP {name}: {reason}", flush=True)
-    report["flash_backend"] = resolved_attention_backend(models["flash"][0])
+    packed = next(model for name, model in models.items() if name.startswith("flash"))
+    report["flash_backend"] = resolved_attention_backend(packed[0])
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
     report["peak_flops_per_device"] = peak
     if "train" in args.sections:
@@ -262,15 +264,14 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         add_ratios(encode)
         report["encode"] = encode
     if "attention" in args.sections:
-        config = models["flash"][0].model.config
-        tokenizer = models["flash"][0].tokenizer
-        encoded = tokenizer(batches[0][0], truncation=True, max_length=args.max_seq_length)
-        report["attention"] = attention_section(args, device, dtype, config, [len(ids) for ids in encoded["input_ids"]])
+        config = packed[0].model.config
+        encoded = packed[0].tokenizer(batches[0][0], truncation=True, max_length=args.max_seq_length)
+        heads = config.num_attention_heads
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        report["attention"] = attention_section(args, device, dtype, heads, config.hidden_size // heads, lengths)
 
 
-def attention_section(args, device, dtype, config, data_lengths: list[int] | None) -> dict:
-    heads = config.num_attention_heads
-    dim = config.hidden_size // heads
+def attention_section(args, device, dtype, heads: int, dim: int, data_lengths: list[int] | None) -> dict:
     section = {}
     if data_lengths:
         section["data"] = bench_attention(data_lengths, device, dtype, heads, dim, repeats=args.attention_repeats)
@@ -282,10 +283,12 @@ def attention_section(args, device, dtype, config, data_lengths: list[int] | Non
 
 def add_ratios(section: dict) -> None:
     """``ratio`` (vs ``stock``, real tokens/s) in every variant, and ``ratio`` at the top for ``flash`` (compat)."""
-    for figures in section.values():
-        figures["ratio_vs_stock"] = figures["tokens_per_s"] / section["stock"]["tokens_per_s"]
-    section["ratio"] = section["flash"]["ratio_vs_stock"]
-    if "flash_compiled" in section:
+    if "stock" in section:
+        for figures in list(section.values()):
+            figures["ratio_vs_stock"] = figures["tokens_per_s"] / section["stock"]["tokens_per_s"]
+        if "flash" in section:
+            section["ratio"] = section["flash"]["ratio_vs_stock"]
+    if "flash_compiled" in section and "flash" in section:
         section["compiled_vs_flash"] = section["flash_compiled"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
 
@@ -309,6 +312,10 @@ def main() -> None:
     parser.add_argument("--encode-sentences", type=int, default=2048)
     parser.add_argument("--attention-backend", default="auto", help="packed kernel of the flash variants")
     parser.add_argument("--compile", action="store_true", help="also time FlashTransformer(compile=True)")
+    parser.add_argument(
+        "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled"), default=None,
+        help="the variants to time (default: stock, flash, stock_unpad, and flash_compiled with --compile)",
+    )  # fmt: skip
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
     parser.add_argument(
@@ -323,7 +330,9 @@ def main() -> None:
         parser.error("--model and --config exclude each other")
 
     args.model_name = args.model or "all-MiniLM-L6-v2 (packaged)"
-    if args.config:
+    if args.config and set(args.sections) == {"attention"}:
+        args.model_name = f"attention of {args.config} (hidden {args.hidden_size}, heads of {args.head_dim})"
+    elif args.config:
         args.model_name = f"random {args.config} (hidden {args.hidden_size}, {args.layers} layers)"
         scratch = tempfile.TemporaryDirectory(prefix="bench-backbone-")
         args.model = write_random_model(
@@ -347,10 +356,9 @@ def main() -> None:
         "batch_size": args.batch_size,
         "max_seq_length": args.max_seq_length,
     }
-    if set(args.sections) == {"attention"}:  # the op alone: no model, no data
-        from transformers import AutoConfig
-
-        report["attention"] = attention_section(args, device, dtype, AutoConfig.from_pretrained(args.model), None)
+    if set(args.sections) == {"attention"} and args.config:  # the op alone, at the --config shape: no model, no data
+        heads = max(1, args.hidden_size // args.head_dim)
+        report["attention"] = attention_section(args, device, dtype, heads, args.head_dim, None)
     else:
         bench_variants(args, device, dtype, report)
     print(json.dumps(report, indent=2))
