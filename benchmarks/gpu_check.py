@@ -13,6 +13,8 @@ that fails or runs out of time is logged and the next one starts):
 - ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU;
 - ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL from 1k to 16k triplets (step
   time, ``max_memory_allocated``);
+- ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 for a few steps: the run log (and
+  so the progress bar) must carry ``tokens_per_second`` and, on a known GPU, ``mfu``;
 - ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager.
 
 Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the others run at toy sizes, so
@@ -55,6 +57,7 @@ class Part:
     cap_s: int
     cpu_skip: str = ""
     json_output: bool = True
+    result_file: Path | None = None  # read this JSON-lines log for the result instead of the output
 
 
 def cuda_test_files() -> list[str]:
@@ -63,7 +66,28 @@ def cuda_test_files() -> list[str]:
     )
 
 
-def parts(models: dict[str, str]) -> list[Part]:
+def trainer_config(directory: Path, model: str, cuda: bool) -> Path:
+    """An ``st-contrast train`` config: the packed random model on NLI triplets, bf16 on a GPU, no MTEB evaluation."""
+    import yaml
+    from shared_data import find_data
+
+    config = {
+        "output_dir": str(directory / "trainer_run"),
+        "model": {"name_or_path": model, "packed": True, "max_seq_length": 128, "pooling": "mean"},
+        "loss": {"name": "InfoNCELoss"},
+        "data": {"datasets": [{"name": "nli", "objective": "triplet", "max_rows": 6144 if cuda else 32,
+                               "path": str(find_data() / "nli" / "derived" / "triplets.tsv.gz")}]},
+        "training": {"per_device_train_batch_size": 256 if cuda else 8, "max_steps": 20 if cuda else 2,
+                     "logging_steps": 5 if cuda else 1, "save_strategy": "no", "bf16": cuda, "use_cpu": not cuda,
+                     "report_to": []},
+        "evaluation": {"before": False, "after": False},
+    }  # fmt: skip
+    path = directory / "trainer_mfu.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf8")
+    return path
+
+
+def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
     backbone = [sys.executable, str(BENCH / "bench_backbone.py")]
     losses = [sys.executable, str(BENCH / "bench_losses.py")]
     gpu_train = ["--batch-size=128", "--steps=10", "--warmup=3", "--encode-sentences=8192", "--max-seq-length=256"]
@@ -108,6 +132,12 @@ def parts(models: dict[str, str]) -> list[Part]:
             [*losses, f"--model={models['minilm']}", "--batch-sizes", "16", "--mini-batch-size=4", "--steps=1",
              "--warmup=0"],
             240,
+        ),
+        Part(
+            "trainer_mfu",
+            [sys.executable, "-m", "st_contrast.cli", "train", str(trainer_config(scratch, models["bert_base"], cuda))],
+            [sys.executable, "-m", "st_contrast.cli", "train", str(trainer_config(scratch, models["minilm"], cuda))],
+            150, result_file=scratch / "trainer_run" / "log.jsonl",
         ),
         Part(
             "compile_bert_base",
@@ -162,7 +192,9 @@ def run_part(part: Part, cuda: bool, budget_left: float, log) -> dict:
         say(log, f"FAIL {part.name} (exit {done.returncode}, {seconds} s): {tail[0]}")
         entry.update(status="failed", error=tail[0], output_tail=(done.stdout + done.stderr)[-3000:])
         return entry
-    if part.json_output:
+    if part.result_file is not None:  # the training log: its last line (tokens_per_second, mfu, ...)
+        entry["result"] = json.loads(part.result_file.read_text(encoding="utf8").strip().splitlines()[-1])
+    elif part.json_output:
         entry["result"] = json.loads(done.stdout[done.stdout.index("{\n") :])  # the report printed last
     else:
         entry["result"] = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
@@ -198,6 +230,8 @@ def summary(results: dict) -> dict:
         out[f"attention_ratio_at_{padding}"] = get("attention", "attention", f"padding_{padding}", "ratio")
     out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
     out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
+    out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
+    out["trainer_log_mfu"] = get("trainer_mfu", "mfu")
     out["bert_base_compiled_mfu"] = get("compile_bert_base", "train", "flash_compiled", "mfu")
     out["bert_base_compiled_vs_eager"] = get("compile_bert_base", "train", "compiled_vs_flash")
     for batch, figures in (get("losses", "batches") or {}).items():
@@ -245,6 +279,8 @@ def markdown(report: dict) -> str:
     rows += [
         f"| BERT-base packed training MFU (bf16), eager | {cell(figures['bert_base_packed_mfu'], 3)} | >= 0.40 "
         "(0.30 milestone) |",
+        f"| `st-contrast train` log (and progress bar), BERT-base bf16: tokens/s, MFU | "
+        f"{cell(figures['trainer_log_tokens_per_second'], 0)}, {cell(figures['trainer_log_mfu'], 3)} | MFU shown |",
         f"| BERT-base packed training MFU, `compile=True` | {cell(figures['bert_base_compiled_mfu'], 3)} | |",
         f"| compiled / eager packed training step | {times(figures['bert_base_compiled_vs_eager'])} | > 1 |",
     ]
@@ -292,7 +328,7 @@ def main() -> None:
         if not cuda:
             say(log, "No CUDA device: the CUDA-only parts are skipped, the others run at toy sizes (not measurements).")
         models = write_models(Path(scratch), cuda)
-        for part in parts(models):
+        for part in parts(models, Path(scratch), cuda):
             budget_left = args.budget_s - (time.perf_counter() - start)
             report["parts"][part.name] = run_part(part, cuda, budget_left, log)
         report["summary"] = summary(report["parts"])
