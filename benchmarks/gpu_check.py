@@ -87,6 +87,14 @@ def trainer_config(directory: Path, model: str, cuda: bool) -> Path:
     return path
 
 
+def trainer_command(scratch: Path, model: str, cuda: bool) -> list[str]:
+    try:
+        config = str(trainer_config(scratch, model, cuda))
+    except Exception as error:  # the part then fails with this in its log
+        config = f"<no config: {type(error).__name__}: {error}>"
+    return [sys.executable, "-m", "st_contrast.cli", "train", config]
+
+
 def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
     backbone = [sys.executable, str(BENCH / "bench_backbone.py")]
     losses = [sys.executable, str(BENCH / "bench_losses.py")]
@@ -135,8 +143,8 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         ),
         Part(
             "trainer_mfu",
-            [sys.executable, "-m", "st_contrast.cli", "train", str(trainer_config(scratch, models["bert_base"], cuda))],
-            [sys.executable, "-m", "st_contrast.cli", "train", str(trainer_config(scratch, models["minilm"], cuda))],
+            trainer_command(scratch, models["bert_base"], cuda) if cuda else None,
+            None if cuda else trainer_command(scratch, models["minilm"], cuda),
             150, result_file=scratch / "trainer_run" / "log.jsonl",
         ),
         Part(
@@ -193,6 +201,9 @@ def run_part(part: Part, cuda: bool, budget_left: float, log) -> dict:
         entry.update(status="failed", error=tail[0], output_tail=(done.stdout + done.stderr)[-3000:])
         return entry
     if part.result_file is not None:  # the training log: its last line (tokens_per_second, mfu, ...)
+        if not part.result_file.is_file():
+            say(log, f"FAIL {part.name}: it wrote no {part.result_file.name}")
+            return {**entry, "status": "failed", "error": f"no {part.result_file}"}
         entry["result"] = json.loads(part.result_file.read_text(encoding="utf8").strip().splitlines()[-1])
     elif part.json_output:
         entry["result"] = json.loads(done.stdout[done.stdout.index("{\n") :])  # the report printed last
@@ -327,7 +338,12 @@ def main() -> None:
         say(log, f"gpu_check {report['date']} on {report['device']}: {json.dumps(report['versions'])}")
         if not cuda:
             say(log, "No CUDA device: the CUDA-only parts are skipped, the others run at toy sizes (not measurements).")
-        models = write_models(Path(scratch), cuda)
+        try:  # a failed set-up (no shared data, say) fails the parts that need it; the others still run
+            models = write_models(Path(scratch), cuda)
+        except Exception as error:  # reported, not raised
+            say(log, f"FAIL set-up (random models): {type(error).__name__}: {error}")
+            report["setup_error"] = f"{type(error).__name__}: {error}"
+            models = {"bert_base": "<no model: set-up failed>", "minilm": "<no model: set-up failed>"}
         for part in parts(models, Path(scratch), cuda):
             budget_left = args.budget_s - (time.perf_counter() - start)
             report["parts"][part.name] = run_part(part, cuda, budget_left, log)

@@ -90,7 +90,8 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             +-------------------------------------------------+--------+
 
         Relations:
-            - Same loss and gradients as :class:`InfoNCELoss`, for a fraction of the memory and ~1.3-2x the time.
+            - Same loss and gradients as :class:`InfoNCELoss`, for a fraction of the memory and ~1.2-1.4x the time
+              (one extra forward pass: 4/3 in theory; benchmarks/RESULTS.md).
             - Works inside ``MatryoshkaLoss`` (which decorates ``calculate_loss``).
 
         Example:
