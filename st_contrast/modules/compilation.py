@@ -16,6 +16,9 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Transformer
 
+from st_contrast.attention.interface import is_packed_implementation
+from st_contrast.compat import attn_implementation
+
 __all__ = ["compile_backbone", "is_compiled", "uncompile_backbone"]
 
 _COMPILED = "_st_contrast_compiled"
@@ -36,9 +39,7 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
     Returns:
         ``module``.
     """
-    from st_contrast.modules.packing import is_packed
-
-    if not is_packed(module):
+    if not is_packed_implementation(attn_implementation(module.model.config)):
         raise ValueError(
             "compile_backbone compiles packed backbones (their shapes are made dynamic); pack the module first "
             "(FlashTransformer(..., compile=True) or enable_packing(module, compile=True)), or torch.compile a padded "
