@@ -5,7 +5,8 @@ Measures, in one run and on the same data (STS-B train + SNLI sentences from the
 trainer sees them), for each backbone variant:
 
 - ``train``: one contrastive training step (forward, in-batch-negatives loss, backward, AdamW) on a batch of
-  ``--batch-size`` (anchor, positive) pairs, in real (non-padding) tokens per second, with the model FLOPs per second
+  ``--batch-size`` (anchor, positive) pairs, the variants taking turns step by step, in real (non-padding) tokens per
+  second, with the model FLOPs per second
   (PaLM's ``6 N + 12 L d s`` per real token, :mod:`st_contrast.callbacks.flops`) and, where the device's peak is
   known (H100 / H200 / A100), the MFU; on CUDA also ``torch.cuda.max_memory_allocated``;
 - ``encode``: ``model.encode`` over the sentences (tokenization included), real tokens per second;
@@ -102,44 +103,65 @@ def sequence_lengths(features: dict) -> torch.Tensor:
     return features["attention_mask"].sum(dim=1)
 
 
-def bench_train(
-    model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], warmup: int, peak_flops: float | None
-) -> dict:
-    device = model.device
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    prepared = [(to_device(model.preprocess(a), device), to_device(model.preprocess(p), device)) for a, p in batches]
-    estimate = estimate_flops(model)
-    times, flops, tokens = [], 0.0, 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step, (anchors, positives) in enumerate(prepared):
+class TrainRun:
+    """Training steps of one variant (forward of both columns, in-batch-negatives loss, backward, AdamW): the
+    variants take turns step by step, so a machine shared with other jobs slows them alike."""
+
+    def __init__(self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops) -> None:
+        self.model, self.batches, self.peak_flops = model, batches, peak_flops
+        self.device = model.device
+        model.train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        self.prepared = [(to_device(model.preprocess(a), self.device), to_device(model.preprocess(p), self.device))
+                         for a, p in batches]  # fmt: skip
+        self.estimate = estimate_flops(model)
+        self.times: list[float] = []
+        self.flops, self.tokens, self.peak_memory = 0.0, 0, 0.0
+
+    def step(self, index: int, timed: bool) -> None:
+        model, device = self.model, self.device
+        anchors, positives = self.prepared[index]
         synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         a = F.normalize(model(dict(anchors))["sentence_embedding"].float(), dim=-1)
         p = F.normalize(model(dict(positives))["sentence_embedding"].float(), dim=-1)
         loss = F.cross_entropy(a @ p.T * 20.0, torch.arange(len(a), device=device))
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
+        if timed:
+            self.times.append(time.perf_counter() - start)
             lengths = torch.cat([sequence_lengths(anchors), sequence_lengths(positives)]).double()
-            tokens += int(lengths.sum())
-            flops += estimate.training_flops(float(lengths.sum()), float(lengths.square().sum()))
-    seconds = sum(times)
-    result = {
-        "tokens_per_s": tokens / seconds,
-        "median_step_s": statistics.median(times),
-        "model_tflops_per_s": flops / seconds / 1e12,
-        "padding_fraction": padding_fraction(model, batches),
-    }
-    if peak_flops:
-        result["mfu"] = flops / seconds / peak_flops
-    if device.type == "cuda":
-        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+            self.tokens += int(lengths.sum())
+            self.flops += self.estimate.training_flops(float(lengths.sum()), float(lengths.square().sum()))
+        if device.type == "cuda":
+            self.peak_memory = max(self.peak_memory, torch.cuda.max_memory_allocated() / 2**20)
+
+    def result(self) -> dict:
+        seconds = sum(self.times)
+        result = {
+            "tokens_per_s": self.tokens / seconds,
+            "median_step_s": statistics.median(self.times),
+            "min_step_s": min(self.times),
+            "model_tflops_per_s": self.flops / seconds / 1e12,
+            "padding_fraction": padding_fraction(self.model, self.batches),
+        }
+        if self.peak_flops:
+            result["mfu"] = self.flops / seconds / self.peak_flops
+        if self.device.type == "cuda":
+            result["peak_memory_mib"] = self.peak_memory  # all variants' weights and optimizer states included
+        return result
+
+
+def bench_train(models: dict[str, SentenceTransformer], batches, warmup: int, peak_flops: float | None) -> dict:
+    runs = {name: TrainRun(model, batches, peak_flops) for name, model in models.items()}
+    for index in range(len(batches)):
+        for run in runs.values():
+            run.step(index, timed=index >= warmup)
+    return {name: run.result() for name, run in runs.items()}
 
 
 def padding_fraction(model: SentenceTransformer, batches: list[tuple[list[str], list[str]]]) -> float:
@@ -255,7 +277,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
     report["peak_flops_per_device"] = peak
     if "train" in args.sections:
-        train = {name: bench_train(model, batches, args.warmup, peak) for name, model in models.items()}
+        train = bench_train(models, batches, args.warmup, peak)
         add_ratios(train)
         report["train"] = train
     if "encode" in args.sections:

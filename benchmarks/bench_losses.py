@@ -112,6 +112,39 @@ def measure(args: argparse.Namespace) -> dict:
     return {"seconds": statistics.median(times), "peak_mib": round(peak, 1), "loss": loss}
 
 
+def measure_interleaved(args: argparse.Namespace) -> dict:
+    """The three methods' step times in one process, one step of each in turn (a machine shared with other jobs slows
+    them alike): the fastest and the median step of each."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.util import batch_to_device
+
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    model = SentenceTransformer(args.model, device=args.device, model_kwargs={"dtype": dtype})
+    model.max_seq_length = args.max_seq_length
+    model.train()
+    losses = {method: build_loss(method, model, args.mini_batch_size) for method in METHODS}
+    features = [batch_to_device(model.preprocess(column), model.device) for column in load_triplets(args.batch_size)]
+    times: dict[str, list[float]] = {method: [] for method in METHODS}
+    for step in range(args.warmup + args.steps):
+        for method, loss_fn in losses.items():
+            model.zero_grad(set_to_none=True)
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            loss_fn([dict(f) for f in features], None).backward()
+            if model.device.type == "cuda":
+                torch.cuda.synchronize()
+            if step >= args.warmup:
+                times[method].append(time.perf_counter() - start)
+    best = {method: min(values) for method, values in times.items()}
+    return {
+        "min_seconds": best,
+        "median_seconds": {method: statistics.median(values) for method, values in times.items()},
+        "throughput_ratio_cached_vs_uncached": round(best["uncached"] / best["cached"], 3),
+        "throughput_ratio_stock_cached_vs_uncached": round(best["uncached"] / best["stock_cached"], 3),
+    }
+
+
 def current_rss_mib() -> float:
     with open("/proc/self/statm", encoding="ascii") as handle:
         return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
@@ -162,12 +195,16 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--max-seq-length", type=int, default=128)
     parser.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32", help="weights of the model")
+    parser.add_argument(
+        "--interleaved", action="store_true", help="also time the three methods in one process, one step of each in "
+        "turn (fairer on a machine shared with other jobs); ratios of the fastest steps",
+    )  # fmt: skip
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
+    parser.add_argument("--method", choices=(*METHODS, "interleaved"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         args.batch_size = args.batch_sizes[0]
-        print(json.dumps(measure(args)))
+        print(json.dumps(measure_interleaved(args) if args.method == "interleaved" else measure(args)))
         return
 
     with tempfile.TemporaryDirectory() as directory:
@@ -183,6 +220,8 @@ def main() -> None:
         for batch_size in args.batch_sizes:
             figures = {method: run_one(args, model, method, batch_size) for method in METHODS}
             figures.update(ratios(figures))
+            if args.interleaved:
+                figures["interleaved"] = run_one(args, model, "interleaved", batch_size)
             report["batches"][str(batch_size)] = figures
     print(json.dumps(report, indent=2))
 
