@@ -15,6 +15,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
 from st_contrast.compat import load_checkpoint_weights, trainer_output_dir
 from st_contrast.data.single_dataset import SamplerEpochCallback
+from st_contrast.data.streaming import StreamingDataset
 from st_contrast.training.checkpoints import (
     STAGING_DIR,
     checkpoint_problem,
@@ -25,6 +26,13 @@ from st_contrast.training.checkpoints import (
     write_manifest,
 )
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
+from st_contrast.training.stream_state import (
+    StreamEpochCallback,
+    configure_stream,
+    restore_stream_state,
+    save_stream_state,
+    stream_dataloader,
+)
 
 __all__ = ["ContrastiveTrainer", "MonitoredTrainer"]
 
@@ -46,6 +54,10 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       complete checkpoint and skips damaged newer ones with a warning naming them.
     - **Data order.** :class:`~st_contrast.data.SamplerEpochCallback` keeps the interrupted epoch's order when a
       multi-process run resumes.
+    - **Streams.** A :class:`~st_contrast.data.StreamingDataset` (URLs, ``stream: true``) is batched by itself: one
+      dataset per step on every rank, each rank reading its own rows. Every checkpoint holds each rank's stream
+      position (``stream_state_<rank>.json``), and a resumed run continues with the next unseen row
+      (:mod:`st_contrast.training.stream_state`).
     - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
       the step-time breakdown in the logs and the progress bar (:func:`~st_contrast.callbacks.enable_monitoring`).
 
@@ -71,11 +83,28 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             # ST checks at construction that an eval_strategy has something to evaluate
             probe, name = options.pop("probe"), options.get("probe_name", "geometry")
             kwargs["evaluator"] = with_geometry_probe(kwargs.get("evaluator"), probe, name)
+        stream = kwargs.get("train_dataset", args[2] if len(args) > 2 else None)
+        if isinstance(stream, StreamingDataset):  # batch size, seed and ranks come from the arguments
+            training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+            if training_args is None:
+                raise ValueError("A StreamingDataset trains with explicit args (its batch size, seed, processes).")
+            configure_stream(stream, training_args)
         super().__init__(*args, **kwargs)
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
+        if isinstance(self.train_dataset, StreamingDataset):
+            self.add_callback(StreamEpochCallback(len(self.train_dataset)))
         if monitoring is not False:
             enable_monitoring(self, **options)
+
+    def get_train_dataloader(self) -> Any:
+        """ST's loader, or for a :class:`~st_contrast.data.StreamingDataset` a loader of its batches on this rank."""
+        if isinstance(self.train_dataset, StreamingDataset):
+            self._train_dataloader = stream_dataloader(
+                self.train_dataset, self.data_collator, pin_memory=self.args.dataloader_pin_memory
+            )
+            return self._train_dataloader
+        return super().get_train_dataloader()
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``SentenceTransformerTrainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete*
@@ -92,7 +121,11 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
         if isinstance(resume_from_checkpoint, str) and self._is_final_checkpoint(resume_from_checkpoint):
             return self._finish_from_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            if isinstance(self.train_dataset, StreamingDataset):
+                self.train_dataset.close()  # its background readers (the position stays, for a later train call)
 
     def _is_final_checkpoint(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` already holds the last step of this run (transformers would train one more)."""
@@ -130,6 +163,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         finally:
             self._checkpoint_staging = None
         staged, final = Path(staging) / name, Path(run_dir) / name
+        if isinstance(self.train_dataset, StreamingDataset):  # every rank: its stream position, before the commit
+            save_stream_state(self.train_dataset, staged, self.args.process_index)
         if self.args.should_save:
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging):  # recorded under the staging path: point it at the final one
@@ -150,6 +185,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self._restore_loss_state(checkpoint)
+            if isinstance(self.train_dataset, StreamingDataset):
+                restore_stream_state(self.train_dataset, checkpoint, self.args.process_index)
 
     def _restore_loss_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, LOSS_STATE_NAME)
