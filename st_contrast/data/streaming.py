@@ -72,6 +72,11 @@ class StreamingDataset(IterableDataset):
         self._snapshot: dict[str, Any] | None = None
         self._order_cache: tuple[int, list[int]] | None = None
 
+    @property
+    def dataset_names(self) -> list[str] | None:
+        """The ``dataset_name`` its rows carry (several datasets), else None."""
+        return list(self.names) if len(self.names) > 1 else None
+
     # configuration (by ContrastiveTrainer, from the training arguments)
     def configure(
         self, batch_size: int, seed: int = 0, world_size: int = 1, rank: int = 0, no_duplicates: bool = True

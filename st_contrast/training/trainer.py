@@ -89,7 +89,14 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             if training_args is None:
                 raise ValueError("A StreamingDataset trains with explicit args (its batch size, seed, processes).")
             configure_stream(stream, training_args)
+            # Hidden from the upstream constructor, whose model card would read rows out of it; set right after.
+            if "train_dataset" in kwargs:
+                kwargs["train_dataset"] = None
+            else:
+                args = (*args[:2], None, *args[3:])
         super().__init__(*args, **kwargs)
+        if isinstance(stream, StreamingDataset):
+            self.train_dataset = stream
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
         if isinstance(self.train_dataset, StreamingDataset):
