@@ -4,6 +4,7 @@ killed mid-epoch that resumes at the next unseen row and ends with the weights o
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -90,3 +91,39 @@ def test_torchrun_streams_from_s3_once_per_epoch_and_resumes_at_the_next_unseen_
     resumed = st_contrast.load_model(str(tmp_path / "run" / "model"), device="cpu")
     straight = st_contrast.load_model(str(tmp_path / "ref" / "model"), device="cpu")
     torch.testing.assert_close(flat_weights(resumed), flat_weights(straight), atol=1e-6, rtol=1e-5)
+
+
+def test_stream_errors_are_one_line_naming_the_url(tmp_path, tiny_model_factory, s3_server, streamed, capsys):
+    """A missing bucket stops before anything is written; a bad line found while training names URL and row."""
+    from st_contrast.cli import main
+
+    shard = tmp_path / "bad" / "shard-00000.jsonl.gz"
+    write_shards(shard.parent, [12])
+    lines = gzip.decompress(shard.read_bytes()).split(b"\n")
+    lines[7] = b'{"query": "q", "document": '
+    shard.write_bytes(gzip.compress(b"\n".join(lines)))
+    s3_server.upload(shard.parent, "s3://train/bad")
+    config = recording_config(
+        tiny_model_factory("bert"),
+        tmp_path / "run",
+        tmp_path / "records",
+        [{"name": "bad", "path": "s3://no-such-bucket/pairs", "objective": "paired"}],
+        max_steps=4,
+        per_device_train_batch_size=2,
+    )
+    path = write_config(tmp_path / "c.yaml", config)
+    capsys.readouterr()
+    cases = [
+        ([], "s3://no-such-bucket/pairs: the bucket does not exist"),
+        (
+            ["--set", "data.datasets.0.path=s3://train/bad", "--set", "data.datasets.0.shuffle_buffer=1"],
+            "s3://train/bad/shard-00000.jsonl.gz, row 7 (line 8): malformed JSON",
+        ),
+    ]
+    for extra, expected in cases:
+        assert main(["train", path, *extra]) == 2
+        err = capsys.readouterr().err
+        errors = [line for line in err.splitlines() if "error" in line.lower()]
+        assert len(errors) == 1 and errors[0].startswith("st-contrast train: error: "), err[-3000:]
+        assert expected in errors[0] and "Traceback" not in err, errors[0]
+    assert len(records(tmp_path / "records")) == 3  # rows 0-5 trained; the batch holding row 7 never formed

@@ -10,10 +10,11 @@ from typing import Any
 import torch
 from sentence_transformers import SentenceTransformerTrainer
 from transformers import TrainerState
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
-from st_contrast.compat import load_checkpoint_weights, trainer_output_dir
+from st_contrast.compat import load_checkpoint_weights, trainer_output_dir, training_progress_bar
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.data.streaming import StreamingDataset
 from st_contrast.training.checkpoints import (
@@ -130,9 +131,17 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             return self._finish_from_checkpoint(resume_from_checkpoint)
         try:
             return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except BaseException:
+            self._end_progress_bar()  # an error (e.g. a bad row found while streaming) starts on its own line
+            raise
         finally:
             if isinstance(self.train_dataset, StreamingDataset):
                 self.train_dataset.close()  # its background readers (the position stays, for a later train call)
+
+    def _end_progress_bar(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and (bar := training_progress_bar(callback)) is not None:
+                bar.close()
 
     def _is_final_checkpoint(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` already holds the last step of this run (transformers would train one more)."""
