@@ -7,8 +7,7 @@ import glob
 import gzip
 import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pyarrow.compute as pc
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
+from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
 from st_contrast.data.spec import DatasetSpec
 from st_contrast.data.urls import is_url
@@ -211,7 +211,7 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
     for file in files:
         builder, kwargs = DATA_FILE_FORMATS[suffixes[file]]
         try:
-            with _quiet_datasets():
+            with quiet_datasets():
                 part = datasets.load_dataset(
                     builder, data_files=file, split="train", cache_dir=cache_dir, **{**kwargs, **spec.load_kwargs}
                 )
@@ -227,21 +227,6 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
         raise DataError(f"Dataset {spec.name!r}: its files do not share columns and types: {error}") from error
     shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more file(s)"
     return dataset, _Source(shown, counts)
-
-
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars and no logged error from ``datasets`` while a file loads: a failure becomes one DataError."""
-    bars = datasets.utils.is_progress_bar_enabled()
-    level = datasets.utils.logging.get_verbosity()
-    datasets.utils.disable_progress_bars()
-    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
-    try:
-        yield
-    finally:
-        datasets.utils.logging.set_verbosity(level)
-        if bars:
-            datasets.utils.enable_progress_bars()
 
 
 def _describe_file_error(file: str, builder: str, error: Exception) -> str:

@@ -19,6 +19,7 @@ import datasets
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, DataError
+from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.spec import DatasetSpec
 from st_contrast.data.stream_files import iter_file_rows
 from st_contrast.data.stream_sources import StreamFile, StreamSource, open_stream_source
@@ -122,9 +123,7 @@ def read_source_into_cache(
 
 
 def _from_generator(token: str, features: Any, cache_dir: str | None, fingerprint: str) -> datasets.Dataset:
-    from st_contrast.data.loading import _quiet_datasets
-
-    with _quiet_datasets():
+    with quiet_datasets():
         return datasets.Dataset.from_generator(
             _rows, features=features, cache_dir=cache_dir, gen_kwargs={"token": token}, fingerprint=fingerprint
         )

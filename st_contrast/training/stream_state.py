@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch.utils.data import DataLoader
 from transformers import TrainerCallback
 
@@ -66,6 +67,7 @@ def configure_stream(dataset: StreamingDataset, args: Any) -> None:
 
 def stream_dataloader(dataset: StreamingDataset, collate_fn: Any, pin_memory: bool = False) -> DataLoader:
     """The loader of a stream's batches on this rank (not sharded by accelerate: each rank reads its own rows)."""
+    pin_memory = pin_memory and torch.cuda.is_available()  # pinning needs an accelerator (torch warns without one)
     return DataLoader(dataset, batch_size=None, collate_fn=collate_fn, num_workers=0, pin_memory=pin_memory)
 
 
