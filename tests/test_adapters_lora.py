@@ -8,14 +8,16 @@ import shutil
 import pytest
 import torch
 from adapter_utils import changed_parameters, embed, snapshot, train_steps
+from conftest import DECODERS, ENCODERS, PADDED_DECODERS, PADDED_ENCODERS
 from peft.tuners.tuners_utils import BaseTunerLayer
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast import load_adapter_model, load_model, relink_adapter_base
-from st_contrast.adapters import add_lora, merge_and_save
+from st_contrast.adapters import LORA_PRESETS, add_lora, linear_layer_names, merge_and_save
 from st_contrast.modules import FlashTransformer
+from st_contrast.modules.architectures import ARCHITECTURES
 
 CASES = [
     ("bert", Transformer, "encoder"),
@@ -24,6 +26,9 @@ CASES = [
     ("modernbert", FlashTransformer, "auto"),
     ("llama", FlashTransformer, "decoder"),
     ("qwen2", Transformer, "auto"),
+    ("nomic_bert", FlashTransformer, "auto"),
+    ("gpt_neox", FlashTransformer, "gpt_neox"),
+    ("gptj", Transformer, "auto"),
 ]
 
 
@@ -63,6 +68,17 @@ def test_training_changes_only_adapter_weights(model_type, backbone_class, prese
     assert changed and changed <= lora.keys(), sorted(changed - lora.keys())
     # B starts at zero, so step 1 moves B only and step 2 moves A as well.
     assert any(".lora_A." in n for n in changed) and any(".lora_B." in n for n in changed)
+
+
+@pytest.mark.parametrize("name", ENCODERS + DECODERS + PADDED_ENCODERS + PADDED_DECODERS)
+def test_auto_uses_the_architecture_preset(name, tiny_model_factory):
+    """Every layer name of the architecture's preset exists in the model, and "auto" adapts exactly those."""
+    model = build(tiny_model_factory(name))
+    backbone = model[0].model
+    preset = LORA_PRESETS[ARCHITECTURES[backbone.config.model_type].lora_preset]
+    assert set(preset) <= set(linear_layer_names(backbone)), (preset, linear_layer_names(backbone))
+    add_lora(model, "auto", r=2, alpha=4)
+    assert set(backbone.peft_config["default"].target_modules) == set(preset)
 
 
 def test_overrides_reach_peft(tiny_model_factory):

@@ -19,8 +19,8 @@ from st_contrast.attention import (
 LENGTHS = [1, 7, 3, 12, 5]
 
 
-def reference_attention(q, k, v, lengths, *, causal, scale, window):
-    """Loop over sequences; plain matmul-softmax with explicit causal / window masks."""
+def reference_attention(q, k, v, lengths, *, causal, scale, window, softcap=None):
+    """Loop over sequences; plain matmul-softmax with explicit causal / window masks (and Gemma2's soft-capping)."""
     outputs, start = [], 0
     groups = q.shape[1] // k.shape[1]
     for length in lengths:
@@ -28,6 +28,8 @@ def reference_attention(q, k, v, lengths, *, causal, scale, window):
         ks = k[start : start + length].repeat_interleave(groups, dim=1).transpose(0, 1)
         vs = v[start : start + length].repeat_interleave(groups, dim=1).transpose(0, 1)
         scores = qs @ ks.transpose(-1, -2) * scale
+        if softcap is not None:
+            scores = torch.tanh(scores / softcap) * softcap
         i = torch.arange(length).unsqueeze(1)
         j = torch.arange(length).unsqueeze(0)
         allowed = torch.ones(length, length, dtype=torch.bool)
@@ -42,10 +44,11 @@ def reference_attention(q, k, v, lengths, *, causal, scale, window):
     return torch.cat(outputs)
 
 
+@pytest.mark.parametrize("softcap", [None, 0.7])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", [None, (2, 2)])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_cpu_kernel_matches_reference(causal, window, kv_heads):
+def test_cpu_kernel_matches_reference(causal, window, kv_heads, softcap):
     torch.manual_seed(0)
     total, heads, dim = sum(LENGTHS), 4, 8
     q = torch.randn(total, heads, dim, dtype=torch.float64, requires_grad=True)
@@ -53,9 +56,14 @@ def test_cpu_kernel_matches_reference(causal, window, kv_heads):
     v = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
     cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
     scale = 0.3
-    out = sdpa_varlen_attention(q, k, v, cu, max(LENGTHS), causal=causal, scale=scale, dropout=0.0, window=window)
-    expected = reference_attention(q, k, v, LENGTHS, causal=causal, scale=scale, window=window)
+    out = sdpa_varlen_attention(
+        q, k, v, cu, max(LENGTHS), causal=causal, scale=scale, dropout=0.0, window=window, softcap=softcap
+    )
+    expected = reference_attention(q, k, v, LENGTHS, causal=causal, scale=scale, window=window, softcap=softcap)
     torch.testing.assert_close(out, expected)
+    if softcap is not None:  # the cap matters at this scale
+        uncapped = reference_attention(q, k, v, LENGTHS, causal=causal, scale=scale, window=window)
+        assert (uncapped - expected).abs().max() > 1e-2
 
     grads = torch.autograd.grad(out.square().sum(), (q, k, v))
     expected_grads = torch.autograd.grad(expected.square().sum(), (q, k, v))
@@ -99,3 +107,14 @@ def test_auto_resolution_on_cpu():
     assert resolve_backend("cpu", torch.device("cpu"), torch.float32) == "sdpa"  # the former name still works
     with pytest.raises(ValueError, match="Unknown attention backend"):
         resolve_backend("xformers", torch.device("cpu"), torch.float32)
+
+
+def test_softcap_is_refused_by_the_varlen_kernel_and_skipped_by_auto():
+    from st_contrast.attention.backends import torch_varlen_attention
+
+    q = torch.randn(4, 2, 8)
+    cu = cu_seqlens_from_lengths(torch.tensor([4]))
+    with pytest.raises(ValueError, match="'varlen' has no attention logit soft-capping.*'flash_attn' or 'sdpa'"):
+        torch_varlen_attention(q, q, q, cu, 4, causal=False, scale=None, dropout=0.0, window=None, softcap=50.0)
+    if torch.cuda.is_available():
+        assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, softcap=True) in ("sdpa", "flash_attn")

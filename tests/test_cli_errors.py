@@ -41,13 +41,15 @@ def files(tmp_path_factory, shared_data):
 
 
 @pytest.fixture(scope="module")
-def distilbert(tmp_path_factory, minilm_path):
+def deberta(tmp_path_factory, minilm_path):
+    """An architecture that is refused packed (DeBERTa's relative attention)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    path = tmp_path_factory.mktemp("distilbert")
-    AutoModel.from_config(
-        AutoConfig.for_model("distilbert", dim=32, n_heads=2, n_layers=1, hidden_dim=64)
-    ).save_pretrained(path)
+    path = tmp_path_factory.mktemp("deberta")
+    config = AutoConfig.for_model(
+        "deberta-v2", hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64
+    )
+    AutoModel.from_config(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(path)
     return str(path)
 
@@ -86,7 +88,11 @@ CASES = [
     ("bad csv line", ["data.datasets.0.path={root}/ragged.csv"], "ragged.csv, line 3: 3 fields, but the header has 2"),
     ("bad-row mode", ["data.datasets.0.on_bad_rows=ignore"], "on_bad_rows must be one of ['raise', 'skip']"),
     ("varlen on cpu", ["model.attention_backend=varlen"], "model.attention_backend: 'varlen' cannot run here"),
-    ("unsupported packed", ["model.name_or_path={distilbert}"], "'distilbert' model, which does not run packed"),
+    (
+        "refused packed",
+        ["model.name_or_path={deberta}"],
+        "model_type 'deberta-v2' cannot run packed: DeBERTa's disentangled relative attention",
+    ),
     ("eval file", ["evaluation.tasks=[sts:{root}/missing-sts.tsv]"], "evaluation.tasks: STS file not found"),
     ("unknown section", ["optimiser.lr=1"], "Unknown configuration section(s) ['optimiser']"),
 ]
@@ -95,7 +101,7 @@ CASES = [
 @pytest.mark.parametrize("where", ["existing run", "new directory"])
 @pytest.mark.parametrize(("overrides", "expected"), [case[1:] for case in CASES], ids=[case[0] for case in CASES])
 def test_bad_input_is_one_line_and_changes_nothing(
-    overrides, expected, where, files, distilbert, tiny_model_factory, tmp_path, capsys
+    overrides, expected, where, files, deberta, tiny_model_factory, tmp_path, capsys
 ):
     run_dir = tmp_path / "run"
     if where == "existing run":  # a rerun of an earlier run must not overwrite its files
@@ -115,7 +121,7 @@ def test_bad_input_is_one_line_and_changes_nothing(
     capsys.readouterr()  # what building the tiny model printed
     argv = ["train", str(path)]
     for override in overrides:
-        argv += ["--set", override.format(root=files, distilbert=distilbert)]
+        argv += ["--set", override.format(root=files, deberta=deberta)]
 
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()

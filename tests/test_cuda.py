@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import DECODERS, ENCODERS, NO_SDPA
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 
 from st_contrast.attention import available_backends, cu_seqlens_from_lengths, sdpa_varlen_attention
@@ -62,3 +64,32 @@ def test_bf16_minilm_matches_padded_stock(backend, minilm_path, snli_sentences):
     assert cosine.min().item() >= 0.999, cosine.min().item()
     if backend == "auto":
         assert resolved_attention_backend(flash_backbone) in ("varlen", "flash_attn")
+
+
+@pytest.mark.parametrize("name", ENCODERS + DECODERS)
+def test_bf16_every_packed_architecture_on_gpu(name, tiny_model_factory, snli_sentences):
+    """Each packed architecture, bf16 on the GPU with the kernel "auto" picks, against stock padded bf16."""
+    path = tiny_model_factory(name)
+    bf16 = {"dtype": torch.bfloat16}
+    implementation = "eager" if name in NO_SDPA else "sdpa"
+    stock = Transformer(path, model_kwargs={**bf16, "attn_implementation": implementation})
+    flash = FlashTransformer(path, attention_backend="auto", model_kwargs=bf16)
+    models = [SentenceTransformer(modules=[m, Pooling(32, "mean")], device="cuda").eval() for m in (stock, flash)]
+    texts = ["", *snli_sentences[:30], " ".join(snli_sentences[:40])]
+    expected, actual = (model.encode(texts, convert_to_tensor=True).float() for model in models)
+    cosine = torch.nn.functional.cosine_similarity(actual, expected, dim=-1)
+    assert cosine.min() > 0.99, (resolved_attention_backend(flash), cosine.min())
+    tokens = models[1].encode(texts[:4], output_value="token_embeddings")
+    assert [len(t) for t in tokens] == [len(t) for t in models[0].encode(texts[:4], output_value="token_embeddings")]
+
+
+def test_flash_attn_softcap_matches_exact_kernel():
+    if "flash_attn" not in _gpu_backends():
+        pytest.skip(f"flash_attn: {available_backends()['flash_attn']}")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(sum(LENGTHS), 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS, device="cuda"))
+    kwargs = dict(causal=False, scale=0.125, dropout=0.0, window=None, softcap=2.0)
+    out = get_kernel("flash_attn")(q, k, v, cu, max(LENGTHS), **kwargs)
+    expected = sdpa_varlen_attention(q.float(), k.float(), v.float(), cu, max(LENGTHS), **kwargs)
+    torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)

@@ -142,3 +142,20 @@ def test_stsb_test_reproduces_the_published_score(shared_data, minilm):
     results = evaluate_model(minilm, [f"sts:{shared_data.joinpath(*STSB_TEST)}"], batch_size=64)
     assert round(results["stsbenchmark-test"]["main_score"] * 100, 2) == 82.03  # MTEB's published value
     assert round(results["stsbenchmark-test"]["metrics"]["cosine_pearson"] * 100, 2) == 82.74
+
+
+def test_a_task_prompt_reaches_the_model(tmp_path, shared_data, minilm):
+    """The spec's ``prompt`` is applied to both sentences (MTEB would take prompts only from ``model.prompts``)."""
+    from scipy.stats import spearmanr
+
+    rows = stsb_rows(shared_data, limit=120)
+    path = write_headed_sts(tmp_path / "sts.csv", rows, ",")
+    prompt = "Retrieve semantically similar text: "
+    results = evaluate_model(minilm, [{"type": "sts", "path": str(path), "name": "prompted", "prompt": prompt}])
+    first = minilm.encode([a for a, _, _ in rows], prompt=prompt, convert_to_tensor=True)
+    second = minilm.encode([b for _, b, _ in rows], prompt=prompt, convert_to_tensor=True)
+    expected = spearmanr(torch.cosine_similarity(first, second).numpy(), [score for _, _, score in rows])[0]
+    assert results["prompted"]["main_score"] == pytest.approx(expected, abs=1e-6)
+    plain = evaluate_model(minilm, [{"type": "sts", "path": str(path), "name": "plain"}])["plain"]["main_score"]
+    assert plain != pytest.approx(expected, abs=1e-4), "the prompt must matter for this check to mean anything"
+    assert minilm.prompts == {"query": "", "document": ""} or "prompted" not in minilm.prompts

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import DECODERS, ENCODERS, TINY_MAX_SEQ_LENGTH
+from conftest import DECODERS, ENCODERS, NO_SDPA, TINY_MAX_SEQ_LENGTH
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
@@ -28,9 +28,17 @@ def mixed_length_texts(sentences: list[str]) -> list[str]:
     return ["", sentences[0], long, "a", sentences[1] + " " + sentences[2], long[::-1], sentences[3]]
 
 
+def stock_implementation(path: str) -> str:
+    """``sdpa``, or ``eager`` for the architectures transformers gives no SDPA path (Gemma2: logit soft-capping)."""
+    from transformers import AutoConfig
+
+    return "eager" if AutoConfig.from_pretrained(path).model_type in NO_SDPA else "sdpa"
+
+
 def build_pair(path: str, pooling_mode, max_seq_length: int) -> tuple[SentenceTransformer, SentenceTransformer]:
     """(stock padded-SDPA model, FlashTransformer model) with identical weights and pooling."""
-    stock = Transformer(path, max_seq_length=max_seq_length, model_kwargs={"attn_implementation": "sdpa"})
+    implementation = stock_implementation(path)
+    stock = Transformer(path, max_seq_length=max_seq_length, model_kwargs={"attn_implementation": implementation})
     flash = FlashTransformer(path, max_seq_length=max_seq_length, attention_backend="sdpa")
     dim = stock.get_embedding_dimension()
     models = []
@@ -119,12 +127,12 @@ def test_save_writes_a_plain_model_and_load_model_packs_it_again(
     assert "unpad_inputs" not in (tmp_path / "sentence_bert_config.json").read_text()
 
     plain = SentenceTransformer(str(tmp_path), device="cpu")  # stock loading, padded, stock attention
-    assert not is_packed(plain[0]) and plain[0].model.config._attn_implementation != "st_packed_sdpa"
+    assert not is_packed(plain[0]) and plain[0].model.config._attn_implementation != "st_packed_exact"
     assert (plain.encode(texts, convert_to_tensor=True) - before).abs().max().item() < 1e-5
 
     reloaded = load_model(str(tmp_path), device="cpu", attention_backend="sdpa")
     assert isinstance(reloaded[0], FlashTransformer) and attention_backend(reloaded[0]) == "sdpa"
-    assert reloaded[0].model.config._attn_implementation == "st_packed_sdpa"
+    assert reloaded[0].model.config._attn_implementation == "st_packed_exact"
     assert not reloaded.trust_remote_code
     torch.testing.assert_close(reloaded.encode(texts, convert_to_tensor=True), before, atol=0, rtol=0)
     assert not is_packed(load_model(str(tmp_path), device="cpu", packed=False)[0])
@@ -135,7 +143,7 @@ def test_backend_is_switchable_and_reported(tiny_model_factory):
     assert attention_backend(backbone) == "auto" and resolved_attention_backend(backbone) == "sdpa"
     set_attention_backend(backbone, "cpu")  # the former name of the exact SDPA path
     assert attention_backend(backbone) == "sdpa"
-    assert backbone.model.config._attn_implementation == "st_packed_sdpa"
+    assert backbone.model.config._attn_implementation == "st_packed_exact"
     disable_packing(backbone)
     assert not isinstance(backbone, FlashTransformer) and backbone.model.config._attn_implementation == "sdpa"
     features = backbone.preprocess(["one two three", "four"])
@@ -160,10 +168,12 @@ def test_gpu_backend_on_cpu_says_why(tiny_model_factory):
 def test_unsupported_architecture_is_refused(tmp_path, minilm_path):
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
-    config = AutoConfig.for_model("distilbert", dim=32, n_heads=2, n_layers=1, hidden_dim=64)
+    config = AutoConfig.for_model(
+        "albert", hidden_size=32, num_attention_heads=2, num_hidden_layers=1, intermediate_size=64, embedding_size=16
+    )
     AutoModel.from_config(config).save_pretrained(tmp_path)
     AutoTokenizer.from_pretrained(minilm_path).save_pretrained(tmp_path)
-    with pytest.raises(ValueError, match="model_type 'distilbert' is not supported packed.*packed: false"):
+    with pytest.raises(ValueError, match="model_type 'albert' is not supported packed.*packed: false"):
         FlashTransformer(str(tmp_path))
 
 

@@ -36,8 +36,8 @@ def model(tiny_model_factory):
 
 
 def test_first_visit_gradient_is_the_fastclip_v3_objective_gradient(model):
-    """At a first visit u = g exactly, so the estimator is the exact gradient of tau*log(eps+g) + rho*tau."""
-    loss_fn = GlobalContrastiveLoss(model, num_samples=10, temperature_scheme="learnable", rho=0.5, eps=1e-8)
+    """At a first visit u = g exactly, so the estimator is the exact gradient of tau*log(g) + rho*tau."""
+    loss_fn = GlobalContrastiveLoss(model, num_samples=10, temperature_scheme="v3", rho=0.5)
     torch.manual_seed(0)
     embeddings = [torch.randn(4, 8, requires_grad=True) for _ in range(3)]
     indices = torch.tensor([9, 2, 5, 0])
@@ -48,19 +48,19 @@ def test_first_visit_gradient_is_the_fastclip_v3_objective_gradient(model):
     reference_embeddings = [e.detach().clone().requires_grad_() for e in embeddings]
     tau = 1 / log_scale.exp()
     g = g_values(reference_embeddings[0], reference_embeddings[1:], tau)
-    expected = sum((tau * torch.log(1e-8 + g[key]) + 0.5 * tau).mean() for key in DIRECTIONS)
+    expected = sum((tau * torch.log(g[key]) + 0.5 * tau).mean() for key in DIRECTIONS)
     expected.backward()
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(loss_fn.learned_temperature.logit_scale.grad, log_scale.grad)
     for actual, reference in zip(embeddings, reference_embeddings, strict=True):
         torch.testing.assert_close(actual.grad, reference.grad)
-    torch.testing.assert_close(loss_fn.u[indices], torch.stack([g[key] for key in DIRECTIONS], dim=1).detach())
+    torch.testing.assert_close(loss_fn.log_u[indices].exp(), torch.stack([g[key] for key in DIRECTIONS], 1).detach())
 
 
 def test_moving_average_update_and_gradient_weights(model):
     loss_fn = GlobalContrastiveLoss(model, num_samples=6, temperature=0.1, gamma=0.3)
     indices = torch.tensor([0, 1, 2, 3])
-    loss_fn.u[:2] = torch.tensor([[2.0, 3.0], [0.5, 0.7]])
+    loss_fn.log_u[:2] = torch.tensor([[2.0, 3.0], [0.5, 0.7]]).log()
     loss_fn.seen[:2] = True  # samples 0, 1 were seen before; 2, 3 are first visits (u := g)
     torch.manual_seed(1)
     embeddings = [torch.randn(4, 8, requires_grad=True) for _ in range(2)]
@@ -71,9 +71,9 @@ def test_moving_average_update_and_gradient_weights(model):
     previous = torch.tensor([[2.0, 3.0], [0.5, 0.7]])
     expected_u = torch.stack([g[key].detach() for key in DIRECTIONS], dim=1)
     expected_u[:2] = 0.7 * previous + 0.3 * expected_u[:2]
-    torch.testing.assert_close(loss_fn.u[indices], expected_u)
-    # SogCLR's estimator: tau * grad(g_i) / (eps + u_i), averaged over anchors, summed over directions.
-    surrogate = sum((0.1 * g[key] / (1e-8 + expected_u[:, k])).mean() for k, key in enumerate(DIRECTIONS))
+    torch.testing.assert_close(loss_fn.log_u[indices].exp(), expected_u)
+    # SogCLR's estimator: tau * grad(g_i) / u_i, averaged over anchors, summed over directions.
+    surrogate = sum((0.1 * g[key] / expected_u[:, k]).mean() for k, key in enumerate(DIRECTIONS))
     surrogate.backward()
     for actual, reference in zip(embeddings, reference_embeddings, strict=True):
         torch.testing.assert_close(actual.grad, reference.grad)
@@ -94,7 +94,7 @@ def test_state_is_checkpointed_and_bad_input_is_refused(model):
     loss_fn.compute_loss_from_embeddings(embeddings, torch.tensor([4, 5, 6, 7]))
     restored = GlobalContrastiveLoss(model, num_samples=8)
     restored.load_state_dict(loss_fn.state_dict())
-    assert torch.equal(restored.u, loss_fn.u) and int(restored.step) == 1 and restored.seen[4:].all()
+    assert torch.equal(restored.log_u, loss_fn.log_u) and int(restored.step) == 1 and restored.seen[4:].all()
     with pytest.raises(ValueError, match="add_column\\('label'"):
         loss_fn.compute_loss_from_embeddings(embeddings, None)
     with pytest.raises(ValueError, match="temperature_scheme"):

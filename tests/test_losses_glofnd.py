@@ -33,9 +33,9 @@ def test_masking_formula_with_given_thresholds(model):
     torch.manual_seed(0)
     q, d = torch.randn(6, 8), torch.randn(6, 8)
     indices = torch.tensor([3, 7, 0, 19, 5, 11])
-    detector.thresholds[indices] = torch.tensor([0.0, 0.2, -0.3, 1.0, 0.1, -1.0])
+    detector.thresholds[indices, 0] = torch.tensor([0.0, 0.2, -0.3, 1.0, 0.1, -1.0])
     loss = loss_fn.compute_loss_from_embeddings([q, d], indices)
-    expected = reference_masked_info_nce(q, d, detector.thresholds[indices], scale=10.0)
+    expected = reference_masked_info_nce(q, d, detector.thresholds[indices, 0], scale=10.0)
     torch.testing.assert_close(loss, expected)
 
 
@@ -58,14 +58,14 @@ def test_planted_duplicates_get_masked_once_thresholds_adapt(model):
     assert torch.all(detector.thresholds == 1.0), "thresholds moved before start_step"
     for _ in range(300):
         loss_fn.compute_loss_from_embeddings([anchors, positives], indices)
-    masked = sims > detector.thresholds[:, None]
+    masked = sims > detector.thresholds[:, 0, None]
     masked.fill_diagonal_(False)
     assert masked[0, 1], "the planted duplicate of anchor 0 is not masked"
     # Each threshold sits near its anchor's (1 - alpha) quantile: about alpha of 15 negatives above it.
     assert masked.sum(dim=1).float().mean() <= 0.1 * 15 + 1
     with torch.no_grad():
         kept = loss_fn.compute_loss_from_embeddings([anchors, positives], indices)
-    torch.testing.assert_close(kept, reference_masked_info_nce(anchors, positives, detector.thresholds, 20.0))
+    torch.testing.assert_close(kept, reference_masked_info_nce(anchors, positives, detector.thresholds[:, 0], 20.0))
 
 
 def test_missing_or_bad_sample_indices_get_a_clear_error(model):
@@ -75,8 +75,9 @@ def test_missing_or_bad_sample_indices_get_a_clear_error(model):
         loss_fn.compute_loss_from_embeddings(embeddings, None)
     with pytest.raises(ValueError, match="num_samples=len"):
         loss_fn.compute_loss_from_embeddings(embeddings, torch.tensor([0, 1, 9]))
-    with pytest.raises(ValueError, match="query_to_doc"):
-        InfoNCELoss(model, directions=("query_to_doc", "doc_to_query"), false_negative_detector=GloFND(4))
+    both = GloFND(4)
+    InfoNCELoss(model, directions=("query_to_doc", "doc_to_query"), false_negative_detector=both)
+    assert both.thresholds.shape == (4, 2)  # one threshold per sample and direction
 
 
 @pytest.mark.parametrize("mini_batch_size", [2, 3])

@@ -146,7 +146,7 @@ def test_build_loss_wires_glofnd_state_and_matryoshka(tiny_model_factory):
     loss = build_loss(model, section, num_samples=100)
     assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, InfoNCELoss)
     assert isinstance(loss.loss.false_negative_detector, GloFND)
-    assert loss.loss.false_negative_detector.thresholds.shape == (100,)
+    assert loss.loss.false_negative_detector.thresholds.shape == (100, 1)
     assert list(loss.matryoshka_dims) == [32, 16]
     assert isinstance(build_loss(model, {"name": "GlobalContrastiveLoss"}, 7), GlobalContrastiveLoss)
     assert build_loss(model, {"name": "GlobalContrastiveLoss"}, 7).num_samples == 7

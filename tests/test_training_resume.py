@@ -95,7 +95,7 @@ def test_stock_trainer_loses_the_loss_state(tiny_model_factory, shared_data, tmp
     _, stock_loss, _ = run(
         path, dataset, tmp_path / "stock", "global", trainer_class=SentenceTransformerTrainer, resume=True
     )
-    assert not torch.equal(stock_loss.u, full_loss.u)
+    assert not torch.equal(stock_loss.log_u, full_loss.log_u)
 
 
 def test_loss_state_skips_the_model_and_checks_shapes(tiny_model_factory):
@@ -107,10 +107,10 @@ def test_loss_state_skips_the_model_and_checks_shapes(tiny_model_factory):
     assert loss_state_dict(MultipleNegativesRankingLoss(model)) == {}
 
     other = make_loss("glofnd", model)
-    state["false_negative_detector.thresholds"] = torch.full((NUM_ROWS,), 0.25)
+    state["false_negative_detector.thresholds"] = torch.full((NUM_ROWS, 1), 0.25)
     load_loss_state(other, state)
-    assert torch.equal(other.false_negative_detector.thresholds, torch.full((NUM_ROWS,), 0.25))
-    state["false_negative_detector.thresholds"] = torch.zeros(NUM_ROWS + 1)
+    assert torch.equal(other.false_negative_detector.thresholds, torch.full((NUM_ROWS, 1), 0.25))
+    state["false_negative_detector.thresholds"] = torch.zeros(NUM_ROWS + 1, 1)
     with pytest.raises(ValueError, match="num_samples"):
         load_loss_state(other, state)
     with pytest.raises(ValueError, match="keys only in one"):

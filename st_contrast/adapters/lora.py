@@ -11,19 +11,34 @@ from transformers import PreTrainedModel
 
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
 from st_contrast.compat import peft_configs, require_adapter_support
+from st_contrast.modules.architectures import architecture, model_type_of
 from st_contrast.modules.backbones import backbone_models
 
 __all__ = ["LORA_PRESETS", "add_lora", "linear_layer_names"]
 
+_GATED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 LORA_PRESETS: dict[str, tuple[str, ...]] = {
-    # BERT, RoBERTa, XLM-R, MiniLM: attention projections and both MLP/output projections ("dense").
+    # BERT, RoBERTa, XLM-R, MiniLM, ELECTRA: attention projections and both MLP/output projections ("dense").
     "encoder": ("query", "key", "value", "dense"),
-    # Llama, Mistral, Qwen2/3, Gemma: attention and gated-MLP projections.
-    "decoder": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"),
+    # Llama, Mistral, Qwen2/3, Gemma 1-3: attention and gated-MLP projections.
+    "decoder": _GATED,
     # ModernBERT: fused QKV, attention output, MLP in/out.
     "modernbert": ("Wqkv", "Wo", "Wi"),
+    # NomicBERT (transformers' nomic_bert): Llama-style names.
+    "nomic_bert": _GATED,
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"),
+    # MPNet: q, k, v, o and the MLP's intermediate/output "dense".
+    "mpnet": ("q", "k", "v", "o", "dense"),
+    "deberta": ("query_proj", "key_proj", "value_proj", "dense"),
+    # Phi-3: fused QKV and fused gate/up projections.
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+    # GPT-NeoX / Pythia and BLOOM: fused QKV, attention output, MLP in/out.
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+    "gpt_neo": ("q_proj", "k_proj", "v_proj", "out_proj", "c_fc", "c_proj"),
+    "gptj": ("q_proj", "k_proj", "v_proj", "out_proj", "fc_in", "fc_out"),
 }
-"""Module-name suffixes that each preset adapts; ``"auto"`` picks the first preset that matches the backbone."""
+"""Module-name suffixes that each preset adapts. ``"auto"`` uses the preset of the backbone's architecture
+(:data:`~st_contrast.modules.architectures.ARCHITECTURES`), else the first preset that matches its layers."""
 
 
 def add_lora(
@@ -48,8 +63,9 @@ def add_lora(
 
     Args:
         model: A ``SentenceTransformer`` (or any module holding transformers backbones).
-        preset_or_config: A key of :data:`LORA_PRESETS` (``"encoder"``, ``"decoder"``, ``"modernbert"``),
-            ``"auto"`` (default), or a ``peft.LoraConfig`` used as given (``r``/``alpha``/``dropout`` ignored).
+        preset_or_config: A key of :data:`LORA_PRESETS` (``"encoder"``, ``"decoder"``, ``"modernbert"``,
+            ``"gpt_neox"``, ...), ``"auto"`` (default: the architecture's preset, see the README's architecture
+            table), or a ``peft.LoraConfig`` used as given (``r``/``alpha``/``dropout`` ignored).
         r: LoRA rank.
         alpha: LoRA scaling numerator (the update is scaled by ``alpha / r``).
         dropout: Dropout on the adapter's input.
@@ -106,6 +122,8 @@ def _preset_config(backbone: PreTrainedModel, preset: str, *, r: int, alpha: int
             f"Unknown LoRA preset {preset!r}; use 'auto', one of {sorted(LORA_PRESETS)}, or a peft.LoraConfig."
         )
     available = set(linear_layer_names(backbone))
+    if preset == "auto" and (entry := architecture(model_type_of(backbone.config))) is not None:
+        preset = entry.lora_preset
     candidates = LORA_PRESETS if preset == "auto" else {preset: LORA_PRESETS[preset]}
     for targets in candidates.values():
         matched = [name for name in targets if name in available]

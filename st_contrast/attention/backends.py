@@ -64,6 +64,7 @@ class VarlenAttention(Protocol):
         scale: float | None,
         dropout: float,
         window: tuple[int, int] | None,
+        softcap: float | None = None,
     ) -> torch.Tensor: ...
 
 
@@ -78,11 +79,19 @@ def sdpa_varlen_attention(
     scale: float | None,
     dropout: float,
     window: tuple[int, int] | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
-    """Exact reference kernel: regroup to ``[batch, heads, max_len, dim]``, masked SDPA, unpad."""
+    """Exact reference kernel: regroup to ``[batch, heads, max_len, dim]``, masked SDPA, unpad.
+
+    With ``softcap`` (Gemma2's attention logit soft-capping, ``tanh(scores / softcap) * softcap``), which SDPA
+    cannot apply, the scores are computed explicitly, as transformers' eager attention does.
+    """
     layout = packed_layout(cu_seqlens, max_len)
     q, k, v = (layout.to_padded(t).transpose(1, 2) for t in (query, key, value))
     mask = layout.attention_mask(causal, window)
+    if softcap is not None:
+        out = _softcapped_attention(q, k, v, mask, causal=causal, scale=scale, dropout=dropout, softcap=softcap)
+        return layout.to_packed(out.transpose(1, 2))
     out = F.scaled_dot_product_attention(
         q,
         k,
@@ -94,6 +103,33 @@ def sdpa_varlen_attention(
         enable_gqa=k.shape[1] != q.shape[1],
     )
     return layout.to_packed(out.transpose(1, 2))
+
+
+def _softcapped_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    *,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+    softcap: float,
+) -> torch.Tensor:
+    """Attention with soft-capped logits on ``[batch, heads, len, dim]`` tensors (boolean ``mask``: True attends)."""
+    if k.shape[1] != q.shape[1]:
+        groups = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+    scores = torch.tanh(scores / softcap) * softcap
+    if mask is None and causal:
+        mask = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(q.dtype, torch.float32)).to(q.dtype)
+    if dropout > 0.0:
+        probs = F.dropout(probs, p=dropout, training=True)
+    return torch.matmul(probs, v)
 
 
 @functools.cache
@@ -114,6 +150,7 @@ def torch_varlen_attention(
     scale: float | None,
     dropout: float,
     window: tuple[int, int] | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """:func:`torch.nn.attention.varlen.varlen_attn`, adapted to the installed torch's signature.
 
@@ -123,6 +160,11 @@ def torch_varlen_attention(
     """
     from torch.nn.attention.varlen import varlen_attn
 
+    if softcap is not None:
+        raise ValueError(
+            "attention_backend='varlen' has no attention logit soft-capping (Gemma2); use 'flash_attn' or 'sdpa' "
+            "('auto' picks one of them)."
+        )
     params = _torch_varlen_parameters()
     if dropout > 0.0:
         _warn_once(
@@ -165,6 +207,7 @@ def flash_attn_varlen_attention(
     scale: float | None,
     dropout: float,
     window: tuple[int, int] | None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """``flash_attn.flash_attn_varlen_func`` from the ``flash-attn`` package (``pip install st-contrast[flash]``)."""
     from flash_attn import flash_attn_varlen_func
@@ -182,6 +225,7 @@ def flash_attn_varlen_attention(
         softmax_scale=scale,
         causal=causal,
         window_size=window if window is not None else (-1, -1),
+        softcap=0.0 if softcap is None else softcap,
     )
 
 
@@ -236,18 +280,19 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"Unknown attention backend {name!r}. Choose one of {list(ATTENTION_BACKENDS)}.")
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype) -> str:
+def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, softcap: bool = False) -> str:
     """The concrete backend ``name`` runs on for tensors of ``device`` / ``dtype``.
 
     ``auto`` never fails; an explicit backend that cannot run on these tensors raises a ValueError
-    that says why and what to use instead.
+    that says why and what to use instead. ``softcap``: the attention soft-caps its logits (Gemma2), which
+    ``varlen`` cannot do, so ``auto`` skips it.
     """
     name = canonical_backend_name(name)
     on_cuda_half = device.type == "cuda" and dtype in _HALF_DTYPES
     if name == "auto":
         if on_cuda_half and _has_flash_attn():
             return "flash_attn"
-        if on_cuda_half and _has_torch_varlen():
+        if on_cuda_half and _has_torch_varlen() and not softcap:
             return "varlen"
         return "sdpa"
     if name in ("varlen", "flash_attn"):

@@ -1,9 +1,10 @@
 """Packed attention as transformers attention implementations (``AttentionInterface``).
 
-Each backend is registered under its own implementation name (``st_packed_<backend>``), so the
-choice lives in ``config._attn_implementation`` of the model that uses it and every attention
-layer of every model that routes through ``ALL_ATTENTION_FUNCTIONS`` can run packed. The names
-avoid the substring "flash", which transformers reserves for its own flash-attention loading.
+Each backend is registered under its own implementation name (``st_packed_<backend>``; the ``sdpa``
+backend as ``st_packed_exact``), so the choice lives in ``config._attn_implementation`` of the model
+that uses it and every attention layer of every model that routes through ``ALL_ATTENTION_FUNCTIONS``
+can run packed. transformers reads substrings of these names: "sdpa" makes it demand the model's own
+SDPA support (Gemma2 and others have none, though they run packed), hence ``st_packed_exact``.
 """
 
 from __future__ import annotations
@@ -13,16 +14,28 @@ import torch
 from st_contrast.attention.backends import ATTENTION_BACKENDS, canonical_backend_name, get_kernel, resolve_backend
 from st_contrast.compat import register_attention_function
 
-__all__ = ["attention_implementation_name", "register_packed_attention", "packed_attention_forward"]
+__all__ = [
+    "attention_implementation_name",
+    "is_packed_implementation",
+    "register_packed_attention",
+    "packed_attention_forward",
+]
 
 _PREFIX = "st_packed_"
+_NAMES = {"sdpa": "exact"}
+"""Backends registered under another suffix (transformers reads "sdpa" in a name as a request for native SDPA)."""
 
 
 def attention_implementation_name(backend: str) -> str:
     """The transformers ``attn_implementation`` name of an attention backend (registered on demand)."""
     backend = canonical_backend_name(backend)
     register_packed_attention()
-    return _PREFIX + backend
+    return _PREFIX + _NAMES.get(backend, backend)
+
+
+def is_packed_implementation(name: str | None) -> bool:
+    """Whether a model's ``config._attn_implementation`` is one of st_contrast's packed implementations."""
+    return bool(name) and name.startswith(_PREFIX)
 
 
 def packed_attention_forward(
@@ -47,11 +60,6 @@ def packed_attention_forward(
     kwargs that :class:`transformers.DataCollatorWithFlattening` produces; without them each row is
     one unpadded sequence. Returns ``([batch, seq, heads, dim], None)``.
     """
-    if softcap is not None:
-        raise NotImplementedError(
-            f"Packed attention does not support attention logit soft-capping ({module.__class__.__name__}); "
-            "load this architecture with the stock sentence_transformers Transformer."
-        )
     if kwargs.get("s_aux") is not None:
         raise NotImplementedError("Packed attention does not support attention sinks (s_aux).")
     if attention_mask is not None:
@@ -81,7 +89,7 @@ def packed_attention_forward(
     def packed(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
 
-    kernel = get_kernel(resolve_backend(backend, query.device, query.dtype))
+    kernel = get_kernel(resolve_backend(backend, query.device, query.dtype, softcap=softcap is not None))
     out = kernel(
         packed(query),
         packed(key),
@@ -92,6 +100,7 @@ def packed_attention_forward(
         scale=scaling,
         dropout=dropout,
         window=window,
+        softcap=softcap,
     )
     return out.reshape(batch, seq_len, heads, value.shape[-1]), None
 
@@ -99,7 +108,8 @@ def packed_attention_forward(
 def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple[int, int]:
     """The ``(left, right)`` tokens a query sees, matching transformers' padded (eager / sdpa) masks.
 
-    Causal: ``sliding_window - 1`` tokens back (its mask: ``kv > q - sliding_window``). Bidirectional: the padded
+    Causal: ``sliding_window - 1`` tokens back (its mask: ``kv > q - sliding_window``). Gemma3 configured with
+    ``use_bidirectional_attention`` (EmbeddingGemma): ``|q - kv| < sliding_window``. Bidirectional otherwise: the padded
     mask is ``|q - kv| <= config.sliding_window``; decoders made bidirectional pass ``config.sliding_window`` as the
     kwarg, ModernBERT passes ``config.sliding_window + 1`` (for flash attention's inclusive bounds), so the half
     window is read from the module's config when it has one. (transformers' own flash_attention_2 path sees one
@@ -108,7 +118,11 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
     """
     if causal:
         return (sliding_window - 1, 0)
-    half = getattr(getattr(module, "config", None), "sliding_window", None)
+    config = getattr(module, "config", None)
+    if getattr(config, "use_bidirectional_attention", False) and getattr(config, "is_causal", True):
+        # Gemma3's own bidirectional mode (EmbeddingGemma): its padded mask is |q - kv| < sliding_window.
+        return (sliding_window - 1, sliding_window - 1)
+    half = getattr(config, "sliding_window", None)
     half = sliding_window - 1 if half is None else half
     return (half, half)
 
@@ -117,7 +131,7 @@ _registered = False
 
 
 def register_packed_attention() -> None:
-    """Register ``st_packed_<backend>`` for every backend with transformers (idempotent).
+    """Register the implementation of every backend (see :func:`attention_implementation_name`) (idempotent).
 
     The mask interface reuses transformers' flash-attention mask builder: it returns None for
     unpadded inputs and the 2-D padding mask otherwise, so a padded batch is refused loudly
@@ -131,5 +145,5 @@ def register_packed_attention() -> None:
         def forward(*args, _backend: str = backend, **kwargs):
             return packed_attention_forward(*args, backend=_backend, **kwargs)
 
-        register_attention_function(_PREFIX + backend, forward)
+        register_attention_function(_PREFIX + _NAMES.get(backend, backend), forward)
     _registered = True

@@ -103,6 +103,32 @@ def _summarise(task: AbsTask, task_result: Any) -> dict[str, Any]:
     }
 
 
+def _task_prompt(task: AbsTask) -> dict[str, str]:
+    """The ``prompt`` of a local task spec as MTEB prompt keys (by task type, the keys MTEB accepts for local tasks)."""
+    prompt = task.metadata.prompt if isinstance(task, _LOCAL_TASKS) else None
+    if isinstance(prompt, str) and prompt:
+        return {task.metadata.type: prompt}
+    if isinstance(prompt, dict):
+        return {f"{task.metadata.type}-{kind}": text for kind, text in prompt.items() if text}
+    return {}
+
+
+@contextmanager
+def _prompts(model: Any, added: dict[str, str]) -> Iterator[None]:
+    """``model.prompts`` plus ``added`` for the duration (MTEB hands a Sentence Transformers model prompts only from
+    there, never from a task's own metadata), restored afterwards."""
+    prompts = getattr(model, "prompts", None)
+    if not added or not isinstance(prompts, dict):
+        yield
+        return
+    original = dict(prompts)
+    model.prompts = {**prompts, **added}
+    try:
+        yield
+    finally:
+        model.prompts = original
+
+
 def _file_name(task_name: str) -> str:
     return re.sub(r"[^\w.-]+", "__", task_name) + ".json"
 
@@ -160,6 +186,11 @@ def evaluate_model(
     import mteb
 
     task_list = resolve_tasks(tasks, base_dir)
+    # A local task with its own prompt runs alone, with that prompt registered under its task type.
+    plain = [task for task in task_list if not _task_prompt(task)]
+    runs = [(plain, {})] if plain else []
+    runs += [([task], _task_prompt(task)) for task in task_list if _task_prompt(task)]
+    task_results = []
     loaded_here: list[AbsTask] = []
     with preserved_rng_state(), _quiet(show_progress_bar):
         try:
@@ -167,19 +198,22 @@ def evaluate_model(
                 if not isinstance(task, _LOCAL_TASKS) and not task.is_aggregate and not task.data_loaded:
                     _load_named_task(task)
                     loaded_here.append(task)
-            model_result = mteb.evaluate(
-                model,
-                task_list,
-                cache=None,
-                overwrite_strategy="always",
-                co2_tracker=False,
-                encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
-                show_progress_bar=show_progress_bar,
-            )
+            for run_tasks, prompts in runs:
+                with _prompts(model, prompts):
+                    model_result = mteb.evaluate(
+                        model,
+                        run_tasks,
+                        cache=None,
+                        overwrite_strategy="always",
+                        co2_tracker=False,
+                        encode_kwargs={"batch_size": batch_size, "show_progress_bar": show_progress_bar},
+                        show_progress_bar=show_progress_bar,
+                    )
+                task_results += model_result.task_results
         finally:
             for task in loaded_here:
                 task.unload_data()
-    by_name = {task_result.task_name: task_result for task_result in model_result.task_results}
+    by_name = {task_result.task_name: task_result for task_result in task_results}
     results = {task.metadata.name: _summarise(task, by_name[task.metadata.name]) for task in task_list}
     if output_folder is not None:
         output = Path(output_folder)

@@ -32,6 +32,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         partition_mode: Literal["joint", "per_direction"] = "joint",
         show_progress_bar: bool = False,
         false_negative_detector: GloFND | None = None,
+        temperature_lr: float | None = None,
     ) -> None:
         """
         :class:`InfoNCELoss` (learnable, rank-synced temperature that belongs to the loss) computed with GradCache
@@ -57,6 +58,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             partition_mode: ``"joint"`` or ``"per_direction"``, see :class:`InfoNCELoss`.
             show_progress_bar: Show a progress bar over the mini-batches.
             false_negative_detector: A :class:`GloFND`, see :class:`InfoNCELoss` (sample indices as labels).
+            temperature_lr: The learned temperature's own learning rate, see :class:`InfoNCELoss`.
 
         References:
             - Scaling Deep Contrastive Learning Batch Size under Memory Limited Setup: https://arxiv.org/abs/2101.06983
@@ -118,6 +120,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             directions=directions,
             partition_mode=partition_mode,
             false_negative_detector=false_negative_detector,
+            temperature_lr=temperature_lr,
         )
 
     @property

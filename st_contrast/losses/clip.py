@@ -8,6 +8,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import cos_sim
 from torch import Tensor
 
+from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import InfoNCELoss
 
 __all__ = ["CLIPLoss"]
@@ -22,6 +23,8 @@ class CLIPLoss(InfoNCELoss):
         max_scale: float = 100.0,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
         gather_across_devices: bool = False,
+        false_negative_detector: GloFND | None = None,
+        temperature_lr: float | None = None,
     ) -> None:
         """
         Symmetric contrastive loss of CLIP: the mean of the anchor -> candidates softmax cross-entropy and the
@@ -37,6 +40,9 @@ class CLIPLoss(InfoNCELoss):
             max_scale: Upper clamp of the scale ``1 / temperature`` (CLIP: 100).
             similarity_fct: Similarity between embeddings, cosine by default.
             gather_across_devices: Contrast against the embeddings of all ranks (with gradients).
+            false_negative_detector: A :class:`GloFND` with thresholds for both directions (anchor->positive and
+                positive->anchor; image->text and text->image); sample indices as labels.
+            temperature_lr: The learned temperature's own learning rate, see :class:`InfoNCELoss`.
 
         References:
             - Learning Transferable Visual Models From Natural Language Supervision: https://arxiv.org/abs/2103.00020
@@ -82,4 +88,6 @@ class CLIPLoss(InfoNCELoss):
             gather_across_devices=gather_across_devices,
             directions=("query_to_doc", "doc_to_query"),
             partition_mode="per_direction",
+            false_negative_detector=false_negative_detector,
+            temperature_lr=temperature_lr,
         )

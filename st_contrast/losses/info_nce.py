@@ -9,7 +9,7 @@ from typing import Any, Literal
 import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-from sentence_transformers.util import cos_sim, get_rank, similarity_fct_name
+from sentence_transformers.util import cos_sim, get_rank, get_world_size, similarity_fct_name
 from torch import Tensor
 
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
@@ -32,6 +32,7 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         directions: tuple[Direction, ...] = ("query_to_doc",),
         partition_mode: Literal["joint", "per_direction"] = "joint",
         false_negative_detector: GloFND | None = None,
+        temperature_lr: float | None = None,
     ) -> None:
         """
         :class:`~sentence_transformers.sentence_transformer.losses.MultipleNegativesRankingLoss` (InfoNCE with
@@ -61,8 +62,11 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
             partition_mode: ``"joint"`` (one softmax over all directions) or ``"per_direction"`` (one softmax per
                 direction, averaged; ``("query_to_doc", "doc_to_query")`` with it is the symmetric CLIP loss).
             false_negative_detector: A :class:`GloFND` that removes each anchor's detected false negatives from
-                its softmax denominator. It needs the ``("query_to_doc",)`` direction and each row's dataset index
-                in the label column (``dataset.add_column("label", list(range(len(dataset))))``).
+                its softmax denominator, in every direction, with thresholds per direction (for ``doc_to_query`` the
+                anchors are the documents). It needs each row's dataset index in the label column
+                (``dataset.add_column("label", list(range(len(dataset))))``).
+            temperature_lr: The learned temperature's own learning rate under :class:`~st_contrast.ContrastiveTrainer`
+                (None: the model's). It is never weight-decayed there.
 
         References:
             - Representation Learning with Contrastive Predictive Coding: https://arxiv.org/abs/1807.03748
@@ -109,10 +113,8 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
                 print(loss.temperature)  # the learned temperature, a parameter of the loss
                 model.save("output/model")  # a plain Sentence Transformers model
         """
-        if false_negative_detector is not None and tuple(directions) != ("query_to_doc",):
-            raise ValueError(
-                f"GloFND masks each anchor's negatives, so it needs directions=('query_to_doc',), got {directions}."
-            )
+        if false_negative_detector is not None:
+            false_negative_detector.bind(directions)  # one threshold per sample and direction
         self._fixed_scale = None
         self.learnable_temperature = learnable_temperature
         self.max_scale = max_scale
@@ -128,7 +130,9 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
             partition_mode=partition_mode,
         )
         self.false_negative_detector = false_negative_detector
-        self.learned_temperature = LearnedTemperature(temperature, max_scale) if learnable_temperature else None
+        self.learned_temperature = (
+            LearnedTemperature(temperature, max_scale, lr=temperature_lr) if learnable_temperature else None
+        )
         if self.learned_temperature is not None:
             self.learned_temperature.to(model.device)
             adopt_saved_logit_scale(model, self.learned_temperature)
@@ -163,8 +167,10 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         if self.false_negative_detector is None:
             yield
             return
-        offset = get_rank() * batch_size if self.gather_across_devices else 0
-        with self.false_negative_detector.batch(labels, offset, update=torch.is_grad_enabled()):
+        gathered = self.gather_across_devices
+        offset = get_rank() * batch_size if gathered else 0
+        world = batch_size * (get_world_size() if gathered else 1)
+        with self.false_negative_detector.batch(labels, offset, torch.is_grad_enabled(), world):
             yield
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:

@@ -26,6 +26,7 @@ class SigLIPLoss(nn.Module):
         max_scale: float = 100.0,
         similarity_fct: Callable[[Tensor, Tensor], Tensor] = cos_sim,
         gather_across_devices: bool = False,
+        temperature_lr: float | None = None,
     ) -> None:
         """
         Sigmoid loss for language-image (or text-text) pre-training: every (anchor, candidate) pair of the batch
@@ -48,6 +49,8 @@ class SigLIPLoss(nn.Module):
             max_scale: Upper clamp of ``t``.
             similarity_fct: Similarity between embeddings, cosine by default (SigLIP L2-normalises).
             gather_across_devices: Score the local anchors against the candidates of all ranks (with gradients).
+            temperature_lr: The scale's and bias's own learning rate under :class:`~st_contrast.ContrastiveTrainer`
+                (None: the model's); they are never weight-decayed there.
 
         References:
             - Sigmoid Loss for Language Image Pre-Training: https://arxiv.org/abs/2303.15343
@@ -87,7 +90,9 @@ class SigLIPLoss(nn.Module):
         self.model = model
         self.similarity_fct = similarity_fct
         self.gather_across_devices = gather_across_devices
-        self.learned_temperature = LearnedTemperature(temperature, max_scale, bias=bias).to(model.device)
+        self.learned_temperature = LearnedTemperature(temperature, max_scale, bias=bias, lr=temperature_lr).to(
+            model.device
+        )
         adopt_saved_logit_scale(model, self.learned_temperature)
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:

@@ -10,7 +10,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-__all__ = ["LearnedTemperature", "ScaleFactor", "adopt_saved_logit_scale"]
+__all__ = [
+    "LearnedTemperature",
+    "ScaleFactor",
+    "adopt_saved_logit_scale",
+    "learned_temperatures",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -64,10 +69,12 @@ class ScaleFactor:
 class LearnedTemperature(nn.Module):
     """Learnable logit scale ``exp(logit_scale)`` (= 1 / temperature), optionally with a logit bias (SigLIP).
 
-    The scale is parameterised by its logarithm and clamped at ``max_scale`` (CLIP: 100). It is a submodule of the
-    loss, so Sentence Transformers' trainer optimizes it with the model (its optimizer groups cover the loss's
-    parameters), :class:`~st_contrast.ContrastiveTrainer` writes it to each checkpoint's ``loss_state.pt`` and
-    restores it on resume, and it never enters the saved inference model.
+    The scale is parameterised by its logarithm and kept in ``[min_scale, max_scale]`` as CLIP does (``[1, 100]``:
+    the gradient is zero above ``max_scale`` in the forward pass, and :class:`~st_contrast.ContrastiveTrainer` clamps
+    the parameter after every optimizer step). It is a submodule of the loss, so the trainer optimizes it with the
+    model (Sentence Transformers' optimizer groups cover the loss's parameters), ``ContrastiveTrainer`` excludes it
+    from weight decay (which would drag ``log(1/tau)`` to 0, i.e. ``tau`` to 1) and gives it ``lr`` when set, writes
+    it to each checkpoint's ``loss_state.pt`` and restores it on resume; it never enters the saved inference model.
 
     Distributed training: the loss is not wrapped by DDP, so every read through :meth:`scale` / :meth:`bias`
     averages its gradient over the ranks in the backward pass; the value stays identical on every rank.
@@ -76,9 +83,19 @@ class LearnedTemperature(nn.Module):
         temperature: Initial temperature; the initial scale is ``1 / temperature``.
         max_scale: Upper clamp of the scale (CLIP uses 100). The gradient is zero above it.
         bias: Initial logit bias (SigLIP uses -10), or None for no bias parameter.
+        lr: Its own learning rate under :class:`~st_contrast.ContrastiveTrainer` (it follows the same schedule as the
+            model's); None: the model's learning rate.
+        min_scale: Lower clamp of the scale after each optimizer step (CLIP: 1, a temperature of at most 1).
     """
 
-    def __init__(self, temperature: float = 0.05, max_scale: float = 100.0, bias: float | None = None) -> None:
+    def __init__(
+        self,
+        temperature: float = 0.05,
+        max_scale: float = 100.0,
+        bias: float | None = None,
+        lr: float | None = None,
+        min_scale: float = 1.0,
+    ) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
@@ -87,7 +104,11 @@ class LearnedTemperature(nn.Module):
                 f"The initial scale 1/temperature = {1.0 / temperature:g} exceeds max_scale = {max_scale:g}: "
                 "raise max_scale or the temperature."
             )
+        if lr is not None and lr < 0:
+            raise ValueError(f"The temperature's learning rate must not be negative, got {lr}.")
         self.max_scale = max_scale
+        self.min_scale = min(min_scale, 1.0 / temperature)
+        self.lr = lr
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
         self.logit_bias = nn.Parameter(torch.tensor(float(bias))) if bias is not None else None
 
@@ -105,6 +126,11 @@ class LearnedTemperature(nn.Module):
     @property
     def temperature(self) -> float:
         return 1.0 / float(self.scale().detach())
+
+    @torch.no_grad()
+    def clamp_(self) -> None:
+        """Keep ``logit_scale`` in ``[log(min_scale), log(max_scale)]`` (after an optimizer step, as CLIP does)."""
+        self.logit_scale.clamp_(math.log(self.min_scale), math.log(self.max_scale))
 
     def extra_repr(self) -> str:
         bias = "" if self.logit_bias is None else f", bias={float(self.logit_bias.detach()):.4g}"
@@ -137,3 +163,14 @@ def adopt_saved_logit_scale(model: nn.Module, temperature: LearnedTemperature) -
             "loss and removed the module: the model now saves as a plain Sentence Transformers model.",
             temperature.temperature,
         )
+
+
+def learned_temperatures(loss: nn.Module | dict[str, nn.Module]) -> list[LearnedTemperature]:
+    """Every :class:`LearnedTemperature` of a loss (or of a dict of losses), each once."""
+    modules = loss.values() if isinstance(loss, dict) else [loss]
+    found: dict[int, LearnedTemperature] = {}
+    for module in modules:
+        for child in module.modules():
+            if isinstance(child, LearnedTemperature):
+                found.setdefault(id(child), child)
+    return list(found.values())

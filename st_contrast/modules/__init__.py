@@ -18,6 +18,7 @@ from st_contrast.modules.bidirectional import (
 from st_contrast.modules.embedding_tokenizer import SGPT_BRACKETS, EmbeddingTokenizer, EncodedTexts, collate_ids
 from st_contrast.modules.flash_transformer import FlashTransformer, to_flash
 from st_contrast.modules.instruction_pooling import InstructionPooling
+from st_contrast.modules.leak_probe import BidirectionalityError, LeakProbe, check_bidirectional, probe_attention
 from st_contrast.modules.packing import (
     SUPPORTED_MODEL_TYPES,
     attention_backend,
@@ -35,15 +36,18 @@ __all__ = [
     "SGPT_BRACKETS",
     "SUPPORTED_MODEL_TYPES",
     "BidirectionalFlashTransformer",
+    "BidirectionalityError",
     "BidirectionalTransformer",
     "EmbeddingTokenizer",
     "EncodedTexts",
     "FlashTransformer",
     "InstructionPooling",
+    "LeakProbe",
     "LogitScale",
     "attention_backend",
     "backbone_models",
     "can_pack",
+    "check_bidirectional",
     "collate_ids",
     "disable_packing",
     "enable_packing",
@@ -51,6 +55,7 @@ __all__ = [
     "is_bidirectional",
     "is_packed",
     "packing_refusal",
+    "probe_attention",
     "resolved_attention_backend",
     "set_attention_backend",
     "set_causal",

@@ -11,9 +11,11 @@ from sentence_transformers.base.modules import Transformer
 from torch import nn
 
 from st_contrast.compat import flatten_position_offset, should_flatten_inputs
+from st_contrast.modules.architectures import bidirectional_refusal, model_type_of
 from st_contrast.modules.backbones import backbone_models
 from st_contrast.modules.embedding_tokenizer import EmbeddingTokenizer, collate_ids
 from st_contrast.modules.flash_transformer import PackedModuleType
+from st_contrast.modules.leak_probe import BidirectionalityError, check_bidirectional
 from st_contrast.modules.packing import enable_packing
 
 __all__ = ["BidirectionalFlashTransformer", "BidirectionalTransformer", "is_bidirectional", "set_causal"]
@@ -37,12 +39,29 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
     - each attention module's ``is_causal`` attribute, which kernels read when no kwarg is given
       (calls that bypass the model's forward).
 
+    Making a model bidirectional is then checked on every backbone with a leak probe
+    (:func:`~st_contrast.modules.leak_probe.check_bidirectional`: two short token sequences, no gradients): a
+    backbone that stays causal or attends across sequences is refused with an error naming its architecture, and the
+    model gets its previous settings back. Architectures known not to follow ``config.is_causal`` (GPT-Neo, see
+    :data:`~st_contrast.modules.architectures.ARCHITECTURES`) are refused before anything changes.
+
     Args:
         model: A ``SentenceTransformer``, one of its modules, a transformers model, or a peft-wrapped one.
         causal: ``False`` for bidirectional attention, ``True`` to restore causal attention.
 
     Returns:
         ``model``.
+
+    Raises:
+        BidirectionalityError: ``causal=False`` on an architecture that cannot be made bidirectional.
+
+    Example:
+        ::
+
+            from sentence_transformers.base.modules import Transformer
+            from st_contrast.modules import set_causal
+
+            backbone = set_causal(Transformer("Qwen/Qwen3-0.6B"), False)  # bidirectional, saved as is_causal: false
     """
     if version.parse(transformers.__version__) < version.parse(_MIN_TRANSFORMERS):
         raise RuntimeError(
@@ -50,23 +69,58 @@ def set_causal(model: nn.Module, causal: bool) -> nn.Module:
             f"attention masks there); found {transformers.__version__}. Upgrade with "
             f'`pip install -U "transformers>={_MIN_TRANSFORMERS}"`.'
         )
-    for backbone in backbone_models(model):
-        configs = {id(backbone.config): backbone.config}
-        text_config = backbone.config.get_text_config()
-        configs.setdefault(id(text_config), text_config)
-        for config in configs.values():
-            config.is_causal = causal
-        for module in backbone.modules():
-            if isinstance(getattr(module, "is_causal", None), bool) and not isinstance(
-                module, transformers.PreTrainedModel
-            ):
-                module.is_causal = causal
+    backbones = backbone_models(model)
+    if not causal:
+        for backbone in backbones:
+            model_type = model_type_of(backbone.config)
+            if reason := bidirectional_refusal(model_type):
+                raise BidirectionalityError(
+                    f"{type(backbone).__name__} (model_type {model_type!r}) cannot be made bidirectional: {reason}."
+                )
+    previous = [value for backbone in backbones for value in _set_backbone_causal(backbone, causal)]
+    if not causal:
+        try:
+            for backbone in backbones:
+                check_bidirectional(backbone)
+        except Exception:  # refused, or the probe could not run: never leave the model half changed
+            _restore(previous)
+            raise
     return model
 
 
+_MISSING = object()
+
+
+def _set_backbone_causal(backbone: transformers.PreTrainedModel, causal: bool) -> list[tuple[object, object]]:
+    """Set ``is_causal`` on the backbone's configs and attention modules; returns the previous values."""
+    configs = {id(backbone.config): backbone.config}
+    text_config = backbone.config.get_text_config()
+    configs.setdefault(id(text_config), text_config)
+    targets = list(configs.values()) + [
+        module
+        for module in backbone.modules()
+        if isinstance(getattr(module, "is_causal", None), bool) and not isinstance(module, transformers.PreTrainedModel)
+    ]
+    previous = [(target, target.__dict__.get("is_causal", _MISSING)) for target in targets]
+    for target in targets:
+        target.is_causal = causal
+    return previous
+
+
+def _restore(previous: list[tuple[object, object]]) -> None:
+    for target, value in previous:
+        if value is _MISSING:
+            target.__dict__.pop("is_causal", None)
+        else:
+            target.is_causal = value
+
+
 def is_bidirectional(model: nn.Module) -> bool:
-    """Whether every backbone of ``model`` has ``config.is_causal == False`` and no causal attention module."""
+    """Whether every backbone of ``model`` has ``config.is_causal == False`` and no causal attention module (and its
+    architecture is not one that ignores those settings)."""
     for backbone in backbone_models(model):
+        if bidirectional_refusal(model_type_of(backbone.config)):
+            return False
         if getattr(backbone.config, "is_causal", True):
             return False
         if any(getattr(module, "is_causal", False) is True for module in backbone.modules()):

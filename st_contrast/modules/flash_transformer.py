@@ -48,9 +48,10 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
     :func:`st_contrast.load_model` loads it packed again. Models saved by st_contrast 0.1, whose ``modules.json``
     names this class, load through it.
 
-    The token embeddings it outputs are packed (``[1, total_tokens, hidden]`` with ``cu_seq_lens_q`` in the
-    features), which ST's ``Pooling`` reduces in every mode; ``model.encode(..., output_value="token_embeddings")``
-    needs padded outputs, so it runs on the stock ``Transformer`` (``disable_packing``).
+    The token embeddings it outputs in training are packed (``[1, total_tokens, hidden]`` with ``cu_seq_lens_q`` in
+    the features), which ST's ``Pooling`` reduces in every mode and ST's GradCache losses split by sequence. Inside
+    ``model.encode`` they are handed on padded (:mod:`~st_contrast.modules.packed_outputs`), so
+    ``encode(..., output_value="token_embeddings")`` returns each text's token embeddings as stock ST does.
 
     Args:
         model_name_or_path: Hugging Face model id or local directory, as for ``Transformer``.

@@ -24,6 +24,8 @@ from st_contrast.compat import (
     forward_params,
     restore_padded_inputs,
 )
+from st_contrast.modules.architectures import ARCHITECTURES, model_type_of, packed_refusal
+from st_contrast.modules.packed_outputs import padded_outputs_hook
 
 __all__ = [
     "SUPPORTED_MODEL_TYPES",
@@ -39,24 +41,16 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SUPPORTED_MODEL_TYPES = (
-    "bert",
-    "roberta",
-    "xlm-roberta",
-    "modernbert",
-    "llama",
-    "mistral",
-    "qwen2",
-    "qwen3",
-    "gemma",
-)
+SUPPORTED_MODEL_TYPES = tuple(model_type for model_type, entry in ARCHITECTURES.items() if entry.packed_refusal is None)
 """Architectures whose attention goes through transformers' AttentionInterface *and* whose embeddings honour packed
-``position_ids``; each one is covered by the parity tests against stock padded Sentence Transformers."""
+``position_ids`` (:data:`~st_contrast.modules.architectures.ARCHITECTURES`); each one is covered by the parity tests
+against stock padded Sentence Transformers."""
 
 _PACKED_FORWARD_KWARGS = frozenset(
     {"position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k", "seq_idx"}
 )
 _STATE = "_st_contrast_packing"
+_HOOKED = "_st_contrast_padded_outputs_hook"
 
 
 def packing_refusal(module: Any) -> str | None:
@@ -65,12 +59,8 @@ def packing_refusal(module: Any) -> str | None:
         return f"{type(module).__name__} is not a sentence_transformers Transformer module"
     if module.backend != "torch":
         return f"packing runs on the 'torch' backend only, not {module.backend!r}"
-    model_type = getattr(module.model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        return (
-            f"model_type {model_type!r} is not supported packed (supported: {', '.join(SUPPORTED_MODEL_TYPES)}); "
-            "train it padded (model.packed: false in a config, packed=False in Python)"
-        )
+    if reason := packed_refusal(model_type_of(module.model.config)):
+        return reason
     if module.transformer_task not in ("feature-extraction", "fill-mask") or "text" not in module.modality_config:
         return (
             "packing covers text for the 'feature-extraction' and 'fill-mask' tasks only, got "
@@ -110,6 +100,9 @@ def enable_packing(module: Transformer, attention_backend: str = "auto") -> Tran
         setattr(module, _STATE, state)
     collator = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True)
     flatten_inputs(module, collator, _PACKED_FORWARD_KWARGS)  # Sentence Transformers' own flattened text path
+    if not getattr(module, _HOOKED, False):  # encode() gets the padded layout it reads (packed_outputs)
+        module.register_forward_hook(padded_outputs_hook)
+        setattr(module, _HOOKED, True)
     set_attention_backend(module, backend)
     return module
 
@@ -150,7 +143,8 @@ def set_attention_backend(module: Transformer, backend: str) -> None:
 def resolved_attention_backend(module: Transformer) -> str:
     """The concrete kernel a packed module runs on its current device and dtype."""
     parameter = next(module.model.parameters())
-    return resolve_backend(attention_backend(module) or "auto", parameter.device, parameter.dtype)
+    softcap = getattr(module.model.config, "attn_logit_softcapping", None) is not None
+    return resolve_backend(attention_backend(module) or "auto", parameter.device, parameter.dtype, softcap=softcap)
 
 
 def describe_resolution(module: Transformer) -> str:

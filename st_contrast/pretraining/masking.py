@@ -7,7 +7,9 @@ from typing import Any
 import torch
 from transformers import DataCollatorForLanguageModeling, PreTrainedModel, PreTrainedTokenizerBase
 
-__all__ = ["MASK_SCHEMES", "MaskingCollator", "set_mask_token"]
+from st_contrast.attention.packing import cu_seqlens_from_lengths, packed_position_ids
+
+__all__ = ["MASK_SCHEMES", "MaskingCollator", "pack_masked_batch", "set_mask_token"]
 
 MASK_SCHEMES: dict[str, tuple[float, float]] = {"bert": (0.8, 0.1), "all_mask": (1.0, 0.0)}
 """``scheme -> (mask_replace_prob, random_replace_prob)``: BERT's 80/10/10, or every selected token masked."""
@@ -51,12 +53,30 @@ class MaskingCollator(DataCollatorForLanguageModeling):
     (BehnamGhader et al., 2024): the model is a bidirectional decoder whose causal-LM loss predicts the
     token at ``i`` from the logits at ``i - 1``, so position 0, which has no ``i - 1``, is never selected.
 
+    ``packed=True`` (MLM only) masks exactly as the padded batch would, then drops the padding: one row of
+    ``input_ids`` / ``labels`` with ``position_ids`` restarting per sequence (plus ``position_offset``, RoBERTa's
+    ``padding_idx + 1``) and the ``cu_seq_lens_q/k`` / ``max_length_q/k`` that st_contrast's packed attention
+    reads, so the loss equals the padded batch's (:func:`~st_contrast.pretraining.load_mlm_model` with
+    ``packed=True``).
+
     Args:
         tokenizer: Tokenizer with a ``mask_token`` (see :func:`set_mask_token`) and a pad token.
         mlm_probability: Fraction of tokens selected (LLM2Vec MNTP: 0.2; encoder MLM: 0.3).
         scheme: ``"bert"`` (80/10/10) or ``"all_mask"``.
         shifted: MNTP (``True``) or MLM (``False``).
+        packed: Emit packed batches (MLM only).
+        position_offset: Added to the packed ``position_ids`` (see
+            :func:`~st_contrast.pretraining.packed_position_offset`).
         **kwargs: ``pad_to_multiple_of``, ``seed``.
+
+    Example:
+        ::
+
+            from st_contrast.pretraining import MaskingCollator, load_mlm_model
+
+            model, tokenizer = load_mlm_model("answerdotai/ModernBERT-base", packed=True)
+            collator = MaskingCollator(tokenizer, mlm_probability=0.3, shifted=False, packed=True)
+            loss = model(**collator([tokenizer("A man plays a guitar."), tokenizer("Two dogs.")])).loss
     """
 
     def __init__(
@@ -66,8 +86,15 @@ class MaskingCollator(DataCollatorForLanguageModeling):
         mlm_probability: float = 0.2,
         scheme: str = "bert",
         shifted: bool = True,
+        packed: bool = False,
+        position_offset: int = 0,
         **kwargs: Any,
     ) -> None:
+        if packed and shifted:
+            raise ValueError(
+                "packed=True is for MLM (shifted=False): a packed causal-LM loss would predict each sequence's first "
+                "token from the previous sequence. Train MNTP padded."
+            )
         if scheme not in MASK_SCHEMES:
             raise ValueError(f"Unknown masking scheme {scheme!r}; choose one of {sorted(MASK_SCHEMES)}.")
         if tokenizer.mask_token is None:
@@ -85,6 +112,12 @@ class MaskingCollator(DataCollatorForLanguageModeling):
         )
         self.scheme = scheme
         self.shifted = shifted
+        self.packed = packed
+        self.position_offset = position_offset
+
+    def __call__(self, features: list[Any], return_tensors: str | None = None) -> dict[str, Any]:
+        batch = super().__call__(features, return_tensors)
+        return pack_masked_batch(batch, self.position_offset) if self.packed else batch
 
     def torch_mask_tokens(self, inputs: Any, special_tokens_mask: Any | None = None, offset_mapping: Any = None):
         if special_tokens_mask is None:
@@ -95,3 +128,36 @@ class MaskingCollator(DataCollatorForLanguageModeling):
         if self.shifted:
             special_tokens_mask[:, 0] = True
         return super().torch_mask_tokens(inputs, special_tokens_mask=special_tokens_mask, offset_mapping=offset_mapping)
+
+
+def pack_masked_batch(batch: dict[str, Any], position_offset: int = 0) -> dict[str, Any]:
+    """A padded, masked batch as one packed row (see :class:`MaskingCollator`'s ``packed``).
+
+    Args:
+        batch: ``input_ids``, ``labels``, ``attention_mask`` (and optionally ``token_type_ids``), ``[batch, len]``.
+        position_offset: Added to the per-sequence positions (RoBERTa family: ``padding_idx + 1``).
+
+    Returns:
+        ``input_ids`` / ``labels`` (/ ``token_type_ids``) as ``[1, real_tokens]``, ``position_ids``,
+        ``cu_seq_lens_q/k`` and ``max_length_q/k``.
+
+    Example:
+        ::
+
+            packed = pack_masked_batch(MaskingCollator(tokenizer, shifted=False)(features), position_offset=2)
+    """
+    if "attention_mask" not in batch:
+        raise ValueError("Packed MLM batches need the tokenizer's attention_mask to find the padding.")
+    real = batch["attention_mask"].bool()
+    lengths = real.sum(dim=1)
+    cu_seqlens = cu_seqlens_from_lengths(lengths)
+    packed = {key: batch[key][real].unsqueeze(0) for key in ("input_ids", "labels", "token_type_ids") if key in batch}
+    max_length = int(lengths.max())
+    packed.update(
+        position_ids=packed_position_ids(cu_seqlens, position_offset),
+        cu_seq_lens_q=cu_seqlens,
+        cu_seq_lens_k=cu_seqlens,
+        max_length_q=max_length,
+        max_length_k=max_length,
+    )
+    return packed

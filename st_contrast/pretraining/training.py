@@ -12,6 +12,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, Trainer, Trai
 from st_contrast.adapters.merging import merge_lora
 from st_contrast.compat import has_peft_adapters
 from st_contrast.pretraining.masking import MaskingCollator
+from st_contrast.pretraining.models import is_packed_model, packed_position_offset
 
 __all__ = ["SAVE_MODES", "save_pretrained_model", "tokenize_texts", "train_masked_lm"]
 
@@ -40,9 +41,29 @@ def train_masked_lm(
 ) -> Trainer:
     """Train MNTP (``shifted=True``) or MLM with ``Trainer``; returns the trainer after ``train()``.
 
-    Runs as is under ``accelerate launch`` / ``torchrun`` (the trainer handles the processes).
+    Runs as is under ``accelerate launch`` / ``torchrun`` (the trainer handles the processes). A model loaded with
+    ``load_mlm_model(..., packed=True)`` gets packed batches (same masking, same loss, no compute on padding).
+
+    Example:
+        ::
+
+            from transformers import TrainingArguments
+            from st_contrast.pretraining import load_mlm_model, tokenize_texts, train_masked_lm
+
+            model, tokenizer = load_mlm_model("bert-base-uncased", packed=True)
+            dataset = tokenize_texts(tokenizer, ["A man plays a guitar.", "Two dogs run."], max_length=128)
+            args = TrainingArguments("output/mlm", max_steps=10, per_device_train_batch_size=2, report_to=[])
+            train_masked_lm(model, tokenizer, dataset, args, mlm_probability=0.3, shifted=False)
     """
-    collator = MaskingCollator(tokenizer, mlm_probability=mlm_probability, scheme=scheme, shifted=shifted)
+    packed = is_packed_model(model)
+    collator = MaskingCollator(
+        tokenizer,
+        mlm_probability=mlm_probability,
+        scheme=scheme,
+        shifted=shifted,
+        packed=packed,
+        position_offset=packed_position_offset(model) if packed else 0,
+    )
     trainer = Trainer(model=model, args=args, train_dataset=train_dataset, data_collator=collator)
     trainer.train()
     return trainer

@@ -41,14 +41,11 @@ def check_model_architecture(config: RunConfig, model_path: str) -> None:
     looks_local = model_path.startswith((".", "/", "~")) or os.sep in model_path.strip("/").split("/", 1)[-1]
     if looks_local and not Path(model_path).expanduser().exists():
         raise ConfigError(f"model.name_or_path: {model_path!r} does not exist (a local path, a hub id or 'minilm').")
-    from st_contrast.modules import SUPPORTED_MODEL_TYPES
+    from st_contrast.modules.architectures import packed_refusal
 
     model_type = _model_type(model_path)
-    if config.model.packed and model_type is not None and model_type not in SUPPORTED_MODEL_TYPES:
-        raise ConfigError(
-            f"model.packed: {model_path} is a {model_type!r} model, which does not run packed (supported: "
-            f"{', '.join(SUPPORTED_MODEL_TYPES)}). Set model.packed: false to train it padded."
-        )
+    if config.model.packed and model_type is not None and (reason := packed_refusal(model_type)):
+        raise ConfigError(f"model.packed: {model_path}: {reason}.")
 
 
 def check_attention_backend(config: RunConfig) -> None:

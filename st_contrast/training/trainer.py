@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer
-from transformers import TrainerState
+from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
@@ -17,6 +17,8 @@ from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitori
 from st_contrast.compat import load_checkpoint_weights, trainer_output_dir, training_progress_bar
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.data.streaming import StreamingDataset
+from st_contrast.losses.progress import set_training_progress
+from st_contrast.losses.temperature import learned_temperatures
 from st_contrast.training.checkpoints import (
     STAGING_DIR,
     checkpoint_problem,
@@ -59,6 +61,11 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       dataset per step on every rank, each rank reading its own rows. Every checkpoint holds each rank's stream
       position (``stream_state_<rank>.json``), and a resumed run continues with the next unseen row
       (:mod:`st_contrast.training.stream_state`).
+    - **Temperatures.** Every learned temperature / logit bias of the loss
+      (:class:`~st_contrast.losses.temperature.LearnedTemperature`) is excluded from weight decay, gets its own
+      learning rate when the loss was given ``temperature_lr``, and is clamped after every optimizer step as CLIP does.
+    - **Progress.** Losses that schedule by training progress (GloFND's update and filtering starts, FastCLIP's
+      gamma decay) get the trainer's step and epoch before every step.
     - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
       the step-time breakdown in the logs and the progress bar (:func:`~st_contrast.callbacks.enable_monitoring`).
 
@@ -102,6 +109,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         self.add_callback(SamplerEpochCallback())
         if isinstance(self.train_dataset, StreamingDataset):
             self.add_callback(StreamEpochCallback(len(self.train_dataset)))
+        self.add_callback(_ClampTemperatures(self))
         if monitoring is not False:
             enable_monitoring(self, **options)
 
@@ -113,6 +121,30 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             )
             return self._train_dataloader
         return super().get_train_dataloader()
+
+    def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        set_training_progress(self.loss, self.state.global_step, self.state.epoch or 0.0)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
+        """The upstream choice, without the loss's learned temperatures (decay would drag them to 1)."""
+        excluded = {id(p) for temperature in learned_temperatures(self.loss) for p in temperature.parameters()}
+        names = set(super().get_decay_parameter_names(model))
+        return [name for name, parameter in model.named_parameters() if name in names and id(parameter) not in excluded]
+
+    def get_optimizer_cls_and_kwargs(self, args: Any, model: torch.nn.Module | None = None) -> tuple[Any, Any]:
+        """The upstream optimizer groups; a temperature given its own ``lr`` moves to a group of its own."""
+        optimizer_cls, optimizer_kwargs = super().get_optimizer_cls_and_kwargs(args, model)
+        groups = optimizer_kwargs.get("optimizer_dict")
+        own = [temperature for temperature in learned_temperatures(self.loss) if temperature.lr is not None]
+        if groups is None or not own:
+            return optimizer_cls, optimizer_kwargs
+        for temperature in own:
+            moved = {id(p) for p in temperature.parameters()}
+            for group in groups:
+                group["params"] = [p for p in group["params"] if id(p) not in moved]
+            groups.append({"params": list(temperature.parameters()), "lr": temperature.lr, "weight_decay": 0.0})
+        return optimizer_cls, optimizer_kwargs
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs: Any) -> Any:
         """``SentenceTransformerTrainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete*
@@ -215,6 +247,17 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
                 "restart from its initial values. Resume from a checkpoint written by st_contrast's "
                 "ContrastiveTrainer, or start a new run."
             )
+
+
+class _ClampTemperatures(TrainerCallback):
+    """After every optimizer step, keep each learned temperature in its range (CLIP clamps its logit scale)."""
+
+    def __init__(self, trainer: ContrastiveTrainer) -> None:
+        self.trainer = trainer
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        for temperature in learned_temperatures(self.trainer.loss):
+            temperature.clamp_()
 
 
 MonitoredTrainer = ContrastiveTrainer

