@@ -50,6 +50,11 @@ def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_se
     for texts in others:
         torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
     assert len(compiled_graphs) == after_first_batch, "a new batch shape recompiled the packed model"
+    first_encode, second_encode = batches(snli_sentences)[1], snli_sentences[50:53]
+    torch.testing.assert_close(compiled.encode(first_encode), eager.encode(first_encode), atol=1e-5, rtol=1e-5)
+    after_encode = len(compiled_graphs)  # encode (inference mode) compiles once more, then serves every shape too
+    torch.testing.assert_close(compiled.encode(second_encode), eager.encode(second_encode), atol=1e-5, rtol=1e-5)
+    assert len(compiled_graphs) == after_encode
 
     compiled.save(str(tmp_path / "saved"))  # compiling is not saved: a plain model with the same weights
     assert "st_contrast" not in (tmp_path / "saved" / "modules.json").read_text()
