@@ -142,7 +142,8 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         if grad and self._fits_one_mini_batch(sentence_features):
             reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
             return self.calculate_loss(reps, labels)
-        self._kept = "pending" if grad and not isinstance(self.model, DistributedDataParallel) else None
+        ddp = isinstance(getattr(self.model, "_orig_mod", self.model), DistributedDataParallel)  # as ST's hook looks
+        self._kept = "pending" if grad and not ddp else None
         return super().forward(sentence_features, labels)
 
     def _fits_one_mini_batch(self, sentence_features: list[dict[str, Tensor]]) -> bool:
