@@ -9,6 +9,7 @@ from typing import Any
 import datasets
 
 from st_contrast.data.columns import DataError
+from st_contrast.data.images import IMAGE_REFERENCE
 from st_contrast.data.loading import load_dataset_spec
 from st_contrast.data.spec import DatasetSpec
 
@@ -121,8 +122,9 @@ def build_training_data(
     loaded = {spec.name: load_dataset_spec(spec, cache_dir=cache_dir) for spec in specs}
     prompts_by_name = {}
     for spec in specs:
-        text_columns = [column for column in loaded[spec.name].column_names if column != "label"]
-        if prompts := spec.prompts(text_columns):
+        columns = [column for column in loaded[spec.name].column_names if column != "label"]
+        images = {column for column in columns if loaded[spec.name].features[column] == IMAGE_REFERENCE}
+        if prompts := {column: p for column, p in spec.prompts(columns).items() if column not in images}:
             prompts_by_name[spec.name] = prompts
 
     if len(specs) == 1:

@@ -9,11 +9,14 @@ from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer
+from sentence_transformers.base.modality_types import MODALITY_TO_PROCESSOR_ARG as MODALITIES
+from sentence_transformers.base.modules import Router
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
 from st_contrast.compat import load_checkpoint_weights, trainer_output_dir
+from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.losses.progress import set_training_progress
 from st_contrast.losses.temperature import learned_temperatures
@@ -53,6 +56,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       learning rate when the loss was given ``temperature_lr``, and is clamped after every optimizer step as CLIP does.
     - **Progress.** Losses that schedule by training progress (GloFND's update and filtering starts, FastCLIP's
       gamma decay) get the trainer's step and epoch before every step.
+    - **Images.** Image columns of :mod:`st_contrast.data` hold references; the collator
+      (:class:`~st_contrast.data.ImageTextDataCollator`) decodes each batch's images, with errors naming file and row.
     - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
       the step-time breakdown in the logs and the progress bar (:func:`~st_contrast.callbacks.enable_monitoring`).
 
@@ -72,6 +77,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             trainer.train(resume_from_checkpoint=True)  # the latest checkpoint in args.output_dir, if any
     """
 
+    data_collator_class = ImageTextDataCollator
+
     def __init__(self, *args: Any, monitoring: bool | dict[str, Any] = True, **kwargs: Any) -> None:
         options = dict(monitoring) if isinstance(monitoring, dict) else {}
         if options.get("probe") is not None:
@@ -84,6 +91,13 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         self.add_callback(_ClampTemperatures(self))
         if monitoring is not False:
             enable_monitoring(self, **options)
+
+    def get_data_collator(self, model: Any, args: Any, processing_class: Any = None) -> Any:
+        """ST's collator; a model whose ``Router`` routes by modality only (a two-tower image-text model) needs no
+        ``router_mapping``: each column goes to the tower of its modality, as in ``model.encode``."""
+        if not args.router_mapping and any(_routes_by_modality(module) for module in model.children()):
+            return self.data_collator_class(preprocess_fn=model.preprocess, router_mapping={}, prompts=args.prompts)
+        return super().get_data_collator(model, args, processing_class)
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         set_training_progress(self.loss, self.state.global_step, self.state.epoch or 0.0)
@@ -194,6 +208,15 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
                 "restart from its initial values. Resume from a checkpoint written by st_contrast's "
                 "ContrastiveTrainer, or start a new run."
             )
+
+
+def _routes_by_modality(module: Any) -> bool:
+    """Whether ``module`` is a ``Router`` whose every route is chosen by modality, never by task."""
+    if not isinstance(module, Router):
+        return False
+    if module.route_mappings:
+        return all(task is None and modality is not None for task, modality in module.route_mappings)
+    return set(module.sub_modules) <= set(MODALITIES)
 
 
 class _ClampTemperatures(TrainerCallback):
