@@ -54,7 +54,9 @@ def cache_locked_embeddings(router: nn.Module, route: str, max_entries: int = 10
         if features.get("modality") != route or "input_ids" not in features or "attention_mask" not in features:
             return compute(features, *args, **kwargs)
         mask = features["attention_mask"].bool()
-        keys = [ids[row_mask].cpu().numpy().tobytes() for ids, row_mask in zip(features["input_ids"], mask)]
+        keys = [
+            ids[row_mask].cpu().numpy().tobytes() for ids, row_mask in zip(features["input_ids"], mask, strict=True)
+        ]
         new = [key for key in dict.fromkeys(keys) if key not in cache]
         computed: dict[bytes, torch.Tensor] = {}
         if new:
@@ -65,7 +67,7 @@ def cache_locked_embeddings(router: nn.Module, route: str, max_entries: int = 10
             }
             with torch.no_grad():
                 embeddings = compute(subset, *args, **kwargs)["sentence_embedding"]
-            computed = dict(zip(new, embeddings))
+            computed = dict(zip(new, embeddings, strict=True))
             for key, embedding in computed.items():
                 if len(cache) < max_entries:
                     cache[key] = embedding

@@ -125,7 +125,8 @@ def lock_tower(model: SentenceTransformer, tower: str, *, cache: bool = True) ->
     """LiT: lock the ``"text"`` or ``"image"`` route of a two-tower model (weights frozen, eval mode kept under
     ``model.train()``, so the trainer's optimizer never sees them; see :func:`~st_contrast.adapters.lock`).
 
-    ``cache``: a locked text tower computes each distinct text once (:func:`~st_contrast.adapters.cache_locked_embeddings`).
+    ``cache``: a locked text tower computes each distinct text once
+    (:func:`~st_contrast.adapters.cache_locked_embeddings`).
     """
     router = model[0]
     if not isinstance(router, Router) or tower not in router.sub_modules:
