@@ -127,6 +127,10 @@ def build_loss(
         loss = spec.loss_class(model, **kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"loss: {spec.loss_class.__name__}({', '.join(kwargs)}) failed: {error}") from error
+    if spec.gradcache is not None:
+        from st_contrast.losses import GradCacheLoss
+
+        loss = GradCacheLoss(loss, **spec.gradcache)
     if spec.matryoshka is not None:
         loss = st_losses.MatryoshkaLoss(
             model,

@@ -220,11 +220,16 @@ class MatryoshkaSpec:
 
 @dataclass
 class LossSpec:
-    """The ``loss`` section: a loss class by name, its keyword arguments, GloFND and Matryoshka wrappers."""
+    """The ``loss`` section: a loss class by name, its keyword arguments, GloFND, GradCache and Matryoshka wrappers.
+
+    ``gradcache: {mini_batch_size: 32}`` wraps a loss that computes from embeddings (SigLIP, GlobalContrastiveLoss,
+    CLIP) in :class:`~st_contrast.losses.GradCacheLoss`.
+    """
 
     name: str
     kwargs: dict = field(default_factory=dict)
     glofnd: dict | None = None
+    gradcache: dict | None = None
     matryoshka: MatryoshkaSpec | None = None
     loss_class: type = field(init=False, repr=False)
 
@@ -247,6 +252,14 @@ class LossSpec:
         spec.matryoshka = matryoshka
         spec.loss_class = resolve_loss_class(spec.name)
         spec._check_arguments()
+        if spec.gradcache is not None:
+            if unknown := sorted(set(spec.gradcache) - {"mini_batch_size", "mini_batch_num_tokens"}):
+                raise ConfigError(
+                    f"Unknown key(s) {unknown} in loss.gradcache; known: mini_batch_size, mini_batch_num_tokens."
+                )
+            positive("loss.gradcache.mini_batch_size", spec.gradcache.get("mini_batch_size"))
+            if not callable(getattr(spec.loss_class, "compute_loss_from_embeddings", None)):
+                raise ConfigError(f"loss.gradcache: {spec.name} does not compute from embeddings; it cannot be cached.")
         return spec
 
     @property
