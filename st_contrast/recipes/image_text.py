@@ -47,6 +47,7 @@ def write_random_vision_model(config: Mapping[str, Any], output_dir: str | Path,
         ``output_dir`` as a string, loadable by Sentence Transformers' ``Transformer``.
     """
     import torch
+    from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModel
     from transformers.models.auto.image_processing_auto import (
         IMAGE_PROCESSOR_MAPPING_NAMES,
@@ -63,7 +64,10 @@ def write_random_vision_model(config: Mapping[str, Any], output_dir: str | Path,
         )
     model_config = AutoConfig.for_model(model_type, **values)
     torch.manual_seed(seed)
-    AutoModel.from_config(model_config).save_pretrained(output_dir)
+    # config + safetensors written directly: save_pretrained writes on rank 0 only, and every rank builds its tower
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    model_config.save_pretrained(output_dir)
+    save_file(AutoModel.from_config(model_config).state_dict(), str(Path(output_dir) / "model.safetensors"))
     name = processors.get("torchvision") or processors.get("pil")  # transformers falls back to PIL by itself
     size = {"height": model_config.image_size, "width": model_config.image_size}
     get_image_processor_class_from_name(name)(size=size, do_center_crop=False).save_pretrained(output_dir)
@@ -106,7 +110,9 @@ def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed:
             module_output_name="sentence_embedding",
         )
         return [backbone]
-    backbone = Transformer(model)
+    # a pooler that is never used would leave parameters without gradients, which DDP refuses (find_unused=False)
+    pooler_free = {"add_pooling_layer": False} if model_type in ("vit", "deit", "beit") else {}
+    backbone = Transformer(model, model_kwargs=pooler_free)
     if "image" not in backbone.modalities:
         raise ValueError(f"{model!r} ({model_type}) takes no images: its modalities are {backbone.modalities}.")
     return [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling)]
