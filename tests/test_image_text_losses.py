@@ -3,6 +3,7 @@ towers against the uncached losses, and a 2-process gloo run of the gathered los
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -17,8 +18,14 @@ from st_contrast.losses import CachedInfoNCELoss, CLIPLoss, GlobalContrastiveLos
 CAPTIONS = [f"a {colour} {shape}" for colour in ("red", "blue", "green") for shape in ("circle", "square", "cross")]
 
 
-def test_clip_loss_on_images_and_captions_is_the_mean_of_both_directions(tiny_model_factory):
-    model = tiny_two_tower(tiny_model_factory("bert"))
+@pytest.fixture(scope="module")
+def base_model(tiny_model_factory):
+    """One two-tower model (both towers trained); each test takes a copy."""
+    return tiny_two_tower(tiny_model_factory("bert"), seed=1)
+
+
+def test_clip_loss_on_images_and_captions_is_the_mean_of_both_directions(base_model):
+    model = copy.deepcopy(base_model)
     images = random_images(len(CAPTIONS))
     loss_fn = CLIPLoss(model, temperature=0.05)
     loss = loss_fn(image_text_columns(model, images, CAPTIONS), None)
@@ -55,12 +62,12 @@ CACHED = {
 
 
 @pytest.mark.parametrize("name", list(CACHED))
-def test_gradcache_over_both_towers_gives_the_uncached_gradients(tiny_model_factory, name):
+def test_gradcache_over_both_towers_gives_the_uncached_gradients(base_model, name):
     """Image and text towers run in mini-batches; model and temperature gradients equal the uncached loss's."""
     images, labels = random_images(len(CAPTIONS)), torch.arange(len(CAPTIONS))
     results = []
     for build in CACHED[name]:
-        model = tiny_two_tower(tiny_model_factory("bert"), seed=1)
+        model = copy.deepcopy(base_model)
         loss_fn = build(model)
         loss = loss_fn(image_text_columns(model, images, CAPTIONS), labels)
         loss.backward()
