@@ -22,7 +22,7 @@ def cache_locked_embeddings(router: nn.Module, route: str, max_entries: int = 10
     and the rows of a batch already seen come from memory (the others are computed together). Rows are keyed by
     their token ids without padding, so a hit is the same text. Like locking, the cache is a training-time setting
     of this module object and is not saved. At most ``max_entries`` rows are kept (then new rows are computed, not
-    stored).
+    stored). Padded batches only: a packed tower's batch (one flattened row, no ``attention_mask``) runs uncached.
 
     Args:
         router: A Sentence Transformers ``Router`` whose ``route`` (named after its modality, e.g. ``"text"``) is
