@@ -1,9 +1,11 @@
 """Run by ``torchrun --nproc_per_node=2`` from test_image_text_losses.py (gloo, CPU).
 
 Each rank embeds half of an image-text batch with a two-tower model (both towers trained) and computes a loss with
-``gather_across_devices``; the loss and the rank-averaged gradients (all-reduced, as data parallelism averages them)
-must equal one process on the whole batch. Rank 0 writes the differences (gradients relative to the largest one) to
-the JSON path in argv[2].
+``gather_across_devices``; the loss and the gradients averaged over the ranks must equal one process on the whole
+batch. The GradCache losses run under ``DistributedDataParallel`` as the trainer wraps the model
+(``find_unused_parameters=True``), which averages their gradients; the uncached losses embed the two towers in two
+forward passes before one backward, which DDP cannot reduce, so their gradients are all-reduced by hand (what data
+parallelism computes). Rank 0 writes the differences (gradients relative to the largest one) to argv[2].
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import torch
 import torch.distributed as dist
 from image_text_helpers import image_text_columns, random_images, tiny_two_tower
 from loss_helpers import gradients
+from sentence_transformers.base.losses import CachedLossMixin
+from torch.nn.parallel import DistributedDataParallel
 
 from st_contrast.losses import CachedInfoNCELoss, CLIPLoss, GlobalContrastiveLoss, GradCacheLoss, SigLIPLoss
 
@@ -42,12 +46,19 @@ def compare(text_path: str, name: str) -> dict[str, float]:
 
     model = tiny_two_tower(text_path, seed=2)
     loss_fn = LOSSES[name](model, True)
+    cached = isinstance(loss_fn, CachedLossMixin)
+    if cached:
+        ddp = DistributedDataParallel(model, find_unused_parameters=True)
+        for module in list(loss_fn.modules()):
+            if getattr(module, "model", None) is model:
+                module.model = ddp
     loss = loss_fn(image_text_columns(model, images[part], captions[part]), indices[part])
     loss.backward()
-    for parameter in model.parameters():  # what data parallelism does: average the gradients over the ranks
-        if parameter.grad is not None:
-            dist.all_reduce(parameter.grad)
-            parameter.grad /= world_size
+    if not cached:
+        for parameter in model.parameters():  # what data parallelism computes: the mean over the ranks
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= world_size
     global_loss = loss.detach().clone()
     dist.all_reduce(global_loss)
     global_loss /= world_size
