@@ -86,3 +86,18 @@ def test_gathered_image_text_losses_on_two_processes_equal_one_process(tiny_mode
     for name in ("CLIPLoss", "CachedInfoNCELoss", "SigLIPLoss", "GradCacheLoss(GlobalContrastiveLoss)"):
         assert report[name]["loss"] < 1e-5, report
         assert report[name]["gradients"] < 1e-4, report
+
+
+def test_an_uncached_loss_on_two_towers_is_refused_on_several_processes(base_model):
+    """DDP cannot reduce two towers embedded in separate forward passes (see the 2-process test): only GradCache."""
+    from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss
+
+    from st_contrast.training.trainer import check_tower_loss
+
+    model = copy.deepcopy(base_model)
+    with pytest.raises(ValueError, match="CLIPLoss on a two-tower .* cannot train on 2 processes.*loss.gradcache"):
+        check_tower_loss(model, CLIPLoss(model), world_size=2)
+    check_tower_loss(model, CLIPLoss(model), world_size=1)
+    check_tower_loss(model, GradCacheLoss(SigLIPLoss(model)), world_size=2)
+    cached = CachedInfoNCELoss(model, directions=("query_to_doc", "doc_to_query"), partition_mode="per_direction")
+    check_tower_loss(model, MatryoshkaLoss(model, cached, [16, 8]), world_size=2)

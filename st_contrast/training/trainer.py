@@ -31,7 +31,7 @@ from st_contrast.training.checkpoints import (
 )
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
 
-__all__ = ["ContrastiveTrainer", "MonitoredTrainer"]
+__all__ = ["ContrastiveTrainer", "MonitoredTrainer", "check_tower_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +86,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             probe, name = options.pop("probe"), options.get("probe_name", "geometry")
             kwargs["evaluator"] = with_geometry_probe(kwargs.get("evaluator"), probe, name)
         super().__init__(*args, **kwargs)
+        check_tower_loss(self.model, self.loss, self.args.world_size)
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
         self.add_callback(_ClampTemperatures(self))
@@ -207,6 +208,25 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
                 f"{checkpoint} has no {LOSS_STATE_NAME}, but this loss keeps per-sample state that would silently "
                 "restart from its initial values. Resume from a checkpoint written by st_contrast's "
                 "ContrastiveTrainer, or start a new run."
+            )
+
+
+def check_tower_loss(model: Any, loss: Any, world_size: int) -> None:
+    """Refuse an uncached loss for a modality-routed (two-tower) model on several processes.
+
+    Such a loss embeds the image and the text columns in separate forward passes through disjoint towers before one
+    backward, which ``DistributedDataParallel`` cannot reduce: it stops deep in the backward pass, or (with
+    ``ddp_find_unused_parameters=False``) averages one tower's gradients wrongly. GradCache losses re-embed under
+    ``no_sync`` and are reduced right (tested on 2 processes).
+    """
+    losses = loss.values() if isinstance(loss, dict) else [loss]
+    if world_size > 1 and any(_routes_by_modality(module) for module in model.children()):
+        uncached = [type(part).__name__ for part in losses if not getattr(part, "uses_gradient_cache", False)]
+        if uncached:
+            raise ValueError(
+                f"{', '.join(uncached)} on a two-tower (modality-routed) model cannot train on {world_size} processes: "
+                "DistributedDataParallel cannot reduce the two towers' separate forward passes. Use a GradCache "
+                "loss: CachedInfoNCELoss, or GradCacheLoss(loss) (in a config: loss.gradcache: {mini_batch_size: 32})."
             )
 
 
