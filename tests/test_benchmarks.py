@@ -92,7 +92,7 @@ def test_bench_image_text_small_run():
     )
     figures = report["batches"]["8"]
     for method in ("uncached", "cached", "stock_cached"):
-        assert figures[method]["images_per_s"] == pytest.approx(8 / figures[method]["seconds"], rel=0.01)
+        assert figures[method]["images_per_s"] == pytest.approx(8 / figures[method]["seconds"], abs=0.051)  # 0.1 steps
         assert figures[method]["peak_mib"] >= 0
     # The same image-text batch gives the same CLIP loss whichever way it is computed (8 pairs of a random model).
     losses = [figures[method]["loss"] for method in ("uncached", "cached", "stock_cached")]
