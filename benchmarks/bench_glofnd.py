@@ -25,10 +25,12 @@ Prints one JSON object. Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import gzip
 import json
 import random
+import sys
 import tempfile
 from collections import defaultdict
 from functools import partial
@@ -154,7 +156,8 @@ def train(args, rows, group_of, glofnd: bool, output_dir: str) -> tuple[Sentence
         use_cpu=True, logging_steps=10,
         batch_sampler=partial(GroupedBatchSampler, group_of=group_of, groups_per_batch=args.batch_size // 4),
     )  # fmt: skip
-    ContrastiveTrainer(model=model, args=training, train_dataset=dataset, loss=loss, monitoring=False).train()
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's log lines; stdout carries the JSON report only
+        ContrastiveTrainer(model=model, args=training, train_dataset=dataset, loss=loss, monitoring=False).train()
     return model, None if detector is None else detector.counts
 
 

@@ -357,8 +357,8 @@ def load_checkpoint_weights(trainer: Any, checkpoint: str) -> None:
 
 def training_progress_bar(callback: Any) -> Any:
     """The tqdm bar of transformers' ``ProgressCallback`` during training, or None (hook:
-    ``ProgressCallback.training_bar``; monitoring shows throughput in its postfix). Checked on transformers 5.17
-    and 5.23."""
+    ``ProgressCallback.training_bar``; monitoring shows throughput in its postfix, an error closes it). Checked on
+    transformers 5.17 and 5.23."""
     return getattr(callback, "training_bar", None)
 
 
@@ -557,8 +557,10 @@ HOOKS: tuple[Hook, ...] = (
          params=("logs", "start_time"), used_in=("st_contrast/callbacks/trainer_mixin.py",),
          covered_by=("tests/test_callbacks_training.py",)),
     Hook(_TF, "transformers.trainer_callback:ProgressCallback", "training_bar", "attribute",
-         "monitoring shows throughput in the progress bar's postfix",
-         used_in=("st_contrast/callbacks/trainer_mixin.py",)),
+         "monitoring shows throughput in the progress bar's postfix; ContrastiveTrainer closes it when training "
+         "stops on an error, so the one-line error starts its own line",
+         used_in=("st_contrast/callbacks/trainer_mixin.py", "st_contrast/training/trainer.py"),
+         covered_by=("tests/test_cli_streaming.py",)),
     Hook(_TF, "transformers:TrainerState", "stateful_callbacks", "attribute",
          "ThroughputMonitor restores its cumulative counters from {name: {'attributes': ...}} on resume",
          used_in=("st_contrast/callbacks/throughput.py",), covered_by=("tests/test_callbacks_training.py",)),

@@ -194,3 +194,22 @@ def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
         return cache[model_type]
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A moto S3 server on the loopback address; the process environment points boto / s3fs at it."""
+    from s3_server import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("moto"))
+    saved = {key: os.environ.get(key) for key in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

@@ -97,3 +97,18 @@ def test_bench_image_text_small_run():
     # The same image-text batch gives the same CLIP loss whichever way it is computed (8 pairs of a random model).
     losses = [figures[method]["loss"] for method in ("uncached", "cached", "stock_cached")]
     assert losses[0] > 0.1 and losses == pytest.approx([losses[0]] * 3, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_bench_streaming_small_run():
+    report = run_benchmark(
+        "bench_streaming.py", "--rows=2000", "--shards=4", "--batch-size=8", "--buffer=100", "--train-steps=1"
+    )
+    stream, arrow = report["stream_s3"], report["arrow_cache_local"]
+    assert stream["rows"] == arrow["rows"] == 2000  # one epoch of the stream: every row (2000 = 250 batches of 8)
+    assert stream["rows_per_s"] > 0 and arrow["rows_per_s"] > 0 and report["train_packed_minilm"]["rows_per_s"] > 0
+    assert stream["local_disk_bytes"] == 0 < arrow["local_disk_bytes"]  # the stream copies nothing to disk
+    assert 0 < stream["seconds_to_first_batch"] <= stream["seconds"]
+    assert report["stream_vs_training"] == pytest.approx(
+        stream["rows_per_s"] / report["train_packed_minilm"]["rows_per_s"], rel=0.01
+    )

@@ -33,6 +33,10 @@ def files(tmp_path_factory, shared_data):
     (root / "truncated.tsv.gz").write_bytes(compressed[: len(compressed) // 2])
     (root / "bad.jsonl").write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "c", "positive":\n', encoding="utf8")
     (root / "latin1.tsv").write_bytes(b"anchor\tpositive\nA\tB\ncaf\xe9\tcoffee\n")
+    (root / "rowcolumn.jsonl").write_text('{"anchor": "a", "positive": "b"}\n{"anchor": "c"}\n', encoding="utf8")
+    (root / "emptytext.tsv").write_text("anchor\tpositive\nA\tB\nC\t \n", encoding="utf8")
+    (root / "ragged.tsv").write_text("anchor\tpositive\nA\tB\nC\tD\tE\n", encoding="utf8")
+    (root / "ragged.csv").write_text('anchor,positive\nA,B\n"C",D,E\n', encoding="utf8")
     return root
 
 
@@ -74,6 +78,15 @@ CASES = [
     ),
     ("bad jsonl line", ["data.datasets.0.path={root}/bad.jsonl"], "bad.jsonl, line 2: malformed JSON"),
     ("not utf-8", ["data.datasets.0.path={root}/latin1.tsv"], "latin1.tsv, line 3: byte 0xe9 at column 4 is not UTF-8"),
+    (
+        "missing column in a row",
+        ["data.datasets.0.path={root}/rowcolumn.jsonl"],
+        "rowcolumn.jsonl, row 1 (data line 2): column 'positive' is missing (null)",
+    ),
+    ("empty text", ["data.datasets.0.path={root}/emptytext.tsv"], "emptytext.tsv, row 1 (data line 2): column 'posit"),
+    ("bad tsv line", ["data.datasets.0.path={root}/ragged.tsv"], "ragged.tsv, line 3: 3 fields, but the header has 2"),
+    ("bad csv line", ["data.datasets.0.path={root}/ragged.csv"], "ragged.csv, line 3: 3 fields, but the header has 2"),
+    ("bad-row mode", ["data.datasets.0.on_bad_rows=ignore"], "on_bad_rows must be one of ['raise', 'skip']"),
     ("varlen on cpu", ["model.attention_backend=varlen"], "model.attention_backend: 'varlen' cannot run here"),
     (
         "refused packed",

@@ -213,11 +213,11 @@ def test_offsets_are_parsed_one_entry_at_a_time(chunk):
 
     offsets = {f"b/shard-{i}.jsonl.gz": {str(j): [j * 10, j * 10 + 10] for j in range(i * 40)} for i in range(4)}
     for text in (json.dumps(offsets), json.dumps(offsets, indent=2), "{}", " {\n} "):
-        assert dict(contrastors._iter_object_items(io.StringIO(text), "offsets", chunk=chunk)) == json.loads(text)
+        assert dict(contrastors.iter_object_items(io.StringIO(text), "offsets", chunk=chunk)) == json.loads(text)
     # lazily: after the first entries only a bounded part of a large file has been read
     text = json.dumps(offsets)
     handle = io.StringIO(text)
-    items = contrastors._iter_object_items(handle, "offsets", chunk=64)
+    items = contrastors.iter_object_items(handle, "offsets", chunk=64)
     assert next(items)[0] == "b/shard-0.jsonl.gz" and next(items)[0] == "b/shard-1.jsonl.gz"
     assert handle.tell() < len(text) // 2
 

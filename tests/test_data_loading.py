@@ -199,7 +199,10 @@ BAD_FILES = {
         r"empty\.tsv, row 2 \(data line 3\): column 'document' is empty",
     ),
     "missing.csv": ("query,text\na,b\n", r"column\(s\) \['document'\] not found; the data has \['query', 'text'\]"),
-    "ragged.csv": ("query,document\na,b\nc,d,e,f\n", r"ragged\.csv: cannot be read as csv"),
+    "ragged.csv": (
+        "query,document\na,b\nc,d,e,f\n",
+        r"ragged\.csv, line 3: 4 fields, but the header has 2 \(\['query', 'document'\]\)",
+    ),
 }
 
 

@@ -170,7 +170,11 @@ def enable_monitoring(
             trainer.remove_callback(kind)
 
     train_dataset = trainer.train_dataset
-    dataset_names = sorted(train_dataset.keys()) if isinstance(train_dataset, dict) else None
+    if isinstance(train_dataset, dict):
+        dataset_names = sorted(train_dataset.keys())
+    else:  # a StreamingDataset names the datasets of its rows (None for one dataset)
+        names = getattr(train_dataset, "dataset_names", None)
+        dataset_names = sorted(names) if names else None
     added: list[TrainerCallback] = []
     monitor = ThroughputMonitor(peak_flops, synchronize, dataset_names) if throughput else None
 

@@ -5,7 +5,10 @@
   contrastors-style query / document prefixes; bad data raises :class:`DataError` naming file and row.
 - :func:`load_contrastors_shards` / :func:`index_contrastors_shards`: ``*.jsonl.gz`` + ``counts.json`` +
   ``offsets.json.gz`` folders, streamed shard by shard into a memory-mapped Arrow cache.
-- :func:`build_training_data`: one dataset or a ``DatasetDict`` mixture, the trainer's ``prompts``, ``num_samples``.
+- :func:`build_training_data`: one dataset or a ``DatasetDict`` mixture, the trainer's ``prompts``, ``num_samples``;
+  a :class:`StreamingDataset` when the datasets stream (fsspec URLs: ``s3://``, ``gs://``, ``hf://``, ``https://``).
+- :class:`StreamingDataset`: streamed datasets, one dataset per global batch, disjoint rows per rank, bounded
+  shuffling, an exact position for checkpoints; :class:`BadRows`: the rows ``on_bad_rows: skip`` left out.
 - :func:`add_sample_index`: global row indices as the label column, for GloFND / GlobalContrastiveLoss.
 - :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
 - :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
@@ -16,7 +19,8 @@
 
 from __future__ import annotations
 
-from st_contrast.data.columns import DataError
+from st_contrast.data.bad_rows import BadRows
+from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.contrastors import index_contrastors_shards, load_contrastors_shards
 from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.image_shards import load_image_shards
@@ -30,20 +34,25 @@ from st_contrast.data.single_dataset import (
     set_sampler_epoch,
 )
 from st_contrast.data.spec import DatasetSpec, normalize_prefix
+from st_contrast.data.streaming import StreamingDataset, gather_bad_rows
 from st_contrast.data.token_budget import TokenBudgetBatchSampler
 
 __all__ = [
     "SAMPLE_INDEX_COLUMN",
+    "BadRowError",
+    "BadRows",
     "DataError",
     "DatasetSpec",
     "ImageTextDataCollator",
     "SamplerEpochCallback",
     "SingleDatasetBatchSampler",
+    "StreamingDataset",
     "TokenBudgetBatchSampler",
     "TrainingData",
     "add_sample_index",
     "build_training_data",
     "decode_image",
+    "gather_bad_rows",
     "index_contrastors_shards",
     "load_contrastors_shards",
     "load_dataset_spec",

@@ -8,7 +8,7 @@ from typing import Any
 
 from st_contrast.data.spec import OBJECTIVES, DatasetSpec
 
-__all__ = ["ColumnPlan", "DataError", "plan_columns", "text_problem"]
+__all__ = ["BadRowError", "ColumnPlan", "DataError", "plan_columns", "text_problem"]
 
 # Default source names per objective: contrastors' names, then Sentence Transformers' names.
 _DEFAULT_SOURCES = {
@@ -20,6 +20,22 @@ _DEFAULT_SOURCES = {
 
 class DataError(ValueError):
     """Bad training data: the message names the dataset, the file and the row, and the fix."""
+
+
+class BadRowError(DataError):
+    """One bad row (or line) that ``on_bad_rows: skip`` may leave out: ``reason`` is its kind (``malformed JSON``,
+    ``not UTF-8``, ``missing column``...), the message names the file or URL and the line; ``rows`` is how many rows
+    it stands for (more than one for the rest of a truncated file)."""
+
+    def __init__(self, message: str, reason: str, rows: int = 1) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.rows = rows
+
+
+def _reason(problem: str) -> str:
+    """The bad-row reason of a :func:`text_problem`."""
+    return "missing text (null)" if "null" in problem else "empty text" if "empty" in problem else "not text"
 
 
 def text_problem(value: Any) -> str | None:
@@ -72,9 +88,10 @@ class ColumnPlan:
         output: dict[str, Any] = {}
         for source, target in zip(self.sources, self.targets, strict=True):
             if source not in row:
-                raise DataError(
+                raise BadRowError(
                     f"{where()}: column {source!r} is missing (the row has {sorted(row)}). Fix the data or set "
-                    f"'columns' of dataset {self.dataset!r}."
+                    f"'columns' of dataset {self.dataset!r}.",
+                    "missing column",
                 )
             value = row[source]
             if source == self.negatives_source:
@@ -83,11 +100,11 @@ class ColumnPlan:
                 continue
             problem = text_problem(value)
             if problem:
-                raise DataError(f"{where()}: column {source!r} {problem}. Remove or fix the row.")
+                raise BadRowError(f"{where()}: column {source!r} {problem}. Remove or fix the row.", _reason(problem))
             output[target] = value
         if self.label_source:
             if self.label_source not in row:
-                raise DataError(f"{where()}: label column {self.label_source!r} is missing.")
+                raise BadRowError(f"{where()}: label column {self.label_source!r} is missing.", "missing column")
             output["label"] = row[self.label_source]
         return output
 
@@ -96,25 +113,41 @@ class ColumnPlan:
             value = [value]
         count = self.num_negatives or 1
         if len(value) < count:
-            raise DataError(
+            raise BadRowError(
                 f"{where()}: column {self.negatives_source!r} has {len(value)} negatives, fewer than the "
-                f"{count} used (num_negatives). Lower num_negatives of dataset {self.dataset!r} or drop the row."
+                f"{count} used (num_negatives). Lower num_negatives of dataset {self.dataset!r} or drop the row.",
+                "too few negatives",
             )
         negatives = value[:count]
         for negative in negatives:
             problem = text_problem(negative)
             if problem:
-                raise DataError(f"{where()}: a negative in column {self.negatives_source!r} {problem}.")
+                raise BadRowError(
+                    f"{where()}: a negative in column {self.negatives_source!r} {problem}.", _reason(problem)
+                )
         return negatives
 
-    def map_batch(self, batch: dict[str, list[Any]], first_row: int, where: Callable[[int], str]) -> dict[str, list]:
-        """``map_row`` over a batch of columns (for ``Dataset.map(batched=True)``)."""
+    def map_batch(
+        self,
+        batch: dict[str, list[Any]],
+        first_row: int,
+        where: Callable[[int], str],
+        skip: Callable[[BadRowError], None] | None = None,
+    ) -> dict[str, list]:
+        """``map_row`` over a batch of columns (for ``Dataset.map(batched=True)``); with ``skip``, bad rows are handed
+        to it and left out instead of raising."""
         size = len(next(iter(batch.values())))
-        rows = (
-            self.map_row({key: values[i] for key, values in batch.items()}, lambda i=i: where(first_row + i))
-            for i in range(size)
-        )
-        return _columnar(rows, self.output_columns)
+        rows = []
+        for i in range(size):
+            try:
+                rows.append(
+                    self.map_row({key: values[i] for key, values in batch.items()}, lambda i=i: where(first_row + i))
+                )
+            except BadRowError as error:
+                if skip is None:
+                    raise
+                skip(error)
+        return _columnar(iter(rows), self.output_columns)
 
 
 def _columnar(rows: Iterator[dict[str, Any]], columns: list[str]) -> dict[str, list]:

@@ -12,7 +12,6 @@ import glob
 import gzip
 import json
 import os
-import re
 import zlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -22,6 +21,7 @@ import datasets
 
 from st_contrast.data.columns import ColumnPlan, DataError, plan_columns
 from st_contrast.data.spec import DatasetSpec
+from st_contrast.data.urls import expand_braces
 
 __all__ = ["expand_braces", "index_contrastors_shards", "load_contrastors_shards"]
 
@@ -32,19 +32,6 @@ _OFFSETS_NAMES = ("offsets.json.gz", "offsets.json")
 def _open_shard(path: str) -> IO[bytes]:
     """Open one shard for reading (a seam the tests spy on to prove shards are read one at a time)."""
     return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")  # noqa: SIM115
-
-
-def expand_braces(pattern: str) -> list[str]:
-    """contrastors' ``bucket`` patterns: ``shard-{00000..00003}.jsonl.gz`` -> the 4 names (zero padding kept)."""
-    match = re.search(r"\{(\d+)\.\.(\d+)\}", pattern)
-    if not match:
-        return [pattern]
-    first, last = match.group(1), match.group(2)
-    width = len(first) if first.startswith("0") else 0
-    head, tail = pattern[: match.start()], pattern[match.end() :]
-    return [
-        name for number in range(int(first), int(last) + 1) for name in expand_braces(f"{head}{number:0{width}d}{tail}")
-    ]
 
 
 def _shards(directory: Path, only: list[str] | None = None) -> list[Path]:
@@ -89,7 +76,7 @@ def _read_counts(directory: Path, shards: list[Path], strict: bool = True) -> di
     return counts
 
 
-def _iter_object_items(handle: IO[str], where: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
+def iter_object_items(handle: IO[str], where: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
     """The ``(key, value)`` pairs of a top-level JSON object, parsed one value at a time (bounded memory)."""
     decoder = json.JSONDecoder()
     buffer, position = "", 0
@@ -152,7 +139,7 @@ def _iter_offsets(path: Path) -> Iterator[tuple[str, Any]]:
     opener = gzip.open if path.name.endswith(".gz") else open
     with opener(path, "rt", encoding="utf8") as handle:
         seen: set[str] = set()
-        for key, value in _iter_object_items(handle, str(path)):
+        for key, value in iter_object_items(handle, str(path)):
             name = key.rstrip("/").rsplit("/", 1)[-1]
             if name in seen:
                 raise DataError(f"{path}: two entries for shard {name!r}.")
@@ -160,7 +147,7 @@ def _iter_offsets(path: Path) -> Iterator[tuple[str, Any]]:
             yield name, value
 
 
-def _offset_entry(offsets: Any, row: int) -> Any:
+def offset_entry(offsets: Any, row: int) -> Any:
     if isinstance(offsets, dict):
         return offsets.get(str(row))
     return offsets[row] if row < len(offsets) else None
@@ -179,7 +166,7 @@ def _read_shard(shard: Path, plan: ColumnPlan, objective: str | None, offsets: A
                     return f"{shard}, row {row} (line {row + 1})"
 
                 if offsets is not None:
-                    entry = _offset_entry(offsets, row)
+                    entry = offset_entry(offsets, row)
                     body = len(line.rstrip(b"\r\n"))
                     if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
                         raise DataError(f"{where()}: the offsets have no [start, end] entry for this row.")
@@ -196,7 +183,7 @@ def _read_shard(shard: Path, plan: ColumnPlan, objective: str | None, offsets: A
                     raise DataError(f"{where()}: malformed JSON ({error}). Fix or remove the line.") from error
                 if not isinstance(data, dict):
                     raise DataError(f"{where()}: expected a JSON object, got {type(data).__name__}.")
-                _check_metadata(data, plan, objective, where)
+                check_row_objective(data, plan, objective, where)
                 yield plan.map_row(data, where)
     except (OSError, EOFError, zlib.error) as error:
         raise DataError(f"{shard}, after row {row}: unreadable shard ({error}); it may be truncated.") from error
@@ -207,7 +194,7 @@ def _read_shard(shard: Path, plan: ColumnPlan, objective: str | None, offsets: A
         raise DataError(f"{shard} has {count} rows, but the offsets list {len(offsets)}. Regenerate the offsets.")
 
 
-def _check_metadata(data: dict, plan: ColumnPlan, objective: str | None, where) -> None:
+def check_row_objective(data: dict, plan: ColumnPlan, objective: str | None, where) -> None:
     """contrastors rows may list the column sets valid for each objective: the configured one must be among them."""
     valid = data.get("metadata", {}).get("objective", {}) if isinstance(data.get("metadata"), dict) else {}
     if objective and isinstance(valid, dict) and objective in valid:

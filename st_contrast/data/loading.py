@@ -5,23 +5,28 @@ from __future__ import annotations
 import csv
 import glob
 import gzip
-import json
+import logging
 import os
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from st_contrast.data.columns import ColumnPlan, DataError, plan_columns
+from st_contrast.data.bad_rows import BadRows
+from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
 from st_contrast.data.images import IMAGE_REFERENCE, reference_image_columns
+from st_contrast.data.quiet import quiet_datasets
+from st_contrast.data.records import scan_text_records, text_format
 from st_contrast.data.spec import DatasetSpec
+from st_contrast.data.urls import is_url
 
 __all__ = ["DATA_FILE_FORMATS", "load_dataset_spec"]
+
+logger = logging.getLogger(__name__)
 
 #: file suffix -> (``datasets`` builder, builder keyword arguments)
 DATA_FILE_FORMATS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -79,16 +84,24 @@ class _Source:
         return f"{self.description}, row {row}"
 
 
-def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | None = None) -> datasets.Dataset:
+def load_dataset_spec(
+    spec: DatasetSpec | Mapping[str, Any], cache_dir: str | None = None, bad_rows: BadRows | None = None
+) -> datasets.Dataset:
     """Load ``spec`` as a ``datasets.Dataset`` with its training columns, checked for bad data.
 
     The result holds the text columns in order (``anchor``/``positive``/``negative...`` with an objective) and
-    ``label`` when ``spec.label_column`` is set. A missing column, an empty or non-text value, a malformed file or a
-    shard whose ``counts.json`` / offsets do not match raises a :class:`DataError` naming the file and row.
+    ``label`` when ``spec.label_column`` is set. A missing column, an empty or non-text value, a malformed line, bytes
+    that are not UTF-8, a CSV/TSV line with the wrong number of fields or a shard whose ``counts.json`` / offsets do
+    not match raises a :class:`DataError` naming the file and line. With ``on_bad_rows: skip`` the bad rows are left
+    out instead and counted in ``bad_rows``. A URL (``s3://``, ``gs://``, ``hf://``, ``https://``) is read through
+    its stream into the Arrow cache (to train on a URL without copying it, use :func:`build_training_data`, which
+    streams it).
 
     Args:
         spec: A :class:`DatasetSpec` or a mapping of its fields.
         cache_dir: The ``datasets`` cache folder (default: the Hugging Face cache).
+        bad_rows: Where ``on_bad_rows: skip`` counts the rows it leaves out (default: a counter whose summary is
+            logged).
 
     Example:
         ::
@@ -99,20 +112,37 @@ def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | No
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_dict(spec)
+    report = bad_rows if bad_rows is not None else BadRows(spec.name)
+    dataset = _load(spec, cache_dir, report if spec.on_bad_rows == "skip" else None)
+    if bad_rows is None and report.total:
+        logger.warning("%s", report.summary())
+    return dataset
+
+
+def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) -> datasets.Dataset:
     paths = [spec.path] if isinstance(spec.path, (str, os.PathLike)) else list(spec.path)
     paths = [str(path) for path in paths]
     first = os.path.expanduser(paths[0])
 
-    if len(paths) == 1 and first.endswith(".jsonl.gz") and (Path(first).parent / "counts.json").is_file():
-        from st_contrast.data.contrastors import load_contrastors_shards  # a contrastors bucket pattern
+    shards = len(paths) == 1 and (
+        (first.endswith(".jsonl.gz") and (Path(first).parent / "counts.json").is_file())  # a contrastors pattern
+        or (os.path.isdir(first) and (Path(first) / "counts.json").is_file())
+    )
+    if is_url(first) and spec.image_columns:
+        raise DataError(
+            f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards; {paths[0]!r} is a "
+            "URL (streaming image-text data is not supported yet: copy it locally)."
+        )
+    if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
+        from st_contrast.data.stream_cache import load_stream_into_cache
+
+        return load_stream_into_cache(spec, cache_dir=cache_dir, bad_rows=bad_rows)
+    if shards:
+        from st_contrast.data.contrastors import load_contrastors_shards
 
         return load_contrastors_shards(first, spec=spec, cache_dir=cache_dir)
     if len(paths) == 1 and os.path.isdir(first):
         directory = Path(first)
-        if (directory / "counts.json").is_file():
-            from st_contrast.data.contrastors import load_contrastors_shards
-
-            return load_contrastors_shards(directory, spec=spec, cache_dir=cache_dir)
         if (directory / "dataset_dict.json").is_file() or (directory / "state.json").is_file():
             dataset, source = _load_from_disk(directory, spec), _Source(str(directory), folder=str(directory))
         else:
@@ -126,6 +156,15 @@ def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | No
             dataset, counts = load_image_shards(files, spec.name, spec.max_rows)
             shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more shard(s)"
             source = _Source(shown, counts)
+        elif (
+            bad_rows is not None
+            and not spec.image_columns
+            and all(text_format(f) for f in files)
+            and not _json_documents(files)
+        ):
+            from st_contrast.data.stream_cache import load_text_files_skipping
+
+            return load_text_files_skipping(files, spec, cache_dir, bad_rows)
         else:
             dataset, source = _load_files(files, spec, cache_dir)
     elif len(paths) == 1 and (first.startswith((".", "/", "~")) or _suffix(first)):
@@ -133,10 +172,29 @@ def load_dataset_spec(spec: DatasetSpec | Mapping[str, Any], cache_dir: str | No
     else:
         dataset, source = _load_hub(paths[0], spec, cache_dir), _Source(f"hub dataset {paths[0]!r}")
     try:
-        return _prepare(dataset, spec, source)
+        return _prepare(dataset, spec, source, bad_rows)
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:  # e.g. bytes that are not UTF-8 inside JSON strings
-        problems = [problem for file, _ in source.files if (problem := _scan_text_file(file, "json"))]
+        problems = [problem for file, _ in source.files if (problem := _scan(file))]
         raise DataError(f"Dataset {spec.name!r}: {problems[0] if problems else error}") from error
+
+
+def _json_documents(files: list[str]) -> bool:
+    """Whether a ``.json`` file holds one JSON document (an array) rather than JSON Lines."""
+    for file in files:
+        if file.lower().removesuffix(".gz").endswith(".json"):
+            opener = gzip.open if file.lower().endswith(".gz") else open
+            with opener(file, "rb") as handle:
+                if handle.read(4096).lstrip()[:1] == b"[":
+                    return True
+    return False
+
+
+def _scan(file: str) -> str | None:
+    """The first bad line of a text file (JSON documents: only their encoding), or None."""
+    kind = text_format(file)
+    if kind is None:
+        return None
+    return scan_text_records(file, "text" if _json_documents([file]) else kind)
 
 
 def _load_from_disk(directory: Path, spec: DatasetSpec) -> datasets.Dataset:
@@ -182,7 +240,7 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
     for file in files:
         builder, kwargs = DATA_FILE_FORMATS[suffixes[file]]
         try:
-            with _quiet_datasets():
+            with quiet_datasets():
                 part = datasets.load_dataset(
                     builder, data_files=file, split="train", cache_dir=cache_dir, **{**kwargs, **spec.load_kwargs}
                 )
@@ -200,24 +258,9 @@ def _load_files(files: list[str], spec: DatasetSpec, cache_dir: str | None) -> t
     return dataset, _Source(shown, counts)
 
 
-@contextmanager
-def _quiet_datasets() -> Iterator[None]:
-    """No progress bars and no logged error from ``datasets`` while a file loads: a failure becomes one DataError."""
-    bars = datasets.utils.is_progress_bar_enabled()
-    level = datasets.utils.logging.get_verbosity()
-    datasets.utils.disable_progress_bars()
-    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
-    try:
-        yield
-    finally:
-        datasets.utils.logging.set_verbosity(level)
-        if bars:
-            datasets.utils.enable_progress_bars()
-
-
 def _describe_file_error(file: str, builder: str, error: Exception) -> str:
     """The error of a file that ``datasets`` could not read, located to a line where the file itself is at fault."""
-    if builder != "parquet" and (problem := _scan_text_file(file, builder)):
+    if builder != "parquet" and (problem := _scan(file)):
         return problem
     cause = error.__cause__ or error.__context__ or error
     if "EmptyDataError" in type(cause).__name__ or Path(file).stat().st_size == 0:
@@ -227,35 +270,9 @@ def _describe_file_error(file: str, builder: str, error: Exception) -> str:
     return f"{file}: cannot be read as {builder} ({type(cause).__name__}: {cause})."
 
 
-def _scan_text_file(file: str, builder: str) -> str | None:
-    """Read a text data file line by line: a truncated gzip stream, bytes that are not UTF-8 or (JSON Lines) a
-    malformed line, named with the file and line number; None when every line reads."""
-    opener = gzip.open if file.lower().endswith(".gz") else open
-    json_lines = builder == "json" and not file.lower().removesuffix(".gz").endswith(".json")
-    number = 0
-    try:
-        with opener(file, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                try:
-                    line = raw.decode("utf8")
-                except UnicodeDecodeError as bad:
-                    return (
-                        f"{file}, line {number}: byte 0x{raw[bad.start]:02x} at column {bad.start + 1} is not UTF-8. "
-                        "Re-encode the file as UTF-8, or fix or remove the line."
-                    )
-                if json_lines and line.strip():
-                    try:
-                        json.loads(line)
-                    except json.JSONDecodeError as bad:
-                        return f"{file}, line {number}: malformed JSON ({bad.msg}). Fix or remove the line."
-    except (EOFError, gzip.BadGzipFile, zlib.error) as bad:
-        return f"{file}: the gzip stream is truncated or damaged after line {number} ({bad})."
-    except OSError as bad:
-        return f"{file}: cannot be read ({bad})."
-    return None
-
-
-def _prepare(dataset: datasets.Dataset, spec: DatasetSpec, source: _Source) -> datasets.Dataset:
+def _prepare(
+    dataset: datasets.Dataset, spec: DatasetSpec, source: _Source, bad_rows: BadRows | None = None
+) -> datasets.Dataset:
     if spec.max_rows is not None and len(dataset) > spec.max_rows:
         dataset = dataset.select(range(spec.max_rows))
     if len(dataset) == 0:
@@ -268,7 +285,7 @@ def _prepare(dataset: datasets.Dataset, spec: DatasetSpec, source: _Source) -> d
             raise DataError(
                 f"Dataset {spec.name!r}: image columns cannot be a list of negatives; list them one by one."
             )
-        dataset = _map_with_rows(dataset, plan, source)
+        dataset = _map_with_rows(dataset, plan, source, bad_rows)
     else:
         dataset = dataset.select_columns([*plan.sources, *([plan.label_source] if plan.label_source else [])])
         renames = {s: t for s, t in zip(plan.sources, plan.targets, strict=True) if s != t}
@@ -280,7 +297,18 @@ def _prepare(dataset: datasets.Dataset, spec: DatasetSpec, source: _Source) -> d
         pending = [column for column in images if dataset.features[column] != IMAGE_REFERENCE]
         if pending:
             dataset = reference_image_columns(dataset, pending, source.base_dir, source.where, spec.name)
-        _check_texts(dataset, [column for column in plan.text_columns if column not in images], source)
+        texts = [column for column in plan.text_columns if column not in images]
+        bad = _blank_rows(dataset, texts, source, every=bad_rows is not None)
+        if bad and bad_rows is None:
+            raise bad[0][1]
+        if bad:
+            for _, error in bad:
+                bad_rows.add(error)
+            keep = np.ones(len(dataset), dtype=bool)
+            keep[[row for row, _ in bad]] = False
+            dataset = dataset.select(np.flatnonzero(keep))
+    if len(dataset) == 0:
+        raise DataError(f"Dataset {spec.name!r} ({source.description}) has no good rows: every row was skipped.")
     return dataset
 
 
@@ -297,9 +325,11 @@ def _image_targets(spec: DatasetSpec, plan: ColumnPlan, source: _Source, feature
     return [target for source_name, target in zip(plan.sources, plan.targets, strict=True) if source_name in named]
 
 
-def _map_with_rows(dataset: datasets.Dataset, plan: ColumnPlan, source: _Source) -> datasets.Dataset:
+def _map_with_rows(
+    dataset: datasets.Dataset, plan: ColumnPlan, source: _Source, bad_rows: BadRows | None
+) -> datasets.Dataset:
     def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        return plan.map_batch(batch, indices[0], source.where)
+        return plan.map_batch(batch, indices[0], source.where, skip=None if bad_rows is None else bad_rows.add)
 
     return dataset.map(
         convert,
@@ -307,11 +337,15 @@ def _map_with_rows(dataset: datasets.Dataset, plan: ColumnPlan, source: _Source)
         with_indices=True,
         remove_columns=dataset.column_names,
         desc=f"Expanding the negatives of {plan.dataset}",
+        load_from_cache_file=bad_rows is None,  # skipping counts the bad rows: the function must run
     )
 
 
-def _check_texts(dataset: datasets.Dataset, columns: list[str], source: _Source) -> None:
-    """Every text cell is a non-blank string, checked column-wise in Arrow (memory-mapped, chunk by chunk)."""
+def _blank_rows(
+    dataset: datasets.Dataset, columns: list[str], source: _Source, every: bool
+) -> list[tuple[int, BadRowError]]:
+    """Rows whose text is missing or blank (the first one, or ``every`` one), checked column-wise in Arrow
+    (memory-mapped, chunk by chunk); a column that holds no text at all is an error of the dataset, not a row."""
     for column in columns:
         kind = dataset.features[column]
         if not (isinstance(kind, datasets.Value) and kind.dtype in ("string", "large_string")):
@@ -323,15 +357,27 @@ def _check_texts(dataset: datasets.Dataset, columns: list[str], source: _Source)
             )
     arrow = dataset.with_format("arrow")
     offset = 0
+    found: list[tuple[int, BadRowError]] = []
     for table in arrow.iter(batch_size=100_000):
+        blank_any = None
         for column in columns:
             values = table.column(column)
             blank = pc.or_kleene(
                 pc.is_null(values), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(values)), pa.scalar(0))
             )
             blank = pc.fill_null(blank, True)
-            if pc.any(blank).as_py():
-                row = offset + pc.index(blank, True).as_py()
-                what = "is missing (null)" if values[row - offset].as_py() is None else "is empty"
-                raise DataError(f"{source.where(row)}: column {column!r} {what}. Remove or fix the row.")
+            blank_any = blank if blank_any is None else pc.or_(blank_any, blank)
+        for index in np.flatnonzero(blank_any.to_numpy(zero_copy_only=False)):
+            row = table.slice(int(index), 1).to_pylist()[0]
+            column = next(c for c in columns if row[c] is None or not row[c].strip())
+            missing = row[column] is None
+            what = "is missing (null)" if missing else "is empty"
+            error = BadRowError(
+                f"{source.where(offset + int(index))}: column {column!r} {what}. Remove or fix the row.",
+                "missing text (null)" if missing else "empty text",
+            )
+            found.append((offset + int(index), error))
+            if not every:
+                return found
         offset += table.num_rows
+    return found

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
 
+from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import DataError
 from st_contrast.data.images import IMAGE_REFERENCE
 from st_contrast.data.loading import load_dataset_spec
@@ -25,20 +26,29 @@ class TrainingData:
     """What :func:`build_training_data` returns.
 
     Attributes:
-        dataset: A ``Dataset`` for one spec, a ``DatasetDict`` (keyed by spec name, in spec order) for a mixture.
+        dataset: A ``Dataset`` for one spec, a ``DatasetDict`` (keyed by spec name, in spec order) for a mixture, or
+            a :class:`~st_contrast.data.StreamingDataset` when the datasets stream (URLs, ``stream: true``).
         prompts: The ``prompts`` argument of ``SentenceTransformerTrainingArguments``: ``{column: prompt}`` for one
             dataset, ``{dataset: {column: prompt}}`` for a mixture, ``None`` without prefixes.
         num_samples: Total rows (over all datasets): ``num_samples`` of GloFND / GlobalContrastiveLoss.
         weights: Per-dataset sampling weights in dataset order for ``SingleDatasetBatchSampler(weights=...)``, or
             ``None`` when no spec sets one (proportional to size).
         specs: The specs, in order.
+        bad_rows: The rows ``on_bad_rows: skip`` left out while loading, per dataset (a streamed dataset counts its
+            own while it trains: ``StreamingDataset.bad_rows()``).
     """
 
-    dataset: datasets.Dataset | datasets.DatasetDict
+    dataset: Any
     prompts: dict[str, str] | dict[str, dict[str, str]] | None
     num_samples: int
     weights: list[float] | None
     specs: list[DatasetSpec]
+    bad_rows: dict[str, BadRows] = field(default_factory=dict)
+
+    @property
+    def streaming(self) -> bool:
+        """Whether the datasets stream during training (``dataset`` is a ``StreamingDataset``)."""
+        return not isinstance(self.dataset, (datasets.Dataset, datasets.DatasetDict))
 
     @property
     def names(self) -> list[str]:
@@ -119,7 +129,12 @@ def build_training_data(
             raise ValueError(f"Set 'weight' on every dataset of the mixture or on none; {unset} have none.")
         weights = [float(spec.weight) for spec in specs]
 
-    loaded = {spec.name: load_dataset_spec(spec, cache_dir=cache_dir) for spec in specs}
+    if any(spec.streams for spec in specs):
+        return _streaming_data(specs, weights, add_sample_index)
+    bad_rows = {spec.name: BadRows(spec.name) for spec in specs if spec.on_bad_rows == "skip"}
+    loaded = {
+        spec.name: load_dataset_spec(spec, cache_dir=cache_dir, bad_rows=bad_rows.get(spec.name)) for spec in specs
+    }
     prompts_by_name = {}
     for spec in specs:
         columns = [column for column in loaded[spec.name].column_names if column != "label"]
@@ -136,4 +151,35 @@ def build_training_data(
     num_samples = sum(len(part) for part in loaded.values())
     if add_sample_index:
         dataset, num_samples = _index_rows(dataset)
-    return TrainingData(dataset=dataset, prompts=prompts, num_samples=num_samples, weights=weights, specs=specs)
+    return TrainingData(
+        dataset=dataset, prompts=prompts, num_samples=num_samples, weights=weights, specs=specs, bad_rows=bad_rows
+    )
+
+
+def _streaming_data(specs: list[DatasetSpec], weights: list[float] | None, add_sample_index: bool) -> TrainingData:
+    """Datasets that stream: their files, counts and first rows are read now (errors name the URL), rows later."""
+    from st_contrast.data.stream_sources import open_stream_source
+    from st_contrast.data.streaming import StreamingDataset
+
+    if local := [spec.name for spec in specs if not spec.streams]:
+        raise DataError(
+            f"Dataset(s) {local} would load into the Arrow cache while the others stream: a mixture streams all its "
+            "datasets or none. Set 'stream: true' on them (JSON Lines, CSV, TSV, Parquet, contrastors shards) or "
+            "'stream: false' on the streamed ones."
+        )
+    sources = [open_stream_source(spec) for spec in specs]
+    prompts_by_name = {}
+    for source in sources:
+        source.count_rows()
+        if add_sample_index and source.plan.label_source:
+            raise DataError(
+                f"Dataset {source.name!r} keeps the label column {source.plan.label_source!r}; the sample index needs "
+                "the label column. Leave 'label_column' unset when training with GloFND / GlobalContrastiveLoss."
+            )
+        if prompts := source.spec.prompts(source.plan.text_columns):
+            prompts_by_name[source.name] = prompts
+    dataset = StreamingDataset(sources, weights=weights, add_sample_index=add_sample_index)
+    prompts: Any = prompts_by_name or None
+    if len(specs) == 1:
+        prompts = prompts_by_name.get(specs[0].name) or None
+    return TrainingData(dataset=dataset, prompts=prompts, num_samples=dataset.num_samples, weights=weights, specs=specs)

@@ -14,7 +14,13 @@ from transformers.utils import logging
 
 from st_contrast.compat import SAMPLER_WRAPPER_ATTRIBUTES, accelerate_state_exists
 
-__all__ = ["SamplerEpochCallback", "SingleDatasetBatchSampler", "resolve_world_size", "set_sampler_epoch"]
+__all__ = [
+    "SamplerEpochCallback",
+    "SingleDatasetBatchSampler",
+    "allocate_batches",
+    "resolve_world_size",
+    "set_sampler_epoch",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -34,7 +40,7 @@ def resolve_world_size(world_size: int | None = None) -> int:
     return 1
 
 
-def _allocate(total: int, weights: Sequence[float]) -> list[int]:
+def allocate_batches(total: int, weights: Sequence[float]) -> list[int]:
     """``total`` split in proportion to ``weights`` (largest remainder, deterministic)."""
     scaled = [total * weight / sum(weights) for weight in weights]
     counts = [math.floor(value) for value in scaled]
@@ -116,7 +122,7 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
             logger.warning(
                 f"Dataset(s) {empty} have fewer than {self.world_size} batches (one per rank) and are not trained on."
             )
-        self.groups_per_dataset = self._groups if weights is None else _allocate(sum(self._groups), weights)
+        self.groups_per_dataset = self._groups if weights is None else allocate_batches(sum(self._groups), weights)
 
     def __len__(self) -> int:
         return sum(self.groups_per_dataset) * self.world_size

@@ -7,7 +7,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["OBJECTIVES", "DatasetSpec", "normalize_prefix"]
+__all__ = ["BAD_ROW_MODES", "OBJECTIVES", "DatasetSpec", "normalize_prefix"]
+
+BAD_ROW_MODES = ("raise", "skip")
+"""The values of a dataset entry's ``on_bad_rows``."""
 
 #: contrastors objective types and the Sentence Transformers column names they map to, in order.
 OBJECTIVES: dict[str, tuple[str, ...]] = {
@@ -15,6 +18,12 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "triplet": ("anchor", "positive", "negative"),
     "self": ("anchor",),
 }
+
+
+def _is_url(path: str) -> bool:
+    """``scheme://...`` (a single-letter scheme is a Windows drive, not a URL)."""
+    scheme, separator, _ = path.partition("://")
+    return bool(separator) and len(scheme) > 1 and scheme.replace("+", "").replace("-", "").isalnum()
 
 
 def normalize_prefix(prefix: str | None) -> str | None:
@@ -65,6 +74,18 @@ class DatasetSpec:
             data loads, a corrupt one when its batch is built, naming the data file and row. Webdataset tar shards
             (``*.tar``) always have an ``image`` column.
         load_kwargs: Extra keyword arguments for ``datasets.load_dataset``.
+        on_bad_rows: ``"raise"`` (default): a bad row (missing column, empty text, malformed JSON, bytes that are not
+            UTF-8, a CSV/TSV line with the wrong number of fields) stops with an error naming the file and line.
+            ``"skip"``: bad rows are left out and counted by reason (reported in ``metrics.json`` and the run log);
+            a truncated gzip stream skips the rest of its file.
+        stream: ``"auto"`` (default): URLs (``s3://``, ``gs://``, ``hf://``, ``http(s)://``, ``file://``) are
+            streamed during training, local paths are loaded into the Arrow cache. ``True`` streams a local path
+            too (JSON Lines, Parquet, contrastors shards); ``False`` copies a URL into the cache first.
+        storage_options: fsspec options for the URL's filesystem (e.g. ``{"endpoint_url": ...}``, ``{"anon":
+            true}``); by default credentials and endpoints come from the environment (``AWS_ENDPOINT_URL``,
+            ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``...).
+        shuffle_buffer: Rows a stream shuffles together (its memory bound): each rank reads its part of the shards
+            in windows of this many rows and trains on each window in a seeded random order (``1``: file order).
     """
 
     name: str
@@ -81,6 +102,10 @@ class DatasetSpec:
     label_column: str | None = None
     image_columns: Sequence[str] = ()
     load_kwargs: dict[str, Any] = field(default_factory=dict)
+    on_bad_rows: str = "raise"
+    stream: bool | str = "auto"
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    shuffle_buffer: int = 10_000
 
     def __post_init__(self) -> None:
         if isinstance(self.objective, Mapping):
@@ -101,6 +126,26 @@ class DatasetSpec:
         self.image_columns = list(self.image_columns or ())
         if self.weight is not None and not self.weight > 0:
             raise ValueError(f"Dataset {self.name!r}: weight must be positive, got {self.weight}.")
+        if self.on_bad_rows not in BAD_ROW_MODES:
+            raise ValueError(
+                f"Dataset {self.name!r}: on_bad_rows must be one of {list(BAD_ROW_MODES)}, got {self.on_bad_rows!r}."
+            )
+        if self.stream not in (True, False, "auto"):
+            raise ValueError(f"Dataset {self.name!r}: stream must be true, false or auto, got {self.stream!r}.")
+        if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+            raise ValueError(
+                f"Dataset {self.name!r}: shuffle_buffer must be a positive integer, got {self.shuffle_buffer!r}."
+            )
+        if not isinstance(self.storage_options, Mapping):
+            raise ValueError(f"Dataset {self.name!r}: storage_options must be a mapping, got {self.storage_options!r}.")
+
+    @property
+    def streams(self) -> bool:
+        """Whether training reads this dataset as a stream (see ``stream``)."""
+        if self.stream != "auto":
+            return bool(self.stream)
+        paths = [self.path] if isinstance(self.path, str) else list(self.path)
+        return any(_is_url(str(path)) for path in paths)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> DatasetSpec:

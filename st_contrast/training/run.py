@@ -145,6 +145,9 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
         [_with_fallback(spec) for spec in data_section.datasets],
         add_sample_index=config.loss.needs_sample_index if sample_index == "auto" else bool(sample_index),
     )
+    for bad in data.bad_rows.values():
+        if bad.total:
+            _say(state, bad.summary())
     set_seed(config.seed)
     model = build_model(config.model)
     apply_adapters(model, config.adapters)
@@ -181,6 +184,11 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
         _say(state, f"resuming from {choice.path}, step {choice.step} of {total}")
     result = trainer.train(resume_from_checkpoint=choice.path)
     metrics["train"] = result.metrics
+    if bad_rows := _bad_rows(data, trainer):
+        metrics["data"] = {"bad_rows": {name: bad.as_dict() for name, bad in bad_rows.items()}}
+        for bad in bad_rows.values():
+            if data.streaming and bad.total:
+                _say(state, f"while streaming, {bad.summary()}")
     if state.is_main_process:
         report = export_model(trainer.model, output_dir / FINAL_MODEL_DIR, verify=False)
         if not report.plain:
@@ -204,6 +212,20 @@ def _prepare_data(prepare: dict[str, Any]) -> None:
     getattr(importlib.import_module(module_name), function)(**(prepare.get("kwargs") or {}))
 
 
+def _bad_rows(data: Any, trainer: ContrastiveTrainer) -> dict[str, Any]:
+    """The rows ``on_bad_rows: skip`` left out, per dataset that skips (a stream's counted on every rank)."""
+    skipping = [spec.name for spec in data.specs if spec.on_bad_rows == "skip"]
+    if not skipping:
+        return {}
+    if data.streaming:
+        from st_contrast.data import gather_bad_rows
+
+        counted = gather_bad_rows(trainer.train_dataset)
+    else:
+        counted = data.bad_rows
+    return {name: counted[name] for name in skipping}
+
+
 def _say(state: PartialState, message: str) -> None:
     """One line on stderr from the main process (what the run does, not a warning)."""
     if state.is_main_process:
@@ -223,9 +245,12 @@ def _monitoring_options(section: MonitoringSpec, output_dir: Path) -> dict[str, 
 
 def _with_fallback(spec: dict[str, Any]) -> dict[str, Any]:
     """The dataset entry, or its ``fallback`` entry (e.g. a hub dataset) when its local ``path`` does not exist."""
+    from st_contrast.data.urls import is_url
+
     spec = dict(spec)
     fallback = spec.pop("fallback", None)
-    if fallback and not Path(str(spec.get("path", ""))).exists():
+    path = str(spec.get("path", ""))
+    if fallback and not is_url(path) and not Path(path).exists():
         logger.warning("Dataset %r: %s does not exist, using %s", spec.get("name"), spec.get("path"), fallback)
         spec.update(fallback)
     return spec

@@ -300,6 +300,7 @@ class DataSection:
     sample_index: bool | str = "auto"
     no_duplicates: bool = True
     prepare: dict | None = None
+    streams: bool = field(default=False, init=False)
 
     @classmethod
     def from_dict(cls, values: Any) -> DataSection:
@@ -310,9 +311,22 @@ class DataSection:
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"data.datasets.{index} must be a mapping, got {describe(entry)}.")
             try:
-                DatasetSpec.from_dict({key: value for key, value in entry.items() if key != "fallback"})
+                parsed = DatasetSpec.from_dict({key: value for key, value in entry.items() if key != "fallback"})
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"data.datasets.{index}: {error}") from None
+            spec.streams = spec.streams or parsed.streams
+            if parsed.streams and parsed.image_columns:
+                raise ConfigError(
+                    f"data.datasets.{index}: image columns are read from local files, folders or tar shards; streaming "
+                    "image-text data (URLs or stream: true) is not supported yet. Copy it locally, stream: false."
+                )
+        if spec.streams and spec.batch_sampler not in ("no_duplicates", "batch_sampler"):
+            raise ConfigError(
+                f"data.batch_sampler: {spec.batch_sampler!r} needs the whole dataset, but data.datasets stream (URLs "
+                "or stream: true). Use no_duplicates or batch_sampler, or stream: false to load them into the cache."
+            )
+        if spec.streams and not spec.single_dataset_batches:
+            raise ConfigError("data.single_dataset_batches: false is not available for streamed datasets.")
         if spec.batch_sampler not in _BATCH_SAMPLERS:
             raise ConfigError(f"data.batch_sampler must be one of {list(_BATCH_SAMPLERS)}, not {spec.batch_sampler!r}.")
         if spec.batch_sampler == "token_budget" and not spec.max_tokens:
@@ -431,6 +445,12 @@ class RunConfig:
         if "output_dir" in training:
             raise ConfigError("Set output_dir at the top level of the configuration, not in 'training'.")
         build_training_arguments(output_dir, dict(training), seed)  # every check TrainingArguments makes, up front
+        data = DataSection.from_dict(config["data"])
+        if data.streams and training.get("dataloader_num_workers"):
+            raise ConfigError(
+                "training.dataloader_num_workers must be 0 when data.datasets stream: a stream reads in a background "
+                "thread and keeps its position (for checkpoints) in the training process."
+            )
         monitoring = MonitoringSpec.from_dict(config.get("monitoring"))
         if training.get("eval_strategy", "no") != "no" and not (monitoring.enabled and monitoring.probe):
             raise ConfigError(
@@ -442,7 +462,7 @@ class RunConfig:
             output_dir=output_dir,
             model=ModelSpec.from_dict(config["model"]),
             loss=LossSpec.from_dict(config["loss"]),
-            data=DataSection.from_dict(config["data"]),
+            data=data,
             seed=seed,
             resume=resume,
             adapters=AdaptersSpec.from_dict(config.get("adapters")),

@@ -12,12 +12,14 @@ from sentence_transformers import SentenceTransformerTrainer
 from sentence_transformers.base.modality_types import MODALITY_TO_PROCESSOR_ARG as MODALITIES
 from sentence_transformers.base.modules import Router
 from transformers import TrainerCallback, TrainerState
+from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
-from st_contrast.compat import load_checkpoint_weights, trainer_output_dir
+from st_contrast.compat import load_checkpoint_weights, trainer_output_dir, training_progress_bar
 from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.single_dataset import SamplerEpochCallback
+from st_contrast.data.streaming import StreamingDataset
 from st_contrast.losses.progress import set_training_progress
 from st_contrast.losses.temperature import learned_temperatures
 from st_contrast.training.checkpoints import (
@@ -30,6 +32,13 @@ from st_contrast.training.checkpoints import (
     write_manifest,
 )
 from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, loss_state_dict, save_loss_state
+from st_contrast.training.stream_state import (
+    StreamEpochCallback,
+    configure_stream,
+    restore_stream_state,
+    save_stream_state,
+    stream_dataloader,
+)
 
 __all__ = ["ContrastiveTrainer", "MonitoredTrainer", "check_tower_loss"]
 
@@ -51,6 +60,10 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       complete checkpoint and skips damaged newer ones with a warning naming them.
     - **Data order.** :class:`~st_contrast.data.SamplerEpochCallback` keeps the interrupted epoch's order when a
       multi-process run resumes.
+    - **Streams.** A :class:`~st_contrast.data.StreamingDataset` (URLs, ``stream: true``) is batched by itself: one
+      dataset per step on every rank, each rank reading its own rows. Every checkpoint holds each rank's stream
+      position (``stream_state_<rank>.json``), and a resumed run continues with the next unseen row
+      (:mod:`st_contrast.training.stream_state`).
     - **Temperatures.** Every learned temperature / logit bias of the loss
       (:class:`~st_contrast.losses.temperature.LearnedTemperature`) is excluded from weight decay, gets its own
       learning rate when the loss was given ``temperature_lr``, and is clamped after every optimizer step as CLIP does.
@@ -85,10 +98,25 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             # ST checks at construction that an eval_strategy has something to evaluate
             probe, name = options.pop("probe"), options.get("probe_name", "geometry")
             kwargs["evaluator"] = with_geometry_probe(kwargs.get("evaluator"), probe, name)
+        stream = kwargs.get("train_dataset", args[2] if len(args) > 2 else None)
+        if isinstance(stream, StreamingDataset):  # batch size, seed and ranks come from the arguments
+            training_args = kwargs.get("args", args[1] if len(args) > 1 else None)
+            if training_args is None:
+                raise ValueError("A StreamingDataset trains with explicit args (its batch size, seed, processes).")
+            configure_stream(stream, training_args)
+            # Hidden from the upstream constructor, whose model card would read rows out of it; set right after.
+            if "train_dataset" in kwargs:
+                kwargs["train_dataset"] = None
+            else:
+                args = (*args[:2], None, *args[3:])
         super().__init__(*args, **kwargs)
+        if isinstance(stream, StreamingDataset):
+            self.train_dataset = stream
         check_tower_loss(self.model, self.loss, self.args.world_size)
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
+        if isinstance(self.train_dataset, StreamingDataset):
+            self.add_callback(StreamEpochCallback(len(self.train_dataset)))
         self.add_callback(_ClampTemperatures(self))
         if monitoring is not False:
             enable_monitoring(self, **options)
@@ -99,6 +127,15 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         if not args.router_mapping and any(_routes_by_modality(module) for module in model.children()):
             return self.data_collator_class(preprocess_fn=model.preprocess, router_mapping={}, prompts=args.prompts)
         return super().get_data_collator(model, args, processing_class)
+
+    def get_train_dataloader(self) -> Any:
+        """ST's loader, or for a :class:`~st_contrast.data.StreamingDataset` a loader of its batches on this rank."""
+        if isinstance(self.train_dataset, StreamingDataset):
+            self._train_dataloader = stream_dataloader(
+                self.train_dataset, self.data_collator, pin_memory=self.args.dataloader_pin_memory
+            )
+            return self._train_dataloader
+        return super().get_train_dataloader()
 
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         set_training_progress(self.loss, self.state.global_step, self.state.epoch or 0.0)
@@ -139,7 +176,19 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             raise ValueError(f"Cannot resume from {resume_from_checkpoint}: {problem}.")
         if isinstance(resume_from_checkpoint, str) and self._is_final_checkpoint(resume_from_checkpoint):
             return self._finish_from_checkpoint(resume_from_checkpoint)
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        except BaseException:
+            self._end_progress_bar()  # an error (e.g. a bad row found while streaming) starts on its own line
+            raise
+        finally:
+            if isinstance(self.train_dataset, StreamingDataset):
+                self.train_dataset.close()  # its background readers (the position stays, for a later train call)
+
+    def _end_progress_bar(self) -> None:
+        for callback in self.callback_handler.callbacks:
+            if isinstance(callback, ProgressCallback) and (bar := training_progress_bar(callback)) is not None:
+                bar.close()
 
     def _is_final_checkpoint(self, checkpoint: str) -> bool:
         """Whether ``checkpoint`` already holds the last step of this run (transformers would train one more)."""
@@ -177,6 +226,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         finally:
             self._checkpoint_staging = None
         staged, final = Path(staging) / name, Path(run_dir) / name
+        if isinstance(self.train_dataset, StreamingDataset):  # every rank: its stream position, before the commit
+            save_stream_state(self.train_dataset, staged, self.args.process_index)
         if self.args.should_save:
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging):  # recorded under the staging path: point it at the final one
@@ -197,6 +248,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self._restore_loss_state(checkpoint)
+            if isinstance(self.train_dataset, StreamingDataset):
+                restore_stream_state(self.train_dataset, checkpoint, self.args.process_index)
 
     def _restore_loss_state(self, checkpoint: str) -> None:
         path = os.path.join(checkpoint, LOSS_STATE_NAME)
