@@ -27,6 +27,10 @@ VISION = {"config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hi
         ({"loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch_size": 0}}}, "mini_batch_size must be positive"),
         ({"data": {**BASE["data"], "prepare": {"function": "nowhere:write"}}}, "cannot be imported"),
         ({"data": {**BASE["data"], "prepare": {"function": "write"}}}, "'package.module:function'"),
+        (
+            {"data": {"datasets": [{"name": "pics", "path": "s3://bucket/pics.jsonl", "image_columns": ["image"]}]}},
+            "streaming image-text data",
+        ),
     ],
 )
 def test_invalid_image_text_configurations_are_refused(tmp_path, change, message):
