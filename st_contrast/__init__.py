@@ -44,6 +44,7 @@ _LAZY_NAMES = {
     "SimCSELoss": "st_contrast.losses",
     "GloFND": "st_contrast.losses",
     "GlobalContrastiveLoss": "st_contrast.losses",
+    "GradCacheLoss": "st_contrast.losses",
     # recipes and evaluation
     "llm2vec_model": "st_contrast.recipes",
     "sgpt_bitfit_model": "st_contrast.recipes",

@@ -86,6 +86,20 @@ def test_bench_adapters_small_run():
 
 
 @pytest.mark.slow
+def test_bench_image_text_small_run():
+    report = run_benchmark(
+        "bench_image_text.py", "--batch-sizes=8", "--mini-batch-size=4", "--steps=1", "--warmup=0", "--image-size=16"
+    )
+    figures = report["batches"]["8"]
+    for method in ("uncached", "cached", "stock_cached"):
+        assert figures[method]["images_per_s"] == pytest.approx(8 / figures[method]["seconds"], abs=0.051)  # 0.1 steps
+        assert figures[method]["peak_mib"] >= 0
+    # The same image-text batch gives the same CLIP loss whichever way it is computed (8 pairs of a random model).
+    losses = [figures[method]["loss"] for method in ("uncached", "cached", "stock_cached")]
+    assert losses[0] > 0.1 and losses == pytest.approx([losses[0]] * 3, rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
 def test_bench_streaming_small_run():
     report = run_benchmark(
         "bench_streaming.py", "--rows=2000", "--shards=4", "--batch-size=8", "--buffer=100", "--train-steps=1"

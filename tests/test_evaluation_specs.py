@@ -53,13 +53,16 @@ def test_dict_specs_resolve_paths_against_base_dir(tmp_path, shared_data):
     assert retrieval.metadata.prompt == {"query": "Find the passage"}
     assert retrieval.metadata.eval_langs == ["deu-Latn"]  # a single YAML value is a one-element list
     assert named.metadata.name == "STSBenchmark"
-    assert set(SPEC_KEYS) == {"sts", "retrieval", "mteb"}
+    assert set(SPEC_KEYS) == {"sts", "retrieval", "mteb", "zeroshot", "image_retrieval"}
 
 
 @pytest.mark.parametrize(
     "spec, match",
     [
-        ({"type": "csv", "path": "x"}, r"'type' must be one of \['mteb', 'retrieval', 'sts'\], got 'csv'"),
+        (
+            {"type": "csv", "path": "x"},
+            r"'type' must be one of \['image_retrieval', 'mteb', 'retrieval', 'sts', 'zeroshot'\], got 'csv'",
+        ),
         ({"type": "sts", "path": "x", "column": 3}, r"unknown keys \['column'\] for type 'sts'; allowed: .*'max_sc"),
         ({"type": "sts"}, r"type 'sts' needs a 'path'"),
         ({"type": "mteb"}, r"type 'mteb' needs a 'name'"),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from st_contrast.adapters.bitfit import apply_bitfit
 from st_contrast.adapters.freezing import freeze, lock
+from st_contrast.adapters.locked_cache import cache_locked_embeddings
 from st_contrast.adapters.lora import LORA_PRESETS, add_lora, linear_layer_names
 from st_contrast.adapters.merging import merge_and_save, merge_lora
 from st_contrast.adapters.parameters import ParameterCount, count_parameters
@@ -17,6 +18,7 @@ __all__ = [
     "ParameterCount",
     "add_lora",
     "apply_bitfit",
+    "cache_locked_embeddings",
     "count_parameters",
     "freeze",
     "linear_layer_names",

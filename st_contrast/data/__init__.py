@@ -12,6 +12,8 @@
 - :func:`add_sample_index`: global row indices as the label column, for GloFND / GlobalContrastiveLoss.
 - :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
 - :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
+- Image columns (``image_columns``, webdataset ``*.tar`` shards): references decoded per batch by
+  :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes offline image-text sets.
 - :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
 """
 
@@ -20,6 +22,9 @@ from __future__ import annotations
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.contrastors import index_contrastors_shards, load_contrastors_shards
+from st_contrast.data.image_collator import ImageTextDataCollator
+from st_contrast.data.image_shards import load_image_shards
+from st_contrast.data.images import decode_image
 from st_contrast.data.loading import load_dataset_spec
 from st_contrast.data.mixture import SAMPLE_INDEX_COLUMN, TrainingData, add_sample_index, build_training_data
 from st_contrast.data.single_dataset import (
@@ -38,6 +43,7 @@ __all__ = [
     "BadRows",
     "DataError",
     "DatasetSpec",
+    "ImageTextDataCollator",
     "SamplerEpochCallback",
     "SingleDatasetBatchSampler",
     "StreamingDataset",
@@ -45,10 +51,12 @@ __all__ = [
     "TrainingData",
     "add_sample_index",
     "build_training_data",
+    "decode_image",
     "gather_bad_rows",
     "index_contrastors_shards",
     "load_contrastors_shards",
     "load_dataset_spec",
+    "load_image_shards",
     "normalize_prefix",
     "resolve_world_size",
     "set_sampler_epoch",

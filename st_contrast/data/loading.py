@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
+from st_contrast.data.images import IMAGE_REFERENCE, reference_image_columns
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
 from st_contrast.data.spec import DatasetSpec
@@ -60,9 +61,19 @@ def _expand_files(patterns: Sequence[str], name: str) -> list[str]:
 class _Source:
     """Where rows come from, to name the file and row of bad data."""
 
-    def __init__(self, description: str, files: list[tuple[str, int]] | None = None) -> None:
+    def __init__(self, description: str, files: list[tuple[str, int]] | None = None, folder: str | None = None) -> None:
         self.description = description
         self.files = files or []
+        self.folder = folder
+
+    def base_dir(self, row: int) -> str | None:
+        """The folder that relative image paths of ``row`` are relative to: its data file's (or the dataset's)."""
+        offset = 0
+        for file, count in self.files:
+            if row < offset + count:
+                return os.path.dirname(os.path.abspath(file))
+            offset += count
+        return self.folder
 
     def where(self, row: int) -> str:
         offset = 0
@@ -117,6 +128,11 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
         (first.endswith(".jsonl.gz") and (Path(first).parent / "counts.json").is_file())  # a contrastors pattern
         or (os.path.isdir(first) and (Path(first) / "counts.json").is_file())
     )
+    if is_url(first) and spec.image_columns:
+        raise DataError(
+            f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards; {paths[0]!r} is a "
+            "URL (streaming image-text data is not supported yet: copy it locally)."
+        )
     if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
         from st_contrast.data.stream_cache import load_stream_into_cache
 
@@ -128,16 +144,29 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
     if len(paths) == 1 and os.path.isdir(first):
         directory = Path(first)
         if (directory / "dataset_dict.json").is_file() or (directory / "state.json").is_file():
-            dataset, source = _load_from_disk(directory, spec), _Source(str(directory))
+            dataset, source = _load_from_disk(directory, spec), _Source(str(directory), folder=str(directory))
         else:
-            dataset, source = _load_builder(str(directory), spec, cache_dir), _Source(str(directory))
+            dataset = _load_builder(str(directory), spec, cache_dir)
+            source = _Source(str(directory), folder=str(directory))
     elif any(glob.has_magic(path) or os.path.exists(os.path.expanduser(path)) for path in paths):
         files = _expand_files(paths, spec.name)
-        if bad_rows is not None and all(text_format(file) for file in files) and not _json_documents(files):
+        if all(file.lower().endswith(".tar") for file in files):
+            from st_contrast.data.image_shards import load_image_shards
+
+            dataset, counts = load_image_shards(files, spec.name, spec.max_rows)
+            shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more shard(s)"
+            source = _Source(shown, counts)
+        elif (
+            bad_rows is not None
+            and not spec.image_columns
+            and all(text_format(f) for f in files)
+            and not _json_documents(files)
+        ):
             from st_contrast.data.stream_cache import load_text_files_skipping
 
             return load_text_files_skipping(files, spec, cache_dir, bad_rows)
-        dataset, source = _load_files(files, spec, cache_dir)
+        else:
+            dataset, source = _load_files(files, spec, cache_dir)
     elif len(paths) == 1 and (first.startswith((".", "/", "~")) or _suffix(first)):
         raise DataError(f"Dataset {spec.name!r}: {paths[0]!r} does not exist.")
     else:
@@ -250,7 +279,12 @@ def _prepare(
         raise DataError(f"Dataset {spec.name!r} ({source.description}) has no rows.")
     first_row = dataset[0]
     plan = plan_columns(spec, list(dataset.column_names), first_row, f"dataset {spec.name!r} ({source.description})")
+    images = _image_targets(spec, plan, source, dataset.features)
     if plan.negatives_source is not None:
+        if images:
+            raise DataError(
+                f"Dataset {spec.name!r}: image columns cannot be a list of negatives; list them one by one."
+            )
         dataset = _map_with_rows(dataset, plan, source, bad_rows)
     else:
         dataset = dataset.select_columns([*plan.sources, *([plan.label_source] if plan.label_source else [])])
@@ -260,7 +294,11 @@ def _prepare(
         if renames:
             dataset = dataset.rename_columns(renames)
         dataset = dataset.select_columns(plan.output_columns)
-        bad = _blank_rows(dataset, plan.text_columns, source, every=bad_rows is not None)
+        pending = [column for column in images if dataset.features[column] != IMAGE_REFERENCE]
+        if pending:
+            dataset = reference_image_columns(dataset, pending, source.base_dir, source.where, spec.name)
+        texts = [column for column in plan.text_columns if column not in images]
+        bad = _blank_rows(dataset, texts, source, every=bad_rows is not None)
         if bad and bad_rows is None:
             raise bad[0][1]
         if bad:
@@ -272,6 +310,19 @@ def _prepare(
     if len(dataset) == 0:
         raise DataError(f"Dataset {spec.name!r} ({source.description}) has no good rows: every row was skipped.")
     return dataset
+
+
+def _image_targets(spec: DatasetSpec, plan: ColumnPlan, source: _Source, features: datasets.Features) -> list[str]:
+    """The training names of the image columns: ``spec.image_columns`` (source names) and columns that already hold
+    image references (a tar shard's ``image``)."""
+    named = [*spec.image_columns, *(name for name in plan.sources if features.get(name) == IMAGE_REFERENCE)]
+    unknown = [column for column in named if column not in plan.sources]
+    if unknown:
+        raise DataError(
+            f"Dataset {spec.name!r} ({source.description}): image_columns {unknown} are not among its training "
+            f"columns {plan.sources}."
+        )
+    return [target for source_name, target in zip(plan.sources, plan.targets, strict=True) if source_name in named]
 
 
 def _map_with_rows(

@@ -10,6 +10,7 @@ import datasets
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import DataError
+from st_contrast.data.images import IMAGE_REFERENCE
 from st_contrast.data.loading import load_dataset_spec
 from st_contrast.data.spec import DatasetSpec
 
@@ -136,8 +137,9 @@ def build_training_data(
     }
     prompts_by_name = {}
     for spec in specs:
-        text_columns = [column for column in loaded[spec.name].column_names if column != "label"]
-        if prompts := spec.prompts(text_columns):
+        columns = [column for column in loaded[spec.name].column_names if column != "label"]
+        images = {column for column in columns if loaded[spec.name].features[column] == IMAGE_REFERENCE}
+        if prompts := {column: p for column, p in spec.prompts(columns).items() if column not in images}:
             prompts_by_name[spec.name] = prompts
 
     if len(specs) == 1:

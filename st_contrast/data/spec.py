@@ -68,6 +68,11 @@ class DatasetSpec:
         weight: Relative sampling weight in a mixture (see ``SingleDatasetBatchSampler``); ``None``: proportional
             to the dataset's size.
         label_column: A column to keep as the label (e.g. a score for CoSENT); it is renamed ``"label"``.
+        image_columns: Source columns that hold images: file paths (relative to the data file's folder, or
+            absolute), encoded bytes, PIL images or ``datasets.Image`` cells. They are stored as references and
+            decoded per batch (:class:`~st_contrast.data.ImageTextDataCollator`); a missing file is reported when the
+            data loads, a corrupt one when its batch is built, naming the data file and row. Webdataset tar shards
+            (``*.tar``) always have an ``image`` column.
         load_kwargs: Extra keyword arguments for ``datasets.load_dataset``.
         on_bad_rows: ``"raise"`` (default): a bad row (missing column, empty text, malformed JSON, bytes that are not
             UTF-8, a CSV/TSV line with the wrong number of fields) stops with an error naming the file and line.
@@ -95,6 +100,7 @@ class DatasetSpec:
     max_rows: int | None = None
     weight: float | None = None
     label_column: str | None = None
+    image_columns: Sequence[str] = ()
     load_kwargs: dict[str, Any] = field(default_factory=dict)
     on_bad_rows: str = "raise"
     stream: bool | str = "auto"
@@ -115,6 +121,9 @@ class DatasetSpec:
             raise ValueError(f"Dataset {self.name!r}: max_rows must be positive, got {self.max_rows}.")
         if self.num_negatives is not None and self.num_negatives <= 0:
             raise ValueError(f"Dataset {self.name!r}: num_negatives must be positive, got {self.num_negatives}.")
+        if isinstance(self.image_columns, str):
+            self.image_columns = [self.image_columns]
+        self.image_columns = list(self.image_columns or ())
         if self.weight is not None and not self.weight > 0:
             raise ValueError(f"Dataset {self.name!r}: weight must be positive, got {self.weight}.")
         if self.on_bad_rows not in BAD_ROW_MODES:

@@ -17,16 +17,18 @@ import numpy as np
 from mteb.abstasks.abstask import AbsTask
 
 from st_contrast.evaluation.errors import HubUnavailableError
+from st_contrast.evaluation.image_retrieval import LocalImageTextRetrievalTask
 from st_contrast.evaluation.retrieval import LocalRetrievalTask
 from st_contrast.evaluation.rng import preserved_rng_state
 from st_contrast.evaluation.specs import TaskSpec, resolve_tasks
 from st_contrast.evaluation.sts import LocalSTSTask
+from st_contrast.evaluation.zeroshot import LocalZeroShotTask
 
 __all__ = ["evaluate_model"]
 
 logger = logging.getLogger(__name__)
 
-_LOCAL_TASKS = (LocalSTSTask, LocalRetrievalTask)
+_LOCAL_TASKS = (LocalSTSTask, LocalRetrievalTask, LocalZeroShotTask, LocalImageTextRetrievalTask)
 _NON_METRIC_KEYS = {"hf_subset", "languages", "mteb_version"}
 
 
@@ -129,6 +131,21 @@ def _prompts(model: Any, added: dict[str, str]) -> Iterator[None]:
         model.prompts = original
 
 
+def _with_modalities(model: Any) -> Any:
+    """A Sentence Transformers model that takes images, wrapped for MTEB with its modalities declared: MTEB's
+    metadata for an in-memory model says text only, and MTEB refuses image tasks for it. Others pass unchanged."""
+    from sentence_transformers import SentenceTransformer
+
+    modalities = [m for m in getattr(model, "modalities", ["text"]) if isinstance(m, str)]
+    if not isinstance(model, SentenceTransformer) or modalities == ["text"]:
+        return model
+    from mteb.models import SentenceTransformerEncoderWrapper
+
+    wrapper = SentenceTransformerEncoderWrapper(model)
+    wrapper.mteb_model_meta = wrapper.mteb_model_meta.model_copy(update={"modalities": modalities})
+    return wrapper
+
+
 def _file_name(task_name: str) -> str:
     return re.sub(r"[^\w.-]+", "__", task_name) + ".json"
 
@@ -201,7 +218,7 @@ def evaluate_model(
             for run_tasks, prompts in runs:
                 with _prompts(model, prompts):
                     model_result = mteb.evaluate(
-                        model,
+                        _with_modalities(model),
                         run_tasks,
                         cache=None,
                         overwrite_strategy="always",

@@ -23,6 +23,8 @@ def local_task_metadata(
     languages: Sequence[str] = ("eng-Latn",),
     prompt: str | dict[str, str] | None = None,
     description: str | None = None,
+    category: str = "t2t",
+    modalities: Sequence[str] = ("text",),
 ) -> TaskMetadata:
     """Metadata of a local MTEB task: ``dataset.path`` records the source file or directory.
 
@@ -39,14 +41,16 @@ def local_task_metadata(
         prompt: Optional instruction prompt for instruction-tuned models (a string, or
             ``{"query": ..., "document": ...}``).
         description: Free text; defaults to one naming the source.
+        category: MTEB's task category (``"t2t"``; image tasks: ``"i2t"``, ``"t2i"``).
+        modalities: The modalities the task holds (``["image", "text"]`` for image tasks).
     """
     return TaskMetadata(
         name=name,
         description=description or f"Local {task_type} task read from {source}.",
         dataset={"path": str(source), "revision": LOCAL_REVISION},
         type=task_type,
-        category="t2t",
-        modalities=["text"],
+        category=category,
+        modalities=list(modalities),
         eval_splits=[split],
         eval_langs=list(languages),
         main_score=main_score,

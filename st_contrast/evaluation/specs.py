@@ -9,10 +9,12 @@ from typing import Any, Union
 
 from mteb.abstasks.abstask import AbsTask
 
-from st_contrast.evaluation.errors import TaskSpecError
+from st_contrast.evaluation.errors import DataFormatError, TaskSpecError
+from st_contrast.evaluation.image_retrieval import image_retrieval_task_from_file
 from st_contrast.evaluation.retrieval import retrieval_task_from_beir
 from st_contrast.evaluation.rng import preserved_rng_state
 from st_contrast.evaluation.sts import sts_task_from_file
+from st_contrast.evaluation.zeroshot import zeroshot_task_from_file
 
 __all__ = ["SPEC_KEYS", "TaskSpec", "resolve_task", "resolve_tasks"]
 
@@ -37,6 +39,25 @@ SPEC_KEYS: dict[str, dict[str, str]] = {
         "languages": "language-script codes (default ['eng-Latn'])",
         "prompt": "instruction prompt(s) for instruction-tuned models (string or {query, document})",
     },
+    "zeroshot": {
+        "type": "'zeroshot'",
+        "path": "data file (jsonl, csv, parquet...): an image column (paths relative to the file) and a label column",
+        "name": "task name (default '<parent dir>-<file stem>', e.g. 'digits-test')",
+        "template": "prompt template with {} for the class name (default '{}'), e.g. 'a handwritten digit {}'",
+        "classes": "the class names in order (default: the distinct labels, sorted)",
+        "image_column": "the image column (default 'image')",
+        "label_column": "the class-name column (default 'label')",
+        "split": "split name to report the results under (default 'test')",
+    },
+    "image_retrieval": {
+        "type": "'image_retrieval'",
+        "path": "data file (jsonl, csv, parquet...) with an image column (paths relative to the file) and captions",
+        "name": "task name (default '<parent dir>-<file stem>-<direction>')",
+        "direction": "'t2i' (captions retrieve images, default) or 'i2t' (images retrieve captions)",
+        "image_column": "the image column (default 'image')",
+        "text_column": "the caption column (default 'caption')",
+        "split": "split name to report the results under (default 'test')",
+    },
     "mteb": {
         "type": "'mteb'",
         "name": "an MTEB task name, e.g. 'STSBenchmark' (its data comes from the Hugging Face hub)",
@@ -47,9 +68,10 @@ SPEC_KEYS: dict[str, dict[str, str]] = {
 """The keys a dict spec may have, per ``type``, with what each means."""
 
 _STRING_FORMS = (
-    "'sts:PATH' (an STS file), 'retrieval:DIR' (a BEIR directory), 'mteb:NAME' or a bare MTEB task name "
-    "such as 'STSBenchmark'"
+    "'sts:PATH' (an STS file), 'retrieval:DIR' (a BEIR directory), 'zeroshot:FILE' / 'image_retrieval:FILE' (image "
+    "data files), 'mteb:NAME' or a bare MTEB task name such as 'STSBenchmark'"
 )
+_FILE_KINDS = ("sts", "retrieval", "zeroshot", "image_retrieval")
 
 
 def _resolve_path(path: Any, base_dir: str | Path | None, spec: Any) -> Path:
@@ -82,7 +104,7 @@ def _named_task(name: str, languages: Sequence[str] | None = None, splits: Seque
 
 def _from_string(spec: str, base_dir: str | Path | None) -> AbsTask:
     kind, sep, rest = spec.partition(":")
-    if sep and kind in ("sts", "retrieval", "mteb"):
+    if sep and kind in (*_FILE_KINDS, "mteb"):
         if not rest:
             raise TaskSpecError(f"task spec {spec!r} names no {'task' if kind == 'mteb' else 'path'} after '{kind}:'")
         if kind == "mteb":
@@ -114,8 +136,14 @@ def _from_dict(spec: Mapping[str, Any], base_dir: str | Path | None) -> AbsTask:
     try:
         if kind == "sts":
             return sts_task_from_file(path, **options)
+        if kind == "zeroshot":
+            return zeroshot_task_from_file(path, **options)
+        if kind == "image_retrieval":
+            return image_retrieval_task_from_file(path, **options)
         return retrieval_task_from_beir(path, **options)
-    except TypeError as error:  # a bad option value, e.g. a list where a name is expected
+    except DataFormatError:
+        raise
+    except (TypeError, ValueError) as error:  # a bad option value (a list where a name is expected, a bad template)
         raise TaskSpecError(f"task spec {dict(spec)!r}: {error}") from None
 
 
@@ -126,6 +154,10 @@ def resolve_task(spec: TaskSpec, base_dir: str | Path | None = None) -> AbsTask:
 
     - ``"sts:PATH"``: an STS file (:func:`~st_contrast.evaluation.sts_task_from_file`);
     - ``"retrieval:DIR"``: a BEIR directory, split ``test`` (:func:`~st_contrast.evaluation.retrieval_task_from_beir`);
+    - ``"zeroshot:FILE"``: zero-shot image classification over a data file with ``image`` and ``label`` columns
+      (:func:`~st_contrast.evaluation.zeroshot_task_from_file`; the dict form sets ``template``);
+    - ``"image_retrieval:FILE"``: text -> image retrieval over captioned images
+      (:func:`~st_contrast.evaluation.image_retrieval_task_from_file`; ``direction: i2t`` for image -> text);
     - ``"mteb:NAME"`` or a bare ``"NAME"``: the MTEB task of that name; its data comes from the Hugging Face hub;
     - a dict with a ``type`` key (``sts``, ``retrieval`` or ``mteb``) and the keys listed in :data:`SPEC_KEYS`,
       e.g. ``{"type": "sts", "path": "data/sts/test.tsv.gz", "name": "stsb"}`` (the form YAML configs use);

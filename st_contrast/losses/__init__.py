@@ -6,6 +6,7 @@ from st_contrast.losses.cached_info_nce import CachedInfoNCELoss
 from st_contrast.losses.clip import CLIPLoss
 from st_contrast.losses.global_contrastive import GlobalContrastiveLoss
 from st_contrast.losses.glofnd import GloFND
+from st_contrast.losses.gradcache import GradCacheLoss
 from st_contrast.losses.info_nce import InfoNCELoss
 from st_contrast.losses.siglip import SigLIPLoss
 from st_contrast.losses.simcse import SimCSELoss
@@ -15,6 +16,7 @@ __all__ = [
     "CachedInfoNCELoss",
     "GloFND",
     "GlobalContrastiveLoss",
+    "GradCacheLoss",
     "InfoNCELoss",
     "SigLIPLoss",
     "SimCSELoss",

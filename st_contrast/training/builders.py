@@ -42,6 +42,8 @@ def build_model(spec: ModelSpec | dict[str, Any]) -> SentenceTransformer:
     from st_contrast.modules import enable_packing, packing_refusal, set_causal
 
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
+    if spec.vision is not None:
+        return _build_two_tower(spec)
     kwargs = {key: getattr(spec, key) for key in ("model_kwargs", "tokenizer_kwargs", "device") if getattr(spec, key)}
     model = load_model(resolve_model_path(spec.name_or_path), packed=False, **kwargs)
     if spec.packed:
@@ -69,6 +71,25 @@ def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
         for module in model.modules():
             if is_packed(module):
                 compile_backbone(module)
+
+
+def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:
+    from st_contrast.recipes.image_text import two_tower_model
+
+    vision = spec.vision.get("name_or_path") or spec.vision["config"]
+    return two_tower_model(
+        resolve_model_path(spec.name_or_path),
+        resolve_model_path(vision) if isinstance(vision, str) else vision,
+        embedding_dim=spec.embedding_dim,
+        text_pooling=spec.pooling or "mean",
+        vision_pooling=spec.vision.get("pooling", "auto"),
+        lock=spec.lock,
+        packed=spec.packed,
+        attention_backend=spec.attention_backend,
+        max_seq_length=spec.max_seq_length,
+        normalize=True,
+        device=spec.device,
+    )
 
 
 def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
@@ -116,6 +137,10 @@ def build_loss(
         loss = spec.loss_class(model, **kwargs)
     except (TypeError, ValueError) as error:
         raise ConfigError(f"loss: {spec.loss_class.__name__}({', '.join(kwargs)}) failed: {error}") from error
+    if spec.gradcache is not None:
+        from st_contrast.losses import GradCacheLoss
+
+        loss = GradCacheLoss(loss, **spec.gradcache)
     if spec.matryoshka is not None:
         loss = st_losses.MatryoshkaLoss(
             model,

@@ -132,6 +132,10 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
     choice = _checkpoint_to_resume(output_dir, config.resume)
     for path, problem in choice.skipped:
         _say(state, f"skipping the damaged checkpoint {path}: {problem}")
+    if config.data.prepare is not None:
+        if state.is_main_process:
+            _prepare_data(config.data.prepare)
+        state.wait_for_everyone()
     model_path = resolve_model_path(config.model.name_or_path)
     tasks = preflight(config, model_path)
 
@@ -199,6 +203,14 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
     if state.is_main_process:
         _write_metrics(metrics_path, metrics)
     return metrics
+
+
+def _prepare_data(prepare: dict[str, Any]) -> None:
+    """Run ``data.prepare``: a function that writes the run's data (e.g. the offline image-text sets)."""
+    import importlib
+
+    module_name, _, function = prepare["function"].partition(":")
+    getattr(importlib.import_module(module_name), function)(**(prepare.get("kwargs") or {}))
 
 
 def _bad_rows(data: Any, trainer: ContrastiveTrainer) -> dict[str, Any]:

@@ -54,6 +54,13 @@ class ModelSpec:
         bidirectional: Make a decoder bidirectional (LLM2Vec), persisted as ``is_causal: false``.
         model_kwargs / tokenizer_kwargs: Passed to the backbone.
         device: Where to load the model.
+        vision: Makes an image-text two-tower model (:func:`~st_contrast.recipes.two_tower_model`) whose text tower is
+            ``name_or_path``: a vision model path / hub id, or a mapping with ``name_or_path`` or ``config`` (a
+            transformers config for a tower trained from scratch, e.g. ``{model_type: vit, image_size: 32, ...}``)
+            and ``pooling`` (``auto``, ``pooler``, ``cls``, ``mean``...). ``packed`` then applies to the text tower.
+            A single CLIP / SigLIP checkpoint needs no ``vision``: give it as ``name_or_path`` (``packed: false``).
+        lock: LiT: ``text`` or ``image`` locks that tower (frozen, eval mode, not in the optimizer).
+        embedding_dim: The two-tower model's shared embedding size (default: the text tower's).
     """
 
     name_or_path: str
@@ -67,6 +74,9 @@ class ModelSpec:
     model_kwargs: dict | None = None
     tokenizer_kwargs: dict | None = None
     device: str | None = None
+    vision: str | dict | None = None
+    lock: str | None = None
+    embedding_dim: int | None = None
 
     @classmethod
     def from_dict(cls, values: Any) -> ModelSpec:
@@ -99,6 +109,21 @@ class ModelSpec:
 
             if spec.pooling not in Pooling.POOLING_MODES:
                 raise ConfigError(f"model.pooling must be one of {list(Pooling.POOLING_MODES)}, got {spec.pooling!r}.")
+        positive("model.embedding_dim", spec.embedding_dim)
+        if isinstance(spec.vision, str):
+            spec.vision = {"name_or_path": spec.vision}
+        if spec.vision is not None:
+            known = {"name_or_path", "config", "pooling"}
+            if unknown := sorted(set(spec.vision) - known):
+                raise ConfigError(f"Unknown key(s) {unknown} in model.vision; known: {sorted(known)}.")
+            if ("name_or_path" in spec.vision) == ("config" in spec.vision):
+                raise ConfigError("model.vision needs exactly one of name_or_path (a vision model) or config.")
+            if "config" in spec.vision and not isinstance(spec.vision["config"], Mapping):
+                raise ConfigError(f"model.vision.config must be a mapping, got {describe(spec.vision['config'])}.")
+        if spec.lock is not None and spec.lock not in ("text", "image"):
+            raise ConfigError(f"model.lock must be 'text' or 'image', got {spec.lock!r}.")
+        if spec.vision is None and (spec.lock or spec.embedding_dim):
+            raise ConfigError("model.lock and model.embedding_dim need a two-tower model: set model.vision.")
         return spec
 
 
@@ -200,11 +225,16 @@ class MatryoshkaSpec:
 
 @dataclass
 class LossSpec:
-    """The ``loss`` section: a loss class by name, its keyword arguments, GloFND and Matryoshka wrappers."""
+    """The ``loss`` section: a loss class by name, its keyword arguments, GloFND, GradCache and Matryoshka wrappers.
+
+    ``gradcache: {mini_batch_size: 32}`` wraps a loss that computes from embeddings (SigLIP, GlobalContrastiveLoss,
+    CLIP) in :class:`~st_contrast.losses.GradCacheLoss`.
+    """
 
     name: str
     kwargs: dict = field(default_factory=dict)
     glofnd: dict | None = None
+    gradcache: dict | None = None
     matryoshka: MatryoshkaSpec | None = None
     loss_class: type = field(init=False, repr=False)
 
@@ -227,6 +257,14 @@ class LossSpec:
         spec.matryoshka = matryoshka
         spec.loss_class = resolve_loss_class(spec.name)
         spec._check_arguments()
+        if spec.gradcache is not None:
+            if unknown := sorted(set(spec.gradcache) - {"mini_batch_size", "mini_batch_num_tokens"}):
+                raise ConfigError(
+                    f"Unknown key(s) {unknown} in loss.gradcache; known: mini_batch_size, mini_batch_num_tokens."
+                )
+            positive("loss.gradcache.mini_batch_size", spec.gradcache.get("mini_batch_size"))
+            if not callable(getattr(spec.loss_class, "compute_loss_from_embeddings", None)):
+                raise ConfigError(f"loss.gradcache: {spec.name} does not compute from embeddings; it cannot be cached.")
         return spec
 
     @property
@@ -266,6 +304,7 @@ class DataSection:
     single_dataset_batches: bool = True
     sample_index: bool | str = "auto"
     no_duplicates: bool = True
+    prepare: dict | None = None
     streams: bool = field(default=False, init=False)
 
     @classmethod
@@ -281,6 +320,11 @@ class DataSection:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"data.datasets.{index}: {error}") from None
             spec.streams = spec.streams or parsed.streams
+            if parsed.streams and parsed.image_columns:
+                raise ConfigError(
+                    f"data.datasets.{index}: image columns are read from local files, folders or tar shards; streaming "
+                    "image-text data (URLs or stream: true) is not supported yet. Copy it locally, stream: false."
+                )
         if spec.streams and spec.batch_sampler not in ("no_duplicates", "batch_sampler"):
             raise ConfigError(
                 f"data.batch_sampler: {spec.batch_sampler!r} needs the whole dataset, but data.datasets stream (URLs "
@@ -295,7 +339,26 @@ class DataSection:
         positive("data.max_tokens", spec.max_tokens)
         if spec.sample_index not in ("auto", True, False):
             raise ConfigError(f"data.sample_index must be auto, true or false, not {spec.sample_index!r}.")
+        if spec.prepare is not None:
+            _check_prepare(spec.prepare)
         return spec
+
+
+def _check_prepare(prepare: Mapping[str, Any]) -> None:
+    """``data.prepare``: ``{function: "module:function", kwargs: {...}}``, a function that writes the data."""
+    if unknown := sorted(set(prepare) - {"function", "kwargs"}):
+        raise ConfigError(f"Unknown key(s) {unknown} in data.prepare; known: ['function', 'kwargs'].")
+    name = prepare.get("function")
+    if not isinstance(name, str) or ":" not in name:
+        raise ConfigError(f"data.prepare.function must be 'package.module:function', got {describe(name)}.")
+    module_name, _, function = name.partition(":")
+    try:
+        target = getattr(importlib.import_module(module_name), function)
+    except (ImportError, AttributeError) as error:
+        raise ConfigError(f"data.prepare.function {name!r} cannot be imported: {error}") from None
+    if not callable(target):
+        raise ConfigError(f"data.prepare.function {name!r} is not callable.")
+    check_type("data.prepare.kwargs", prepare.get("kwargs") or {}, dict)
 
 
 @dataclass

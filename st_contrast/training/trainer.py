@@ -9,12 +9,15 @@ from typing import Any
 
 import torch
 from sentence_transformers import SentenceTransformerTrainer
+from sentence_transformers.base.modality_types import MODALITY_TO_PROCESSOR_ARG as MODALITIES
+from sentence_transformers.base.modules import Router
 from transformers import TrainerCallback, TrainerState
 from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
 from st_contrast.compat import load_checkpoint_weights, trainer_output_dir, training_progress_bar
+from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.data.streaming import StreamingDataset
 from st_contrast.losses.progress import set_training_progress
@@ -37,7 +40,7 @@ from st_contrast.training.stream_state import (
     stream_dataloader,
 )
 
-__all__ = ["ContrastiveTrainer", "MonitoredTrainer"]
+__all__ = ["ContrastiveTrainer", "MonitoredTrainer", "check_tower_loss"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
       learning rate when the loss was given ``temperature_lr``, and is clamped after every optimizer step as CLIP does.
     - **Progress.** Losses that schedule by training progress (GloFND's update and filtering starts, FastCLIP's
       gamma decay) get the trainer's step and epoch before every step.
+    - **Images.** Image columns of :mod:`st_contrast.data` hold references; the collator
+      (:class:`~st_contrast.data.ImageTextDataCollator`) decodes each batch's images, with errors naming file and row.
     - **Monitoring** (on by default): ``log.jsonl`` / ``eval.jsonl`` in ``args.output_dir``, real tokens/s, MFU and
       the step-time breakdown in the logs and the progress bar (:func:`~st_contrast.callbacks.enable_monitoring`).
 
@@ -84,6 +89,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train_dataset, loss=loss)
             trainer.train(resume_from_checkpoint=True)  # the latest checkpoint in args.output_dir, if any
     """
+
+    data_collator_class = ImageTextDataCollator
 
     def __init__(self, *args: Any, monitoring: bool | dict[str, Any] = True, **kwargs: Any) -> None:
         options = dict(monitoring) if isinstance(monitoring, dict) else {}
@@ -105,6 +112,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         super().__init__(*args, **kwargs)
         if isinstance(stream, StreamingDataset):
             self.train_dataset = stream
+        check_tower_loss(self.model, self.loss, self.args.world_size)
         # A resumed multi-process run must continue the interrupted epoch's data order (see the callback).
         self.add_callback(SamplerEpochCallback())
         if isinstance(self.train_dataset, StreamingDataset):
@@ -112,6 +120,13 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         self.add_callback(_ClampTemperatures(self))
         if monitoring is not False:
             enable_monitoring(self, **options)
+
+    def get_data_collator(self, model: Any, args: Any, processing_class: Any = None) -> Any:
+        """ST's collator; a model whose ``Router`` routes by modality only (a two-tower image-text model) needs no
+        ``router_mapping``: each column goes to the tower of its modality, as in ``model.encode``."""
+        if not args.router_mapping and any(_routes_by_modality(module) for module in model.children()):
+            return self.data_collator_class(preprocess_fn=model.preprocess, router_mapping={}, prompts=args.prompts)
+        return super().get_data_collator(model, args, processing_class)
 
     def get_train_dataloader(self) -> Any:
         """ST's loader, or for a :class:`~st_contrast.data.StreamingDataset` a loader of its batches on this rank."""
@@ -247,6 +262,34 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
                 "restart from its initial values. Resume from a checkpoint written by st_contrast's "
                 "ContrastiveTrainer, or start a new run."
             )
+
+
+def check_tower_loss(model: Any, loss: Any, world_size: int) -> None:
+    """Refuse an uncached loss for a modality-routed (two-tower) model on several processes.
+
+    Such a loss embeds the image and the text columns in separate forward passes through disjoint towers before one
+    backward, which ``DistributedDataParallel`` cannot reduce: it stops deep in the backward pass, or (with
+    ``ddp_find_unused_parameters=False``) averages one tower's gradients wrongly. GradCache losses re-embed under
+    ``no_sync`` and are reduced right (tested on 2 processes).
+    """
+    losses = loss.values() if isinstance(loss, dict) else [loss]
+    if world_size > 1 and any(_routes_by_modality(module) for module in model.children()):
+        uncached = [type(part).__name__ for part in losses if not getattr(part, "uses_gradient_cache", False)]
+        if uncached:
+            raise ValueError(
+                f"{', '.join(uncached)} on a two-tower (modality-routed) model cannot train on {world_size} processes: "
+                "DistributedDataParallel cannot reduce the two towers' separate forward passes. Use a GradCache "
+                "loss: CachedInfoNCELoss, or GradCacheLoss(loss) (in a config: loss.gradcache: {mini_batch_size: 32})."
+            )
+
+
+def _routes_by_modality(module: Any) -> bool:
+    """Whether ``module`` is a ``Router`` whose every route is chosen by modality, never by task."""
+    if not isinstance(module, Router):
+        return False
+    if module.route_mappings:
+        return all(task is None and modality is not None for task, modality in module.route_mappings)
+    return set(module.sub_modules) <= set(MODALITIES)
 
 
 class _ClampTemperatures(TrainerCallback):

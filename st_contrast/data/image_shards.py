@@ -1,0 +1,99 @@
+"""Webdataset-style tar shards of image-text pairs, indexed without decoding or reading the images.
+
+A shard is a plain tar file whose members are grouped by key (the member name up to its first dot, as in
+webdataset): ``0001.jpg`` + ``0001.txt`` (+ ``0001.json``) is one sample. Each sample becomes a row with an
+``image`` column (a reference to the image's byte range inside the shard, decoded only when its batch is built), a
+``text`` column (the ``.txt`` member) and the top-level fields of the ``.json`` member as further columns.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import PurePosixPath
+from typing import Any
+
+import datasets
+
+from st_contrast.data.columns import DataError
+from st_contrast.data.images import IMAGE_REFERENCE
+
+__all__ = ["IMAGE_EXTENSIONS", "load_image_shards"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def _samples(shard: str) -> list[dict[str, Any]]:
+    """The shard's samples in order: ``{"key", "image": TarInfo | None, "txt": str | None, "json": dict | None}``."""
+    samples: dict[str, dict[str, Any]] = {}
+    try:
+        with tarfile.open(shard, "r:") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                path = PurePosixPath(member.name)
+                key, _, extension = path.name.partition(".")
+                key = str(path.parent / key)
+                sample = samples.setdefault(key, {"key": key, "image": None, "txt": None, "json": None})
+                extension = "." + extension.lower()
+                if extension in IMAGE_EXTENSIONS:
+                    sample["image"] = member
+                elif extension in (".txt", ".json"):
+                    raw = archive.extractfile(member).read()
+                    try:
+                        text = raw.decode("utf8")
+                        sample[extension[1:]] = json.loads(text) if extension == ".json" else text.strip()
+                    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                        raise DataError(f"{shard}, member {member.name!r}: cannot be read ({error}).") from error
+    except (tarfile.TarError, OSError) as error:
+        raise DataError(f"{shard}: not a readable tar shard ({type(error).__name__}: {error}).") from error
+    return list(samples.values())
+
+
+def load_image_shards(
+    shards: list[str], name: str, max_rows: int | None = None
+) -> tuple[datasets.Dataset, list[tuple[str, int]]]:
+    """Index ``shards`` as one dataset (images as byte-range references); returns it and ``(shard, rows)`` counts.
+
+    Raises:
+        DataError: A shard that is no tar file, a sample without an image or without a ``.txt`` / ``.json``
+            caption, or a malformed ``.json``; the message names the shard and the sample's key.
+    """
+    rows: list[dict[str, Any]] = []
+    counts = []
+    for shard in shards:
+        samples = _samples(shard)
+        if not samples:
+            raise DataError(f"Dataset {name!r}: {shard} holds no samples.")
+        for number, sample in enumerate(samples):
+            where = f"{shard}, row {number} (key {sample['key']!r})"
+            if sample["image"] is None:
+                raise DataError(f"{where}: the sample has no image member ({', '.join(IMAGE_EXTENSIONS)}).")
+            if sample["txt"] is None and sample["json"] is None:
+                raise DataError(f"{where}: the sample has no .txt or .json member with its text.")
+            if sample["json"] is not None and not isinstance(sample["json"], dict):
+                raise DataError(f"{where}: its .json member must hold an object, got {type(sample['json']).__name__}.")
+            member = sample["image"]
+            row = {
+                "image": {
+                    "image_path": shard,
+                    "image_bytes": None,
+                    "offset": member.offset_data,
+                    "size": member.size,
+                    "row": where,
+                },
+                **({"text": sample["txt"]} if sample["txt"] is not None else {}),
+                **(sample["json"] or {}),
+            }
+            rows.append(row)
+        counts.append((shard, len(samples)))
+        if max_rows is not None and len(rows) >= max_rows:
+            break
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    missing = [column for column in columns if any(column not in row for row in rows)]
+    if missing:
+        raise DataError(f"Dataset {name!r}: the columns {missing} are missing from some samples of {shards[0]}...")
+    table = {column: [row[column] for row in rows] for column in columns}
+    features = datasets.Dataset.from_dict({k: v for k, v in table.items() if k != "image"}).features
+    features["image"] = IMAGE_REFERENCE
+    return datasets.Dataset.from_dict(table, features=datasets.Features(features)), counts

@@ -1,0 +1,146 @@
+"""Image columns of training data: lazy references in the dataset, decoded per batch with errors naming file and row.
+
+A dataset never holds decoded images. Each image cell becomes an *image reference*, a small struct that says where
+the encoded image is (a file, a byte range of a tar shard, or the encoded bytes themselves) and where the row came
+from. :func:`decode_image` opens it when a batch is collated (see :class:`~st_contrast.data.ImageTextDataCollator`);
+a missing or corrupt image raises a :class:`~st_contrast.data.DataError` that names the image and the data row.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+from st_contrast.data.columns import DataError
+
+__all__ = ["IMAGE_REFERENCE", "decode_image", "image_reference", "is_image_reference", "reference_image_columns"]
+
+IMAGE_REFERENCE = datasets.Features(
+    {
+        "image_path": datasets.Value("string"),
+        "image_bytes": datasets.Value("binary"),
+        "offset": datasets.Value("int64"),
+        "size": datasets.Value("int64"),
+        "row": datasets.Value("string"),
+    }
+)
+"""The Arrow type of an image cell: ``image_path`` (a file, or the tar shard holding the image at ``offset`` with
+``size`` bytes), or ``image_bytes`` (encoded PNG/JPEG...), and ``row``: the data file and row, for error messages."""
+
+
+def image_reference(value: Any, base_dir: str | Path | None, where: str, column: str) -> dict[str, Any]:
+    """The reference of one image cell: a path (relative to ``base_dir``), encoded bytes, a PIL image, or a
+    ``{"bytes", "path"}`` dict (a ``datasets.Image`` cell). A missing file or a value that is no image is a
+    :class:`DataError` naming ``where`` (the data file and row)."""
+    reference = {"image_path": None, "image_bytes": None, "offset": None, "size": None, "row": where}
+    if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
+        if value.get("bytes"):
+            reference["image_bytes"] = bytes(value["bytes"])
+            return reference
+        value = value.get("path")
+    if isinstance(value, (bytes, bytearray)) and value:
+        reference["image_bytes"] = bytes(value)
+        return reference
+    if hasattr(value, "save") and hasattr(value, "mode"):  # a PIL image: stored encoded, as datasets.Image does
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        reference["image_bytes"] = buffer.getvalue()
+        return reference
+    if isinstance(value, (str, os.PathLike)) and str(value).strip():
+        path = Path(os.path.expanduser(str(value)))
+        if not path.is_absolute() and base_dir is not None:
+            path = Path(base_dir) / path
+        if not path.is_file():
+            raise DataError(
+                f"{where}: column {column!r}: image file {str(path)!r} does not exist. Fix or remove the row."
+            )
+        reference["image_path"] = str(path)
+        return reference
+    shown = "null" if value is None else f"a {type(value).__name__}"
+    raise DataError(
+        f"{where}: column {column!r} is {shown}, not an image (a file path, encoded bytes or a PIL image). "
+        "Fix or remove the row."
+    )
+
+
+def is_image_reference(value: Any) -> bool:
+    """Whether ``value`` is a cell built by :func:`image_reference`."""
+    return isinstance(value, Mapping) and "image_path" in value and "image_bytes" in value and "row" in value
+
+
+def decode_image(reference: Mapping[str, Any], column: str = "image"):
+    """Open the image of ``reference`` as an RGB PIL image, fully decoded now (so a truncated file fails here).
+
+    Raises:
+        DataError: The file is gone, unreadable or not a decodable image; the message names the image and the row.
+    """
+    from PIL import Image
+
+    path = reference.get("image_path")
+    what = f"image {path!r}" if path else "the image bytes"
+    try:
+        if reference.get("image_bytes") is not None:
+            data = reference["image_bytes"]
+        elif reference.get("offset") is not None:
+            what = f"image at byte {reference['offset']} of {path!r}"
+            with open(path, "rb") as handle:
+                handle.seek(reference["offset"])
+                data = handle.read(reference["size"])
+        else:
+            with open(path, "rb") as handle:
+                data = handle.read()
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise DataError(
+            f"{reference.get('row')}: column {column!r}: {what} cannot be decoded ({type(error).__name__}: {error}). "
+            "Fix or remove the row."
+        ) from error
+
+
+def reference_image_columns(
+    dataset: datasets.Dataset,
+    columns: Sequence[str],
+    base_dir: Callable[[int], str | Path | None],
+    where: Callable[[int], str],
+    name: str,
+) -> datasets.Dataset:
+    """``dataset`` with each of ``columns`` turned into image references (checked row by row, nothing decoded).
+
+    Args:
+        dataset: The source rows.
+        columns: The image columns.
+        base_dir: Row index -> the directory relative paths of that row are relative to (its data file's folder).
+        where: Row index -> ``"file, row N"`` for messages.
+        name: The dataset's name, for the progress bar.
+    """
+    if any(isinstance(dataset.features[column], datasets.Image) for column in columns):
+        dataset = dataset.cast(
+            datasets.Features(
+                {
+                    key: datasets.Image(decode=False) if key in columns else feature
+                    for key, feature in dataset.features.items()
+                }
+            )
+        )
+    features = datasets.Features(
+        {key: IMAGE_REFERENCE if key in columns else feature for key, feature in dataset.features.items()}
+    )
+
+    def convert(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        for column in columns:
+            batch[column] = [
+                image_reference(value, base_dir(row), where(row), column)
+                for value, row in zip(batch[column], indices, strict=True)
+            ]
+        return batch
+
+    return dataset.map(
+        convert, batched=True, with_indices=True, features=features, desc=f"Indexing the images of {name}"
+    )

@@ -1,0 +1,135 @@
+"""Image columns of training data: paths, bytes, PIL images and tar shards as lazy references, decoded per batch,
+with errors naming the image and the data row; the offline digits and shapes sets."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+
+import datasets
+import numpy as np
+import pytest
+from image_text_helpers import random_images
+from PIL import Image
+
+from st_contrast.data import DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
+from st_contrast.data.synthetic_images import COLOURS, write_digits, write_shapes
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _collate(rows, columns=("image", "caption")):
+    """The rows as the collator hands them to the model: decoded images, texts unchanged."""
+    decoded = []
+    collator = ImageTextDataCollator(preprocess_fn=lambda inputs, **kwargs: decoded.append(inputs) or {})
+    collator([{column: row[column] for column in columns} for row in rows])
+    return decoded
+
+
+@pytest.fixture
+def image_folder(tmp_path):
+    images = random_images(3)
+    (tmp_path / "pics").mkdir()
+    for number, image in enumerate(images):
+        image.save(tmp_path / "pics" / f"{number}.png")
+    return tmp_path, images
+
+
+def test_jsonl_paths_relative_to_the_file_are_decoded_per_batch(image_folder):
+    folder, images = image_folder
+    rows = [{"image": f"pics/{n}.png", "caption": f"picture {n}"} for n in range(3)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = load_dataset_spec({"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"]})
+    assert data.column_names == ["image", "caption"]
+    assert data[0]["image"]["image_path"] == str(folder / "pics" / "0.png")  # a reference, nothing decoded
+    decoded_images, captions = _collate(data)
+    assert captions == ["picture 0", "picture 1", "picture 2"]
+    for decoded, original in zip(decoded_images, images, strict=True):
+        assert np.array_equal(np.asarray(decoded), np.asarray(original))
+
+
+def test_parquet_bytes_csv_paths_and_datasets_images(image_folder):
+    folder, images = image_folder
+    datasets.Dataset.from_dict({"picture": [_png(image) for image in images], "text": ["a", "b", "c"]}).to_parquet(
+        folder / "data.parquet"
+    )
+    (folder / "data.csv").write_text("text,picture\n" + "".join(f"t{n},pics/{n}.png\n" for n in range(3)))
+    datasets.Dataset.from_dict({"picture": images, "text": ["a", "b", "c"]}).save_to_disk(str(folder / "saved"))
+    for path in ("data.parquet", "data.csv", "saved"):
+        spec = {"name": "x", "path": str(folder / path), "columns": {"picture": "anchor", "text": "positive"}}
+        data = load_dataset_spec({**spec, "image_columns": ["picture"]})
+        decoded, _ = _collate(data, ("anchor", "positive"))
+        assert np.array_equal(np.asarray(decoded[2]), np.asarray(images[2])), path
+
+
+def test_webdataset_tar_shards(tmp_path):
+    images = random_images(3)
+    with tarfile.open(tmp_path / "shard-0.tar", "w") as archive:
+        for number, image in enumerate(images):
+            for name, payload in ((f"{number:04d}.png", _png(image)),
+                                  (f"{number:04d}.txt", f"caption {number}".encode()),
+                                  (f"{number:04d}.json", json.dumps({"source": f"s{number}"}).encode())):  # fmt: skip
+                member = tarfile.TarInfo(name)
+                member.size = len(payload)
+                archive.addfile(member, io.BytesIO(payload))
+    data = load_dataset_spec({"name": "web", "path": str(tmp_path / "*.tar"), "columns": ["image", "text"]})
+    decoded, captions = _collate(data, ("image", "text"))
+    assert captions == ["caption 0", "caption 1", "caption 2"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, images, strict=True))
+    assert load_dataset_spec({"name": "web", "path": str(tmp_path / "shard-0.tar")})["source"] == ["s0", "s1", "s2"]
+
+
+def test_a_missing_image_is_named_with_its_row_when_the_data_loads(image_folder):
+    folder, _ = image_folder
+    rows = [{"image": "pics/0.png", "caption": "ok"}, {"image": "pics/gone.png", "caption": "missing"}]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    with pytest.raises(DataError, match=r"data\.jsonl, row 1 \(data line 2\): column 'image': image file .*gone\.png"):
+        load_dataset_spec({"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"]})
+
+
+def test_a_corrupt_image_is_named_with_its_row_when_its_batch_is_built(image_folder):
+    folder, _ = image_folder
+    (folder / "pics" / "1.png").write_bytes(_png(random_images(1)[0])[:40])  # a truncated PNG
+    rows = [{"image": f"pics/{n}.png", "caption": "c"} for n in range(3)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = load_dataset_spec({"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"]})
+    with pytest.raises(DataError, match=r"data\.jsonl, row 1 \(data line 2\): column 'image': image '.*1\.png' cannot"):
+        _collate(data)
+
+
+def test_prefixes_apply_to_the_text_columns_only(image_folder):
+    folder, _ = image_folder
+    (folder / "data.jsonl").write_text(json.dumps({"image": "pics/0.png", "caption": "c"}) + "\n")
+    spec = {"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"], "query_prefix": "query"}
+    assert build_training_data([spec]).prompts == {"caption": "query: "}
+
+
+def test_offline_sets(tmp_path):
+    digits = write_digits(tmp_path, test_fraction=0.25)
+    rows = {split: [json.loads(line) for line in open(digits / f"{split}.jsonl")] for split in ("train", "test")}
+    assert len(rows["train"]) + len(rows["test"]) == 1797 and len(rows["test"]) == 449
+    assert not {row["image"] for row in rows["train"]} & {row["image"] for row in rows["test"]}
+    assert all(row["caption"] == f"a handwritten digit {row['label']}" for row in rows["test"])
+    from sklearn.datasets import load_digits  # the first test image is the scan it says it is
+
+    scans = load_digits()
+    first = np.asarray(Image.open(digits / rows["test"][0]["image"]).resize((8, 8), Image.Resampling.BILINEAR))
+    match = np.abs(255 - scans.images * (255 / 16) - first).reshape(len(scans.images), -1).mean(axis=1).argmin()
+    assert ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"][scans.target[match]] == (
+        rows["test"][0]["label"]
+    )
+
+    shapes = write_shapes(tmp_path, train_per_combination=1)
+    test = [json.loads(line) for line in open(shapes / "test.jsonl")]
+    assert len({row["caption"] for row in test}) == len(test) == 64
+    for row in test:  # the named colour is in the named half of the image
+        colour_name, position = row["caption"].split(" ")[1], " ".join(row["caption"].split(" ")[3:])
+        pixels = np.asarray(Image.open(shapes / row["image"])).astype(int)
+        half = {"on the left": pixels[:, :16], "on the right": pixels[:, 16:], "at the top": pixels[:16],
+                "at the bottom": pixels[16:]}[position]  # fmt: skip
+        assert (np.abs(half - np.array(COLOURS[colour_name])).sum(axis=-1) < 30).any(), row

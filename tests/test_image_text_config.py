@@ -1,0 +1,66 @@
+"""The image-text forms of the run configuration: model.vision / lock / embedding_dim, loss.gradcache, data.prepare."""
+
+from __future__ import annotations
+
+import pytest
+from sentence_transformers.base.modules import Dense, Router
+from test_training_config import BASE, write
+
+from st_contrast.losses import GradCacheLoss, SigLIPLoss
+from st_contrast.training.builders import build_loss, build_model
+from st_contrast.training.config import ConfigError, load_config
+
+VISION = {"config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hidden_size": 32,
+                     "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": {"name_or_path": "minilm", "vision": {"config": {}, "name_or_path": "x"}}}, "exactly one of"),
+        ({"model": {"name_or_path": "minilm", "vision": {"size": 3}}}, r"Unknown key\(s\) \['size'\] in model.vision"),
+        ({"model": {"name_or_path": "minilm", "vision": {"config": 3}}}, "model.vision.config must be a mapping"),
+        ({"model": {"name_or_path": "minilm", "vision": VISION, "lock": "both"}}, "model.lock must be 'text' or"),
+        ({"model": {"name_or_path": "minilm", "lock": "text"}}, "need a two-tower model"),
+        ({"model": {"name_or_path": "minilm", "vision": VISION, "embedding_dim": 0}}, "embedding_dim must be positive"),
+        ({"loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch": 4}}}, r"Unknown key\(s\) \['mini_batch'\]"),
+        ({"loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch_size": 0}}}, "mini_batch_size must be positive"),
+        ({"data": {**BASE["data"], "prepare": {"function": "nowhere:write"}}}, "cannot be imported"),
+        ({"data": {**BASE["data"], "prepare": {"function": "write"}}}, "'package.module:function'"),
+        (
+            {"data": {"datasets": [{"name": "pics", "path": "s3://bucket/pics.jsonl", "image_columns": ["image"]}]}},
+            "streaming image-text data",
+        ),
+    ],
+)
+def test_invalid_image_text_configurations_are_refused(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, {**BASE, **change}))
+
+
+def test_two_tower_model_and_cached_loss_from_the_config(tmp_path, minilm_path):
+    config = load_config(
+        write(
+            tmp_path,
+            {
+                **BASE,
+                "model": {
+                    "name_or_path": minilm_path,
+                    "packed": False,
+                    "vision": VISION,
+                    "lock": "image",
+                    "embedding_dim": 24,
+                },
+                "loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch_size": 4}},
+            },
+        )  # fmt: skip
+    )
+    model = build_model(config.model)
+    router = model[0]
+    assert isinstance(router, Router) and set(router.sub_modules) == {"text", "image"}
+    assert model.encode(["a caption"]).shape == (1, 24)
+    assert all(isinstance(route[-1], Dense) and route[-1].out_features == 24 for route in router.sub_modules.values())
+    assert not any(parameter.requires_grad for parameter in router.sub_modules["image"].parameters())
+    assert all(parameter.requires_grad for parameter in router.sub_modules["text"][0].parameters())
+    loss = build_loss(model, config.loss)
+    assert isinstance(loss, GradCacheLoss) and isinstance(loss.loss, SigLIPLoss) and loss.mini_batch_size == 4

@@ -1,0 +1,148 @@
+"""Two-tower image-text models: plain save / reload, CLIP checkpoints as they are, LiT locking and its cache."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+from datasets import Dataset
+from image_text_helpers import TINY_VIT, parameters_of, random_images, tiny_two_tower
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+
+from st_contrast import ContrastiveTrainer
+from st_contrast.losses import CLIPLoss
+from st_contrast.recipes import clip_model, two_tower_model, vision_tower
+
+TEXTS = ["a red circle on the left", "a handwritten digit seven", "a blue square at the top"]
+
+# Reload in a fresh interpreter where importing st_contrast fails: the saved model must be plain Sentence Transformers.
+RELOAD_WITHOUT_ST_CONTRAST = """
+import sys, json, numpy as np
+from PIL import Image
+sys.modules["st_contrast"] = None
+from sentence_transformers import SentenceTransformer
+model = SentenceTransformer(sys.argv[1], device="cpu")
+images = [Image.fromarray(a) for a in np.load(sys.argv[2])]
+np.save(sys.argv[3], np.concatenate([model.encode(json.loads(sys.argv[4])), model.encode(images)]))
+"""
+
+
+def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_transformers(minilm_path, tmp_path):
+    import numpy as np
+
+    model = tiny_two_tower(minilm_path, lock="text")
+    images = random_images(4)
+    text_embeddings, image_embeddings = model.encode(TEXTS), model.encode(images)
+    assert text_embeddings.shape == (3, 16) and image_embeddings.shape == (4, 16)
+    assert np.allclose(np.linalg.norm(image_embeddings, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(image_embeddings[0], image_embeddings[1]), "different images got the same embedding"
+
+    model.save(str(tmp_path / "model"))
+    np.save(tmp_path / "images.npy", np.stack([np.asarray(image) for image in images]))
+    subprocess.run(
+        [sys.executable, "-c", RELOAD_WITHOUT_ST_CONTRAST, str(tmp_path / "model"), str(tmp_path / "images.npy"),
+         str(tmp_path / "out.npy"), __import__("json").dumps(TEXTS)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    reloaded = np.load(tmp_path / "out.npy")
+    np.testing.assert_allclose(reloaded[:3], text_embeddings, atol=1e-6)
+    np.testing.assert_allclose(reloaded[3:], image_embeddings, atol=1e-6)
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_locked_minilm_text_tower_embeds_as_minilm_itself(minilm_path, packed):
+    """LiT keeps the text model as it is: with no projection (shared size = MiniLM's), its text embeddings are the
+    packaged all-MiniLM-L6-v2's (padded or packed), served from the locked-tower cache for repeated captions."""
+    model = two_tower_model(minilm_path, TINY_VIT, lock="text", packed=packed, device="cpu")
+    reference = SentenceTransformer(minilm_path, device="cpu").encode(TEXTS + TEXTS[:1], convert_to_tensor=True)
+    word_embeddings = model[0].sub_modules["text"][0].auto_model.embeddings.word_embeddings
+    calls = []
+    hook = word_embeddings.register_forward_hook(lambda module, args, output: calls.append(len(args[0])))
+    model.train()  # the trainer's mode: the locked tower must stay in eval mode (no dropout)
+    for _ in range(2):
+        features = model.preprocess(TEXTS + TEXTS[:1])
+        embeddings = model(features)["sentence_embedding"]
+        torch.testing.assert_close(embeddings, reference, atol=1e-6, rtol=0)
+    hook.remove()
+    if not packed:  # packed batches are one flattened row: the cache steps aside (see cache_locked_embeddings)
+        assert calls == [3], f"the locked tower should embed each distinct text once, ran on batches of {calls}"
+
+
+def _train(model, output_dir, steps: int = 3) -> ContrastiveTrainer:
+    images = random_images(8)
+    dataset = Dataset.from_dict({"image": images, "caption": [f"caption number {i}" for i in range(8)]})
+    args = SentenceTransformerTrainingArguments(
+        str(output_dir), max_steps=steps, per_device_train_batch_size=4, learning_rate=1e-2, report_to=[],
+        save_strategy="no", use_cpu=True,
+    )  # fmt: skip
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=dataset, loss=CLIPLoss(model), monitoring=False)
+    trainer.train()
+    return trainer
+
+
+@pytest.mark.parametrize("locked", ["text", "image"])
+def test_lit_locked_tower_is_unchanged_out_of_the_optimizer_and_in_eval_mode(tiny_model_factory, locked, tmp_path):
+    model = tiny_two_tower(tiny_model_factory("bert"), lock=locked)
+    trained = "image" if locked == "text" else "text"
+    router = model[0]
+    before = {tower: parameters_of(router.sub_modules[tower]) for tower in ("text", "image")}
+    trainer = _train(model, tmp_path)
+    after = {tower: parameters_of(router.sub_modules[tower]) for tower in ("text", "image")}
+    for name, value in before[locked].items():
+        assert torch.equal(value, after[locked][name]), f"the locked {locked} tower changed: {name}"
+    assert any(not torch.equal(value, after[trained][name]) for name, value in before[trained].items())
+    optimized = {id(parameter) for group in trainer.optimizer.param_groups for parameter in group["params"]}
+    assert not optimized & {id(parameter) for parameter in router.sub_modules[locked].parameters()}
+    assert {id(parameter) for parameter in router.sub_modules[trained].parameters()} <= optimized
+    model.train()
+    assert not any(module.training for module in router.sub_modules[locked].modules())
+    assert router.sub_modules[trained].training
+
+
+def test_clip_checkpoint_is_used_as_it_is(minilm_path, tmp_path):
+    """A single CLIP checkpoint: the embeddings are transformers' own get_text_features / get_image_features."""
+    from transformers import AutoTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+    vision = {"image_size": 16, "patch_size": 8, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+              "intermediate_size": 64}  # fmt: skip
+    torch.manual_seed(0)
+    reference = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=8)).eval()
+    reference.save_pretrained(tmp_path / "clip")
+    size = {"shortest_edge": 16}
+    processor = CLIPProcessor(CLIPImageProcessor(size=size, crop_size={"height": 16, "width": 16}), tokenizer)
+    processor.save_pretrained(tmp_path / "clip")
+
+    model = clip_model(str(tmp_path / "clip"), device="cpu")
+    images = random_images(2)
+    with torch.no_grad():
+        inputs = processor(text=TEXTS, images=images, return_tensors="pt", padding=True)
+        text_features = reference.get_text_features(
+            input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]
+        )
+        image_features = reference.get_image_features(pixel_values=inputs["pixel_values"])
+    expected_text = torch.nn.functional.normalize(getattr(text_features, "pooler_output", text_features), dim=-1)
+    expected_image = torch.nn.functional.normalize(getattr(image_features, "pooler_output", image_features), dim=-1)
+    torch.testing.assert_close(model.encode(TEXTS, convert_to_tensor=True), expected_text, atol=1e-5, rtol=0)
+    torch.testing.assert_close(model.encode(images, convert_to_tensor=True), expected_image, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    ("config", "pooling", "expected_modules"),
+    [
+        ({"model_type": "dinov2"}, "auto", ["Transformer"]),  # its normalised CLS (pooler_output)
+        ({"model_type": "clip_vision_model"}, "auto", ["Transformer"]),
+        ({"model_type": "vit"}, "mean", ["Transformer", "Pooling"]),
+    ],
+)
+def test_vision_towers_from_transformers(config, pooling, expected_modules):
+    settings = {key: value for key, value in TINY_VIT.items() if key != "model_type"}
+    modules = vision_tower({**settings, **config}, pooling=pooling)
+    assert [type(module).__name__ for module in modules] == expected_modules
+    model = SentenceTransformer(modules=modules, device="cpu")
+    embeddings = model.encode(random_images(2), convert_to_tensor=True)
+    assert embeddings.shape == (2, 32) and not torch.allclose(embeddings[0], embeddings[1])
