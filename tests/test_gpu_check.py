@@ -1,5 +1,7 @@
 """``bash benchmarks/gpu_check.sh`` in its CPU form: the CUDA parts skip with the reason, the others run at toy sizes.
 
+It is also the small run of ``bench_backbone.py`` (MiniLM size and the attention op alone) that CI keeps.
+
 The GPU figures come from running it on a GPU (benchmarks/RESULTS.md); this keeps the one command working end to end on
 a machine without CUDA, so that the GPU run is spent measuring, not debugging.
 """
@@ -41,6 +43,9 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
 
     backbone = parts["backbone_minilm"]["result"]
     assert backbone["flash_backend"] == "sdpa"
+    for section in ("train", "encode"):
+        assert backbone[section]["ratio"] > 0
+        assert backbone[section]["flash"]["tokens_per_s"] > 0 and backbone[section]["stock"]["tokens_per_s"] > 0
     assert "flash_attn" in backbone["skipped"]["stock_unpad"] or "CUDA" in backbone["skipped"]["stock_unpad"]
     # Both backbones saw the same batches: the padded layout's padding is the same number for both.
     assert backbone["train"]["flash"]["padding_fraction"] == backbone["train"]["stock"]["padding_fraction"] > 0
