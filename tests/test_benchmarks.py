@@ -24,21 +24,6 @@ def run_benchmark(script: str, *args: str) -> dict:
 
 
 @pytest.mark.slow
-def test_bench_backbone_small_run():
-    report = run_benchmark(
-        "bench_backbone.py", "--batch-size=8", "--steps=1", "--warmup=1", "--encode-sentences=32", "--max-seq-length=64"
-    )
-    if report["device"].startswith("cpu"):
-        assert report["flash_backend"] == "sdpa"
-    for section in ("train", "encode"):
-        assert report[section]["ratio"] > 0
-        assert report[section]["flash"]["tokens_per_s"] > 0 and report[section]["stock"]["tokens_per_s"] > 0
-    # Both backbones saw the same batches, so they report the same padding of the padded layout.
-    assert report["train"]["flash"]["padding_fraction"] == report["train"]["stock"]["padding_fraction"] > 0
-    assert 0 < report["attention"]["padding_fraction"] < 1
-
-
-@pytest.mark.slow
 def test_bench_backbone_random_nomic_bert():
     """--config builds a NomicBERT-like model offline and times it against stock ST."""
     report = run_benchmark(

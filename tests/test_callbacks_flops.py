@@ -86,3 +86,33 @@ def test_peak_table_and_precision(monkeypatch):
     assert training_precision(SimpleNamespace(bf16=True, fp16=False)) == "bf16"
     with pytest.raises(ValueError, match="positive"):
         model_flops_utilization(1.0, 0.0, 1e12)
+
+
+@pytest.mark.parametrize(
+    ("device_name", "bf16", "expected_peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", True, 989.4e12),
+        ("NVIDIA H200", True, 989.4e12),
+        ("NVIDIA A100-SXM4-80GB", False, 19.5e12),
+    ],
+)
+def test_monitor_on_a_gpu_resolves_its_peak_for_mfu(monkeypatch, device_name, bf16, expected_peak):
+    """What a GPU run's monitor does at train begin (device name mocked): the peak of that GPU in the run's precision,
+    from which every log (and the progress bar) gets ``mfu``."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl, TrainerState
+
+    from st_contrast.callbacks import ThroughputMonitor
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: device_name)
+    monkeypatch.setattr(torch, "get_float32_matmul_precision", lambda: "highest")
+    monitor = ThroughputMonitor()
+    args = SimpleNamespace(device=torch.device("cuda:0"), world_size=1, bf16=bf16, fp16=False, tf32=None)
+    with torch.device("meta"):
+        model = BertModel(BertConfig())
+    monitor.on_train_begin(args, TrainerState(), TrainerControl(), model=model)
+    assert monitor.resolved_peak_flops == expected_peak
+    assert monitor.run_info()["device"] == device_name
+    assert monitor.flops.non_embedding_params == bert_base_non_embedding_params()

@@ -187,7 +187,20 @@ def test_rerun_after_a_kill_resumes_from_the_checkpoint(tmp_path, tiny_model_fac
     torch.testing.assert_close(flat_weights(resumed), flat_weights(straight), atol=1e-6, rtol=1e-5)
 
 
-def test_torchrun_two_ranks_share_the_dataset_of_each_step(tmp_path, tiny_model_factory, shared_data):
+LAUNCHERS = {
+    "torchrun": ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"),
+    # accelerate's torch-elastic launcher on 2 CPU processes (no MPI); the run's use_cpu + gloo keep them on the CPU
+    "accelerate": (
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml"),
+    ),
+}
+
+
+@pytest.mark.parametrize("launcher", ["torchrun", pytest.param("accelerate", marks=pytest.mark.slow)])
+def test_two_ranks_share_the_dataset_of_each_step(tmp_path, tiny_model_factory, shared_data, launcher):
     triplets = read_rows(shared_data / "nli" / "derived" / "triplets.tsv.gz", 64)
     first = write_tsv(tmp_path / "a.tsv", triplets[:40])
     second = write_tsv(tmp_path / "b.tsv", triplets[40:64])
@@ -198,8 +211,7 @@ def test_torchrun_two_ranks_share_the_dataset_of_each_step(tmp_path, tiny_model_
     config = recording_config(
         tiny_model_factory("bert"), tmp_path / "run", tmp_path / "records", datasets, max_steps=6, ddp_backend="gloo"
     )
-    launcher = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
-    result = run_cli("train", write_config(tmp_path / "ddp.yaml", config), launcher=launcher)
+    result = run_cli("train", write_config(tmp_path / "ddp.yaml", config), launcher=LAUNCHERS[launcher])
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     rank0, rank1 = records(tmp_path / "records", 0), records(tmp_path / "records", 1)

@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 STS_PAIRS = 200
 ACCELERATE = ("-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples" / "accelerate" / "cpu.yaml"))
-TORCHRUN = ("-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2")
+ACCELERATE_TWO_CPUS = (*ACCELERATE[:-1], str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml"))
 
 
 def run(*command: str) -> str:
@@ -77,7 +77,8 @@ def st_spearman(model: SentenceTransformer, pairs: tuple[list[str], list[str], l
 
 
 @pytest.mark.slow
-def test_nli_glofnd_config_under_torchrun_two_cpu_processes(tmp_path, shared_data):
+def test_nli_glofnd_config_under_accelerate_with_two_cpu_processes(tmp_path, shared_data):
+    """The README's multi-process launcher for this config; torchrun runs `st-contrast train` in test_cli_train.py."""
     pairs = sts_subset(shared_data, tmp_path / "sts.tsv")
     output_dir = tmp_path / "run"
     metrics = train_config(
@@ -85,7 +86,7 @@ def test_nli_glofnd_config_under_torchrun_two_cpu_processes(tmp_path, shared_dat
         "data.datasets.0.max_rows=48", "data.datasets.1.max_rows=48", "training.per_device_train_batch_size=4",
         "training.max_steps=3", "training.logging_steps=1", "loss.glofnd.start_step=1",
         "training.use_cpu=true", "training.ddp_backend=gloo",
-        launcher=TORCHRUN,
+        launcher=ACCELERATE_TWO_CPUS,
     )  # fmt: skip
     log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]

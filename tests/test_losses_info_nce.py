@@ -134,7 +134,7 @@ def test_a_model_saved_with_logit_scale_hands_it_to_the_loss(model, tmp_path):
     assert "st_contrast" not in (tmp_path / "now" / "modules.json").read_text()
 
 
-@pytest.mark.parametrize("mini_batch_size", [1, 3, 8])
+@pytest.mark.parametrize("mini_batch_size", [1, 3, 8, 24])  # 24: the whole batch (3 x 8) fits one mini-batch
 def test_cached_gradients_equal_uncached_with_dropout(tiny_model_factory, snli_sentences, mini_batch_size):
     path = tiny_model_factory("bert")
     columns = [snli_sentences[:8], snli_sentences[50:58], snli_sentences[90:98]]
@@ -157,6 +157,28 @@ def test_cached_gradients_equal_uncached_with_dropout(tiny_model_factory, snli_s
     reference.compute_loss_from_embeddings(embeddings, None).backward()
 
     assert_same_gradients(gradients(cached_model), gradients(reference_model))
+
+
+@pytest.mark.parametrize(
+    ("mini_batch_size", "training_forwards", "evaluation_forwards"),
+    [(3, 2 * 9 - 1, 9), (8, 2 * 3 - 1, 3), (23, 2 * 3 - 1, 3), (24, 3, 3)],  # 3 columns of 8 texts
+)
+def test_cached_loss_embeds_each_mini_batch_twice_except_the_first(
+    tiny_model_factory, snli_sentences, mini_batch_size, training_forwards, evaluation_forwards
+):
+    """GradCache embeds every mini-batch without gradients, then again with them; the first mini-batch's graph is
+    kept from the first pass instead, and a batch that fits one mini-batch (24 texts) is embedded once."""
+    model = tiny_model(tiny_model_factory("bert"))
+    features = tokenize_columns(model, [snli_sentences[:8], snli_sentences[50:58], snli_sentences[90:98]])
+    calls = []
+    model[0].register_forward_hook(lambda module, args, output: calls.append(torch.is_grad_enabled()))
+    loss_fn = CachedInfoNCELoss(model, mini_batch_size=mini_batch_size)
+    loss_fn([dict(f) for f in features], None).backward()
+    assert len(calls) == training_forwards
+    calls.clear()
+    with torch.no_grad():  # evaluation: one pass per mini-batch
+        loss_fn([dict(f) for f in features], None)
+    assert calls == [False] * evaluation_forwards
 
 
 @pytest.mark.parametrize("mini_batch_size", [2, 5])

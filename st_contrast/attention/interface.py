@@ -127,6 +127,10 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
     return (half, half)
 
 
+_outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
+"""The packed kernels' inputs are data-dependent (``cu_seqlens``, ``max_len``), so under ``torch.compile``
+(:func:`st_contrast.modules.compile_backbone`) attention is a graph break and runs eagerly; the rest is compiled."""
+
 _registered = False
 
 
@@ -143,6 +147,8 @@ def register_packed_attention() -> None:
     for backend in ATTENTION_BACKENDS:
 
         def forward(*args, _backend: str = backend, **kwargs):
+            if torch.compiler.is_compiling():  # a compiled packed model: the kernel runs between its graphs
+                return _outside_compiled_graphs(*args, backend=_backend, **kwargs)
             return packed_attention_forward(*args, backend=_backend, **kwargs)
 
         register_attention_function(_PREFIX + _NAMES.get(backend, backend), forward)

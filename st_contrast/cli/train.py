@@ -27,9 +27,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _print_summary(config, metrics: dict) -> None:
-    from st_contrast.evaluation import format_results_table
+    if "after" in metrics:  # MTEB (st_contrast.evaluation) is imported only when there are scores to show
+        from st_contrast.evaluation import format_results_table
 
-    if "after" in metrics:
         print(format_results_table(metrics["after"], baseline=metrics.get("before", {})))
     train = metrics.get("train", {})
     print(json.dumps({key: train[key] for key in ("train_loss", "train_runtime", "epoch") if key in train}))

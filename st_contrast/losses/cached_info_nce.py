@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Literal
 
+import torch
 from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.losses.gradcache import RandContext
 from sentence_transformers.sentence_transformer.losses import CachedMultipleNegativesRankingLoss
 from sentence_transformers.util import cos_sim
 from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
 
+from st_contrast.compat import sequences_in
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import Direction, InfoNCELoss
 from st_contrast.losses.temperature import LearnedTemperature
@@ -44,6 +48,12 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
 
         The temperature's gradient is accumulated over the loss chunks on a detached copy and
         back-propagated (and averaged over ranks) once per loss evaluation.
+
+        Two shortcuts keep it close to the uncached speed without changing a gradient or the memory bound: a batch
+        no larger than one mini-batch (all columns together) is embedded once, with gradients, as
+        :class:`InfoNCELoss` does; otherwise the first mini-batch is embedded with gradients in the first pass and its
+        graph kept until the backward pass consumes it first, so it is not embedded twice (in one process; under
+        DDP every mini-batch is replayed, as in Sentence Transformers).
 
         Args:
             model: SentenceTransformer model.
@@ -80,7 +90,8 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             +-------------------------------------------------+--------+
 
         Relations:
-            - Same loss and gradients as :class:`InfoNCELoss`, for a fraction of the memory and ~1.3-2x the time.
+            - Same loss and gradients as :class:`InfoNCELoss`, for a fraction of the memory and ~1.2-1.4x the time
+              (one extra forward pass: 4/3 in theory; benchmarks/RESULTS.md).
             - Works inside ``MatryoshkaLoss`` (which decorates ``calculate_loss``).
 
         Example:
@@ -109,6 +120,7 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             partition_mode=partition_mode,
             show_progress_bar=show_progress_bar,
         )
+        self._kept: tuple[tuple[int, int, int], Tensor] | str | None = None  # see embed_minibatch
         # Swap the wrapped stock loss for the learnable-temperature one; CachedMNRL reads its hyperparameters there.
         self.loss = InfoNCELoss(
             model,
@@ -122,6 +134,44 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
             false_negative_detector=false_negative_detector,
             temperature_lr=temperature_lr,
         )
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        sentence_features = list(sentence_features)
+        self._kept = None
+        grad = torch.is_grad_enabled() and len(sentence_features) >= 2
+        if grad and self._fits_one_mini_batch(sentence_features):
+            reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
+            return self.calculate_loss(reps, labels)
+        ddp = isinstance(getattr(self.model, "_orig_mod", self.model), DistributedDataParallel)  # as ST's hook looks
+        self._kept = "pending" if grad and not ddp else None
+        return super().forward(sentence_features, labels)
+
+    def _fits_one_mini_batch(self, sentence_features: list[dict[str, Tensor]]) -> bool:
+        """Whether every column together is no larger than one mini-batch (then caching saves no memory)."""
+        if self.mini_batch_num_tokens is not None:
+            return False
+        return sum(sequences_in(features) for features in sentence_features) <= self.mini_batch_size
+
+    def embed_minibatch(
+        self,
+        sentence_feature: dict[str, Tensor],
+        begin: int,
+        end: int,
+        with_grad: bool,
+        copy_random_state: bool,
+        random_state: RandContext | None = None,
+    ) -> tuple[Tensor, RandContext | None]:
+        """ST's mini-batch embedding, except for the first mini-batch of a training step: embedded with gradients in
+        the first pass, its graph kept and handed to the backward pass instead of a replay (see the class docs)."""
+        key = (id(sentence_feature), begin, end)
+        if self._kept == "pending" and not with_grad:
+            reps, _ = super().embed_minibatch(sentence_feature, begin, end, with_grad=True, copy_random_state=False)
+            self._kept = (key, reps)
+            return reps, None
+        if with_grad and isinstance(self._kept, tuple) and self._kept[0] == key:
+            reps, self._kept = self._kept[1], None
+            return reps, None
+        return super().embed_minibatch(sentence_feature, begin, end, with_grad, copy_random_state, random_state)
 
     @property
     def learned_temperature(self) -> LearnedTemperature | None:

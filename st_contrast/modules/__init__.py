@@ -15,6 +15,7 @@ from st_contrast.modules.bidirectional import (
     is_bidirectional,
     set_causal,
 )
+from st_contrast.modules.compilation import compile_backbone, is_compiled, uncompile_backbone
 from st_contrast.modules.embedding_tokenizer import SGPT_BRACKETS, EmbeddingTokenizer, EncodedTexts, collate_ids
 from st_contrast.modules.flash_transformer import FlashTransformer, to_flash
 from st_contrast.modules.instruction_pooling import InstructionPooling
@@ -49,10 +50,12 @@ __all__ = [
     "can_pack",
     "check_bidirectional",
     "collate_ids",
+    "compile_backbone",
     "disable_packing",
     "enable_packing",
     "hidden_layers",
     "is_bidirectional",
+    "is_compiled",
     "is_packed",
     "packing_refusal",
     "probe_attention",
@@ -60,4 +63,5 @@ __all__ = [
     "set_attention_backend",
     "set_causal",
     "to_flash",
+    "uncompile_backbone",
 ]

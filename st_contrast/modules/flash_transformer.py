@@ -56,6 +56,9 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
     Args:
         model_name_or_path: Hugging Face model id or local directory, as for ``Transformer``.
         attention_backend: One of ``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``.
+        compile: ``torch.compile`` the packed model with dynamic shapes, the attention kernel between the graphs
+            (one compile for every batch shape, :func:`~st_contrast.modules.compile_backbone`); a dict gives
+            ``torch.compile`` arguments (``{"mode": "max-autotune"}``). Not saved.
         **kwargs: Every other ``Transformer`` argument (``model_kwargs``, ``processor_kwargs``,
             ``max_seq_length``, ...). ``unpad_inputs=False`` is refused: packing is the point.
 
@@ -75,7 +78,14 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
 
     packed_base = Transformer
 
-    def __new__(cls, model_name_or_path: str, *, attention_backend: str = "auto", **kwargs: Any) -> Transformer:
+    def __new__(
+        cls,
+        model_name_or_path: str,
+        *,
+        attention_backend: str = "auto",
+        compile: bool | dict[str, Any] = False,
+        **kwargs: Any,
+    ) -> Transformer:
         if kwargs.get("unpad_inputs") is False:
             raise ValueError(
                 f"{cls.__name__} always packs its inputs (unpad_inputs=False was given). Use "
@@ -84,7 +94,7 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
         # Packing is st_contrast's, not Sentence Transformers' flash_attn path: leave its setting unset, so a
         # saved model does not ask plain Sentence Transformers for unpadding it cannot do without flash_attn.
         kwargs.pop("unpad_inputs", None)
-        return enable_packing(cls.packed_base(model_name_or_path, **kwargs), attention_backend)
+        return enable_packing(cls.packed_base(model_name_or_path, **kwargs), attention_backend, compile=compile)
 
     @classmethod
     def from_transformer(cls, module: Transformer, attention_backend: str = "auto") -> Transformer:

@@ -25,6 +25,7 @@ from st_contrast.compat import (
     restore_padded_inputs,
 )
 from st_contrast.modules.architectures import ARCHITECTURES, model_type_of, packed_refusal
+from st_contrast.modules.compilation import compile_backbone, uncompile_backbone
 from st_contrast.modules.packed_outputs import padded_outputs_hook
 
 __all__ = [
@@ -76,7 +77,9 @@ def can_pack(module: Any) -> bool:
     return packing_refusal(module) is None
 
 
-def enable_packing(module: Transformer, attention_backend: str = "auto") -> Transformer:
+def enable_packing(
+    module: Transformer, attention_backend: str = "auto", compile: bool | dict[str, Any] = False
+) -> Transformer:
     """Make a Sentence Transformers ``Transformer`` run packed, in place; the module's class does not change.
 
     Args:
@@ -84,6 +87,8 @@ def enable_packing(module: Transformer, attention_backend: str = "auto") -> Tran
         attention_backend: ``"auto"`` (``flash_attn``, then PyTorch's ``varlen`` for fp16/bf16 CUDA tensors, else
             ``"sdpa"``), ``"varlen"``, ``"flash_attn"`` or ``"sdpa"`` (exact masked SDPA over the regrouped
             sequences, any device and dtype; ``"cpu"`` is accepted as its former name).
+        compile: ``torch.compile`` the packed model with dynamic shapes (one compile for every batch shape; see
+            :func:`~st_contrast.modules.compile_backbone`); a dict gives ``torch.compile`` arguments.
 
     Returns:
         ``module``.
@@ -104,6 +109,8 @@ def enable_packing(module: Transformer, attention_backend: str = "auto") -> Tran
         module.register_forward_hook(padded_outputs_hook)
         setattr(module, _HOOKED, True)
     set_attention_backend(module, backend)
+    if compile:
+        compile_backbone(module, **(compile if isinstance(compile, dict) else {}))
     return module
 
 
@@ -112,6 +119,7 @@ def disable_packing(module: Transformer) -> Transformer:
     state = getattr(module, _STATE, None)
     if state is None:
         return module
+    uncompile_backbone(module)
     module.model.set_attn_implementation(state["padded_attn_implementation"])
     delattr(module, _STATE)
     restore_padded_inputs(module, state["forward_params"])  # ST re-evaluates its own flattening conditions

@@ -14,7 +14,7 @@ from torch import nn
 from st_contrast.training.specs import AdaptersSpec, LossSpec, ModelSpec
 from st_contrast.training.validation import ConfigError
 
-__all__ = ["MINILM_ALIAS", "apply_adapters", "build_loss", "build_model", "resolve_model_path"]
+__all__ = ["MINILM_ALIAS", "apply_adapters", "build_loss", "build_model", "compile_model", "resolve_model_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,16 @@ def build_model(spec: ModelSpec | dict[str, Any]) -> SentenceTransformer:
     if spec.bidirectional is not None:
         set_causal(model, not spec.bidirectional)
     return model
+
+
+def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
+    """``model.compile``: compile every packed backbone (after the adapters, which replace layers)."""
+    from st_contrast.modules import compile_backbone, is_packed
+
+    if spec.compile:
+        for module in model.modules():
+            if is_packed(module):
+                compile_backbone(module)
 
 
 def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:

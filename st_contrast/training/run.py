@@ -15,7 +15,7 @@ from accelerate import PartialState
 from transformers import set_seed
 
 from st_contrast.training.arguments import build_training_arguments
-from st_contrast.training.builders import apply_adapters, build_loss, build_model
+from st_contrast.training.builders import apply_adapters, build_loss, build_model, compile_model
 from st_contrast.training.checkpoints import STAGING_DIR, CheckpointChoice, newest_complete_checkpoint
 from st_contrast.training.config import dump_config
 from st_contrast.training.specs import DataSection, EvaluationSpec, MonitoringSpec, RunConfig
@@ -151,6 +151,7 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
     set_seed(config.seed)
     model = build_model(config.model)
     apply_adapters(model, config.adapters)
+    compile_model(model, config.model)
     loss = build_loss(model, config.loss, num_samples=data.num_samples)
     sampler_arguments = _sampler_arguments(data_section, model, data.prompts, data.weights)
     args = build_training_arguments(

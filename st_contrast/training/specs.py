@@ -46,6 +46,8 @@ class ModelSpec:
         packed: Run the backbone packed (padding-free; :func:`~st_contrast.modules.enable_packing`). Default true;
             an architecture that cannot run packed is refused with the alternative (``packed: false``).
         attention_backend: The packed kernel: ``auto``, ``varlen``, ``flash_attn`` or ``sdpa`` (``cpu``: old name).
+        compile: ``torch.compile`` the packed backbone with dynamic shapes (one compile for every batch shape;
+            :func:`~st_contrast.modules.compile_backbone`), after the adapters are applied. Needs ``packed``.
         max_seq_length: Truncation length (a positive integer).
         pooling: A ``Pooling`` mode replacing the model's (``mean``, ``cls``, ``lasttoken``, ...).
         normalize: Append a ``Normalize`` module when the model has none.
@@ -64,6 +66,7 @@ class ModelSpec:
     name_or_path: str
     packed: bool = True
     attention_backend: str = "auto"
+    compile: bool = False
     max_seq_length: int | None = None
     pooling: str | None = None
     normalize: bool = False
@@ -93,6 +96,8 @@ class ModelSpec:
         spec = from_mapping(cls, "model", values)
         spec.name_or_path = str(spec.name_or_path)
         positive("model.max_seq_length", spec.max_seq_length)
+        if spec.compile and not spec.packed:
+            raise ConfigError("model.compile compiles the packed backbone: set model.packed: true, or drop compile.")
         from st_contrast.attention.backends import canonical_backend_name
 
         try:

@@ -1,0 +1,363 @@
+"""Every GPU check in one command: the CUDA tests and the GPU benchmarks, each part guarded (``gpu_check.sh`` runs it).
+
+Parts, in the order they run (each in its own process, under its own time limit and the run's overall budget; a part
+that fails or runs out of time is logged and the next one starts):
+
+- ``cuda_tests``: ``pytest -m cuda`` on the test files that have CUDA tests (kernels, bf16 parity of every packed
+  architecture);
+- ``attention``: the attention op alone (forward + backward), packed kernel vs padded SDPA, at 30/45/60% padding,
+  BERT-base heads;
+- ``backbone_bert_base`` / ``backbone_minilm``: ``bench_backbone.py`` on random BERT-base-sized (768 wide, 12 layers)
+  and MiniLM-sized (384 wide, 6 layers, heads of 32) models: training step and encode, packed vs stock ST padded SDPA
+  vs stock ST ``unpad_inputs`` (skipped with the reason where flash_attn is absent), bf16;
+- ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU;
+- ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL from 1k to 16k triplets (step
+  time, ``max_memory_allocated``);
+- ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 for a few steps: the run log (and
+  so the progress bar) must carry ``tokens_per_second`` and, on a known GPU, ``mfu``;
+- ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager.
+
+Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the others run at toy sizes, so
+every command line and report is exercised before a GPU run: their figures are not measurements. Writes
+``gpu_check.json`` (every part: status, seconds, reason or result) and ``gpu_results.md`` (the table of
+``benchmarks/RESULTS.md``'s GPU section, filled in) to ``--out``.
+
+Usage::
+
+    bash benchmarks/gpu_check.sh                # OUT=./gpu_results by default
+    python benchmarks/gpu_check.py --out DIR --budget-s 450
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+CPU_PART_LIMIT_S = 300
+"""Without CUDA the parts are toy-sized, but a CPU shared with other jobs can still be slow: a generous limit each."""
+
+
+@dataclass
+class Part:
+    """One guarded step: its command for a GPU and for a CPU (None: skipped there, with ``cpu_skip`` as the reason)."""
+
+    name: str
+    gpu: list[str] | None
+    cpu: list[str] | None
+    cap_s: int
+    cpu_skip: str = ""
+    json_output: bool = True
+    result_file: Path | None = None  # read this JSON-lines log for the result instead of the output
+
+
+def cuda_test_files() -> list[str]:
+    return sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "tests").glob("test_*.py") if "mark.cuda" in path.read_text()
+    )
+
+
+def trainer_config(directory: Path, model: str, cuda: bool) -> Path:
+    """An ``st-contrast train`` config: the packed random model on NLI triplets, bf16 on a GPU, no MTEB evaluation."""
+    import yaml
+    from shared_data import find_data
+
+    config = {
+        "output_dir": str(directory / "trainer_run"),
+        "model": {"name_or_path": model, "packed": True, "max_seq_length": 128, "pooling": "mean"},
+        "loss": {"name": "InfoNCELoss"},
+        "data": {"datasets": [{"name": "nli", "objective": "triplet", "max_rows": 6144 if cuda else 32,
+                               "path": str(find_data() / "nli" / "derived" / "triplets.tsv.gz")}]},
+        "training": {"per_device_train_batch_size": 256 if cuda else 8, "max_steps": 20 if cuda else 2,
+                     "logging_steps": 5 if cuda else 1, "save_strategy": "no", "bf16": cuda, "use_cpu": not cuda,
+                     "report_to": []},
+        "evaluation": {"before": False, "after": False},
+    }  # fmt: skip
+    path = directory / "trainer_mfu.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf8")
+    return path
+
+
+def trainer_command(scratch: Path, model: str, cuda: bool) -> list[str]:
+    try:
+        config = str(trainer_config(scratch, model, cuda))
+    except Exception as error:  # the part then fails with this in its log
+        config = f"<no config: {type(error).__name__}: {error}>"
+    return [sys.executable, "-m", "st_contrast.cli", "train", config]
+
+
+def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
+    backbone = [sys.executable, str(BENCH / "bench_backbone.py")]
+    losses = [sys.executable, str(BENCH / "bench_losses.py")]
+    gpu_train = ["--batch-size=128", "--steps=10", "--warmup=3", "--encode-sentences=8192", "--max-seq-length=256"]
+    cpu_train = ["--batch-size=8", "--steps=1", "--warmup=1", "--encode-sentences=32", "--max-seq-length=64"]
+    attention = ["--config=bert", "--hidden-size=768", "--head-dim=64", "--sections", "attention"]
+    pads = ["--attention-padding", "0.3", "0.45", "0.6"]
+    no_cuda = "no CUDA device (torch.cuda.is_available() is False)"
+    return [
+        Part(
+            "cuda_tests",
+            [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files()],
+            None, 240, cpu_skip=no_cuda, json_output=False,
+        ),
+        Part(
+            "attention",
+            [*backbone, *attention, *pads, "--attention-batch=64", "--attention-max-len=256", "--attention-repeats=50"],
+            [*backbone, *attention, *pads, "--attention-batch=8", "--attention-max-len=32", "--attention-repeats=2"],
+            60,
+        ),
+        Part(
+            "backbone_bert_base",
+            [*backbone, f"--model={models['bert_base']}", *gpu_train],
+            None, 150, cpu_skip="GPU sizes; without CUDA the same command runs once, as backbone_minilm",
+        ),
+        Part(
+            "backbone_minilm",
+            [*backbone, f"--model={models['minilm']}", *gpu_train],
+            [*backbone, f"--model={models['minilm']}", *cpu_train],
+            120,
+        ),
+        Part(
+            "mfu_bert_base",
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "--sections", "train",
+             "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "--sections", "train", *cpu_train],
+            120,
+        ),
+        Part(
+            "losses",
+            [*losses, f"--model={models['minilm']}", "--dtype=bf16", "--batch-sizes", "1024", "4096", "16384",
+             "--mini-batch-size=256", "--steps=3", "--warmup=1"],
+            [*losses, f"--model={models['minilm']}", "--batch-sizes", "16", "--mini-batch-size=4", "--steps=1",
+             "--warmup=0"],
+            240,
+        ),
+        Part(
+            "trainer_mfu",
+            trainer_command(scratch, models["bert_base"], cuda) if cuda else None,
+            None if cuda else trainer_command(scratch, models["minilm"], cuda),
+            150, result_file=scratch / "trainer_run" / "log.jsonl",
+        ),
+        Part(
+            "compile_bert_base",
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
+             "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            None, 240,
+            cpu_skip="inductor's C++ compile takes minutes on a CPU; measured there by bench_backbone.py --compile "
+            "(benchmarks/RESULTS.md)",
+        ),
+    ]  # fmt: skip
+
+
+def write_models(directory: Path, cuda: bool) -> dict[str, str]:
+    """Random BERT-base-sized and MiniLM-sized models (toy sizes without CUDA), written once for every part."""
+    sys.path.insert(0, str(BENCH))
+    from random_model import write_random_model
+
+    sizes = {
+        "bert_base": {"hidden_size": 768, "num_hidden_layers": 12, "head_dim": 64},
+        "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "head_dim": 32},
+    }
+    if not cuda:
+        sizes = {name: {"hidden_size": 64, "num_hidden_layers": 2, "head_dim": 32} for name in sizes}
+    return {name: write_random_model("bert", directory / name, **size) for name, size in sizes.items()}
+
+
+def run_part(part: Part, cuda: bool, budget_left: float, log) -> dict:
+    command = part.gpu if cuda else part.cpu
+    if command is None:
+        say(log, f"SKIP {part.name}: {part.cpu_skip}")
+        return {"status": "skipped", "reason": part.cpu_skip}
+    limit = min(part.cap_s if cuda else CPU_PART_LIMIT_S, budget_left)
+    if limit < 20:
+        reason = f"the run's time budget is spent ({budget_left:.0f} s left)"
+        say(log, f"SKIP {part.name}: {reason}")
+        return {"status": "skipped", "reason": reason}
+    say(log, f"=== {part.name} (limit {limit:.0f} s): {' '.join(command)}")
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit, cwd=ROOT)
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode() if isinstance(error.stdout, bytes) else (error.stdout or "")
+        log.write(output)
+        say(log, f"FAIL {part.name}: timed out after {limit:.0f} s")
+        return {"status": "timeout", "seconds": round(time.perf_counter() - start, 1), "command": command}
+    seconds = round(time.perf_counter() - start, 1)
+    log.write(done.stdout)
+    log.write(done.stderr)
+    entry = {"seconds": seconds, "command": command}
+    if done.returncode != 0:
+        tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+        say(log, f"FAIL {part.name} (exit {done.returncode}, {seconds} s): {tail[0]}")
+        entry.update(status="failed", error=tail[0], output_tail=(done.stdout + done.stderr)[-3000:])
+        return entry
+    if part.result_file is not None:  # the training log: its last line (tokens_per_second, mfu, ...)
+        if not part.result_file.is_file():
+            say(log, f"FAIL {part.name}: it wrote no {part.result_file.name}")
+            return {**entry, "status": "failed", "error": f"no {part.result_file}"}
+        entry["result"] = json.loads(part.result_file.read_text(encoding="utf8").strip().splitlines()[-1])
+    elif part.json_output:
+        entry["result"] = json.loads(done.stdout[done.stdout.index("{\n") :])  # the report printed last
+    else:
+        entry["result"] = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
+    say(log, f"OK {part.name} ({seconds} s)")
+    return {"status": "ok", **entry}
+
+
+def say(log, message: str) -> None:
+    print(message, flush=True)
+    log.write(message + "\n")
+    log.flush()
+
+
+def summary(results: dict) -> dict:
+    """The headline figures of ``benchmarks/RESULTS.md``'s GPU section, where their part ran."""
+
+    def get(part: str, *keys: str):
+        value = results.get(part, {}).get("result")
+        for key in keys:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return value
+
+    out: dict = {}
+    for model in ("bert_base", "minilm"):
+        part = f"backbone_{model}"
+        out[f"{model}_train_packed_vs_stock"] = get(part, "train", "ratio")
+        out[f"{model}_encode_packed_vs_stock"] = get(part, "encode", "ratio")
+        out[f"{model}_train_padding_fraction"] = get(part, "train", "stock", "padding_fraction")
+        out[f"{model}_stock_unpad_skipped"] = get(part, "skipped", "stock_unpad")
+    for padding in ("0.3", "0.45", "0.6"):
+        out[f"attention_ratio_at_{padding}"] = get("attention", "attention", f"padding_{padding}", "ratio")
+    out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
+    out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
+    out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
+    out["trainer_log_mfu"] = get("trainer_mfu", "mfu")
+    out["bert_base_compiled_mfu"] = get("compile_bert_base", "train", "flash_compiled", "mfu")
+    out["bert_base_compiled_vs_eager"] = get("compile_bert_base", "train", "compiled_vs_flash")
+    for batch, figures in (get("losses", "batches") or {}).items():
+        out[f"losses_{batch}_throughput_cached_vs_uncached"] = figures.get("throughput_ratio_cached_vs_uncached")
+        out[f"losses_{batch}_cached_peak_mib"] = figures.get("cached", {}).get("peak_mib")
+        out[f"losses_{batch}_uncached_peak_mib"] = figures.get("uncached", {}).get("peak_mib")
+    return out
+
+
+def markdown(report: dict) -> str:
+    """``benchmarks/RESULTS.md``'s GPU table, filled in from this run."""
+
+    def cell(value, digits: int = 2, unit: str = "") -> str:
+        if value is None:
+            return "n/a"
+        return (f"{value:.{digits}f}" if isinstance(value, float) else str(value)) + unit
+
+    def times(value) -> str:
+        return cell(value, unit="x")
+
+    figures = report["summary"]
+    rows = [
+        f"### {report['date']}, {report['device']}, torch {report['versions']['torch']}, transformers "
+        f"{report['versions']['transformers']}, sentence-transformers {report['versions']['sentence_transformers']}",
+        "",
+        "`bash benchmarks/gpu_check.sh` (random BERT-base- and MiniLM-sized models, bf16)"
+        + ("" if report["cuda"] else " - CPU smoke form: toy sizes, not measurements"),
+        "",
+        "| measure | result | target |",
+        "|---|---:|---:|",
+        f"| BERT-base training step, packed / stock padded SDPA (real tokens/s; padding "
+        f"{cell(figures['bert_base_train_padding_fraction'])}) | {times(figures['bert_base_train_packed_vs_stock'])} "
+        "| >= 2.0x |",
+        f"| MiniLM-size training step, packed / stock | {times(figures['minilm_train_packed_vs_stock'])} | >= 2.0x |",
+        f"| BERT-base encode, packed / stock | {times(figures['bert_base_encode_packed_vs_stock'])} | |",
+        f"| MiniLM-size encode, packed / stock | {times(figures['minilm_encode_packed_vs_stock'])} | |",
+        f"| stock ST `unpad_inputs` | {figures['bert_base_stock_unpad_skipped'] or 'measured (see JSON)'} | |",
+    ]
+    for padding in ("0.3", "0.45", "0.6"):
+        target = ">= 3x" if padding == "0.45" else ""
+        rows.append(
+            f"| attention op alone at {float(padding):.0%} padding, packed / padded SDPA | "
+            f"{times(figures[f'attention_ratio_at_{padding}'])} | {target} |"
+        )
+    rows += [
+        f"| BERT-base packed training MFU (bf16), eager | {cell(figures['bert_base_packed_mfu'], 3)} | >= 0.40 "
+        "(0.30 milestone) |",
+        f"| `st-contrast train` log (and progress bar), BERT-base bf16: tokens/s, MFU | "
+        f"{cell(figures['trainer_log_tokens_per_second'], 0)}, {cell(figures['trainer_log_mfu'], 3)} | MFU shown |",
+        f"| BERT-base packed training MFU, `compile=True` | {cell(figures['bert_base_compiled_mfu'], 3)} | |",
+        f"| compiled / eager packed training step | {times(figures['bert_base_compiled_vs_eager'])} | > 1 |",
+    ]
+    for key in sorted(k for k in figures if k.endswith("_throughput_cached_vs_uncached")):
+        batch = key.split("_")[1]
+        rows.append(
+            f"| CachedInfoNCE / uncached throughput at {batch} triplets (peak MiB cached / uncached: "
+            f"{cell(figures[f'losses_{batch}_cached_peak_mib'], 0)} / "
+            f"{cell(figures[f'losses_{batch}_uncached_peak_mib'], 0)}) | {cell(figures[key])} | >= 0.72 |"
+        )
+    statuses = ", ".join(f"{name}: {part['status']}" for name, part in report["parts"].items())
+    return "\n".join([*rows, "", f"Parts: {statuses}.", ""])
+
+
+def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("transformers", "sentence_transformers", "accelerate", "peft", "flash_attn"):
+        try:
+            found[name] = version(name.replace("_", "-"))
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="gpu_results", help="where gpu_check.json, gpu_results.md and the log go")
+    parser.add_argument(
+        "--budget-s", type=float, default=None, help="time budget of all parts, s (450 on a GPU, 900 without)"
+    )
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    cuda = torch.cuda.is_available()
+    budget_s = args.budget_s or (450 if cuda else 900)
+    start = time.perf_counter()
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name() if cuda else f"cpu ({torch.get_num_threads()} threads)",
+        "cuda": cuda,
+        "versions": versions(),
+        "parts": {},
+    }
+    with (out / "gpu_check.log").open("a", encoding="utf8") as log, tempfile.TemporaryDirectory() as scratch:
+        say(log, f"gpu_check {report['date']} on {report['device']}: {json.dumps(report['versions'])}")
+        if not cuda:
+            say(log, "No CUDA device: the CUDA-only parts are skipped, the others run at toy sizes (not measurements).")
+        try:  # a failed set-up (no shared data, say) fails the parts that need it; the others still run
+            models = write_models(Path(scratch), cuda)
+        except Exception as error:  # reported, not raised
+            say(log, f"FAIL set-up (random models): {type(error).__name__}: {error}")
+            report["setup_error"] = f"{type(error).__name__}: {error}"
+            models = {"bert_base": "<no model: set-up failed>", "minilm": "<no model: set-up failed>"}
+        for part in parts(models, Path(scratch), cuda):
+            budget_left = budget_s - (time.perf_counter() - start)
+            report["parts"][part.name] = run_part(part, cuda, budget_left, log)
+        report["summary"] = summary(report["parts"])
+        report["seconds"] = round(time.perf_counter() - start, 1)
+        (out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf8")
+        (out / "gpu_results.md").write_text(markdown(report), encoding="utf8")
+        say(log, f"done in {report['seconds']} s: {out / 'gpu_check.json'}, {out / 'gpu_results.md'}")
+
+
+if __name__ == "__main__":
+    main()

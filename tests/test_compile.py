@@ -1,0 +1,86 @@
+"""``torch.compile`` of packed backbones: one compile for every batch shape, same outputs and gradients as eager."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from sentence_transformers.sentence_transformer.modules import Pooling
+
+from st_contrast.modules import FlashTransformer, compile_backbone, disable_packing, is_compiled
+from st_contrast.training.builders import build_model, compile_model
+from st_contrast.training.specs import ConfigError, ModelSpec
+
+
+def packed_model(path: str, compile=False) -> SentenceTransformer:
+    torch.manual_seed(0)
+    backbone = FlashTransformer(path, attention_backend="sdpa", compile=compile)
+    return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu")
+
+
+def batches(sentences: list[str]) -> list[list[str]]:
+    """Batches whose total tokens, number of texts and longest text all differ (a 1-token-text batch too)."""
+    return [sentences[:5], sentences[10:17] + [" ".join(sentences[:9])], ["", *sentences[20:23]], sentences[30:41]]
+
+
+def step(model: SentenceTransformer, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    model.zero_grad(set_to_none=True)
+    embeddings = model(model.preprocess(texts))["sentence_embedding"]
+    embeddings.square().sum().backward()
+    return embeddings.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_sentences, tmp_path):
+    compiled_graphs = []
+
+    def counting_backend(graph, example_inputs):  # torch.compile's custom-backend API: called once per new graph
+        compiled_graphs.append(graph)
+        return graph.forward
+
+    path = tiny_model_factory("bert")
+    eager, compiled = packed_model(path), packed_model(path, compile={"backend": counting_backend})
+    assert is_compiled(compiled[0]) and not is_compiled(eager[0])
+    first, *others = batches(snli_sentences)
+    for model in (eager, compiled):
+        model.train()
+    torch.testing.assert_close(step(compiled, first), step(eager, first), atol=1e-5, rtol=1e-5)
+    after_first_batch = len(compiled_graphs)
+    assert after_first_batch > 0
+    for texts in others:
+        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
+    assert len(compiled_graphs) == after_first_batch, "a new batch shape recompiled the packed model"
+    first_encode, second_encode = batches(snli_sentences)[1], snli_sentences[50:53]
+    torch.testing.assert_close(compiled.encode(first_encode), eager.encode(first_encode), atol=1e-5, rtol=1e-5)
+    after_encode = len(compiled_graphs)  # encode (inference mode) compiles once more, then serves every shape too
+    torch.testing.assert_close(compiled.encode(second_encode), eager.encode(second_encode), atol=1e-5, rtol=1e-5)
+    assert len(compiled_graphs) == after_encode
+
+    compiled.save(str(tmp_path / "saved"))  # compiling is not saved: a plain model with the same weights
+    assert "st_contrast" not in (tmp_path / "saved" / "modules.json").read_text()
+    assert not any(key.startswith("_orig_mod") for key in compiled.state_dict())
+    plain = SentenceTransformer(str(tmp_path / "saved"), device="cpu")
+    texts = batches(snli_sentences)[1]
+    torch.testing.assert_close(plain.encode(texts), eager.encode(texts), atol=1e-5, rtol=1e-5)
+    disable_packing(compiled[0])
+    assert not is_compiled(compiled[0])
+
+
+def test_compile_needs_a_packed_backbone(tiny_model_factory):
+    with pytest.raises(ValueError, match="pack the module first"):
+        compile_backbone(Transformer(tiny_model_factory("bert")))
+    with pytest.raises(ConfigError, match="model.compile"):
+        ModelSpec.from_dict({"name_or_path": "minilm", "packed": False, "compile": True})
+    assert ModelSpec.from_dict({"name_or_path": "minilm", "compile": True}).compile is True
+
+
+@pytest.mark.slow
+def test_inductor_compiled_training_matches_eager(tiny_model_factory, snli_sentences):
+    """The real compiler (CPU inductor), switched on as ``model.compile: true`` in a config: embeddings and gradients
+    equal eager's on batches of changing shapes."""
+    spec = {"name_or_path": tiny_model_factory("bert"), "attention_backend": "sdpa", "compile": True}
+    eager, compiled = build_model(spec), build_model(spec)  # st-contrast train compiles after the adapters
+    compile_model(compiled, ModelSpec.from_dict(spec))
+    assert is_compiled(compiled[0]) and not is_compiled(eager[0])
+    for texts in batches(snli_sentences)[:3]:
+        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-4)

@@ -1,0 +1,65 @@
+"""``bash benchmarks/gpu_check.sh`` in its CPU form: the CUDA parts skip with the reason, the others run at toy sizes.
+
+It is also the small run of ``bench_backbone.py`` (MiniLM size and the attention op alone) that CI keeps.
+
+The GPU figures come from running it on a GPU (benchmarks/RESULTS.md); this keeps the one command working end to end on
+a machine without CUDA, so that the GPU run is spent measuring, not debugging.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the full check runs for minutes: run it by hand")
+def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "OMP_NUM_THREADS": "1"}
+    env.pop("PYTHONPATH", None)  # the script sets it itself
+    done = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "SKIP cuda_tests: no CUDA device" in done.stdout
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    parts = report["parts"]
+    assert report["cuda"] is False
+    assert list(parts) == [
+        "cuda_tests", "attention", "backbone_bert_base", "backbone_minilm", "mfu_bert_base", "losses", "trainer_mfu",
+        "compile_bert_base",
+    ]  # fmt: skip
+    skipped = {name for name, part in parts.items() if part["status"] == "skipped"}
+    assert skipped == {"cuda_tests", "backbone_bert_base", "compile_bert_base"}
+    assert all(parts[name]["reason"] for name in skipped)
+    assert all(part["status"] == "ok" for name, part in parts.items() if name not in skipped), parts
+
+    backbone = parts["backbone_minilm"]["result"]
+    assert backbone["flash_backend"] == "sdpa"
+    for section in ("train", "encode"):
+        assert backbone[section]["ratio"] > 0
+        assert backbone[section]["flash"]["tokens_per_s"] > 0 and backbone[section]["stock"]["tokens_per_s"] > 0
+    assert "flash_attn" in backbone["skipped"]["stock_unpad"] or "CUDA" in backbone["skipped"]["stock_unpad"]
+    # Both backbones saw the same batches: the padded layout's padding is the same number for both.
+    assert backbone["train"]["flash"]["padding_fraction"] == backbone["train"]["stock"]["padding_fraction"] > 0
+    attention = parts["attention"]["result"]["attention"]
+    for padding in (0.3, 0.45, 0.6):
+        assert attention[f"padding_{padding:g}"]["padding_fraction"] == pytest.approx(padding, abs=0.01)
+    # The three losses agree on the batch (same InfoNCE, whichever way it is computed).
+    losses = parts["losses"]["result"]["batches"]["16"]
+    assert losses["loss_max_abs_difference"] < 1e-4
+    assert report["summary"]["minilm_train_packed_vs_stock"] > 0
+    # st-contrast train's log (what the progress bar shows) has the throughput; MFU needs a GPU's known peak
+    trainer_log = parts["trainer_mfu"]["result"]
+    assert trainer_log["step"] == 2 and trainer_log["tokens_per_second"] > 0 and "mfu" not in trainer_log
+
+    table = (tmp_path / "out" / "gpu_results.md").read_text()
+    assert "| measure | result | target |" in table and "CPU smoke form" in table
+    assert "SKIP compile_bert_base" in (tmp_path / "out" / "gpu_check.log").read_text()
