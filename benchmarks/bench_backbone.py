@@ -36,6 +36,7 @@ import importlib.util
 import json
 import random
 import statistics
+import sys
 import tempfile
 import time
 
@@ -271,7 +272,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     models = {name: build(v, device, dtype) for name, v in variants.items() if not isinstance(v, str)}
     report["skipped"] = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
     for name, reason in report["skipped"].items():
-        print(f"SKIP {name}: {reason}", flush=True)
+        print(f"SKIP {name}: {reason}", file=sys.stderr, flush=True)  # stdout is the JSON report
     packed = next(model for name, model in models.items() if name.startswith("flash"))
     report["flash_backend"] = resolved_attention_backend(packed[0])
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
