@@ -181,7 +181,7 @@ def test_cached_loss_embeds_each_mini_batch_twice_except_the_first(
     assert calls == [False] * evaluation_forwards
 
 
-@pytest.mark.parametrize("mini_batch_size", [2, 5])
+@pytest.mark.parametrize("mini_batch_size", [2, 5, 20])  # 20: the whole batch (2 x 10) fits one mini-batch
 def test_cached_gradients_equal_uncached_under_matryoshka(tiny_model_factory, snli_sentences, mini_batch_size):
     path = tiny_model_factory("bert")
     columns = [snli_sentences[:10], snli_sentences[60:70]]

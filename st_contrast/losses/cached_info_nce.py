@@ -51,9 +51,10 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
 
         Two shortcuts keep it close to the uncached speed without changing a gradient or the memory bound: a batch
         no larger than one mini-batch (all columns together) is embedded once, with gradients, as
-        :class:`InfoNCELoss` does; otherwise the first mini-batch is embedded with gradients in the first pass and its
-        graph kept until the backward pass consumes it first, so it is not embedded twice (in one process; under
-        DDP every mini-batch is replayed, as in Sentence Transformers).
+        :class:`InfoNCELoss` does (not inside ``MatryoshkaLoss``, whose decorator drives the cached path); otherwise
+        the first mini-batch is embedded with gradients in the first pass and its graph kept until the backward pass
+        consumes it first, so it is not embedded twice (in one process; under DDP every mini-batch is replayed, as in
+        Sentence Transformers).
 
         Args:
             model: SentenceTransformer model.
@@ -139,7 +140,9 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         sentence_features = list(sentence_features)
         self._kept = None
         grad = torch.is_grad_enabled() and len(sentence_features) >= 2
-        if grad and self._fits_one_mini_batch(sentence_features):
+        # A wrapper that decorates calculate_loss (ST's MatryoshkaLoss) back-propagates through the cached path itself.
+        decorated = "calculate_loss" in vars(self)
+        if grad and not decorated and self._fits_one_mini_batch(sentence_features):
             reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
             return self.calculate_loss(reps, labels)
         ddp = isinstance(getattr(self.model, "_orig_mod", self.model), DistributedDataParallel)  # as ST's hook looks
