@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from s3_server import free_port
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
 import st_contrast
@@ -194,7 +195,7 @@ LAUNCHERS = {
         "-m",
         "accelerate.commands.launch",
         "--config_file",
-        str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml"),
+        str(ROOT / "examples/accelerate/multi_cpu.yaml"),
     ),
 }
 
@@ -211,7 +212,8 @@ def test_two_ranks_share_the_dataset_of_each_step(tmp_path, tiny_model_factory, 
     config = recording_config(
         tiny_model_factory("bert"), tmp_path / "run", tmp_path / "records", datasets, max_steps=6, ddp_backend="gloo"
     )
-    result = run_cli("train", write_config(tmp_path / "ddp.yaml", config), launcher=LAUNCHERS[launcher])
+    port = ("--main_process_port", str(free_port())) if launcher == "accelerate" else ()  # tests may run in parallel
+    result = run_cli("train", write_config(tmp_path / "ddp.yaml", config), launcher=LAUNCHERS[launcher] + port)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
 
     rank0, rank1 = records(tmp_path / "records", 0), records(tmp_path / "records", 1)

