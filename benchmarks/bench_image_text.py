@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 
 import torch
-from bench_losses import current_rss_mib, tiny_bert
+from bench_losses import tiny_bert
+from loss_steps import loss_value, time_backward_steps
 
 METHODS = ("uncached", "cached", "stock_cached")
 
@@ -81,30 +79,9 @@ def measure(args: argparse.Namespace) -> dict:
     loss_fn = build_loss(args.method, model, args.mini_batch_size)
     images, captions = batch(args.batch_size, args.image_size)
     features = [batch_to_device(model.preprocess(column), device) for column in (images, captions)]
-    times, peak = [], 0.0
-    for step in range(args.warmup + args.steps):
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = current_rss_mib()
-        start = time.perf_counter()
-        loss_fn([dict(f) for f in features], None).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = max(peak, (torch.cuda.max_memory_allocated() - base) / 2**20)
-        else:
-            peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
-    model.eval()
-    with torch.no_grad():
-        loss = loss_fn([dict(f) for f in features], None).item()
-    seconds = statistics.median(times)
-    return {"seconds": seconds, "images_per_s": round(args.batch_size / seconds, 1), "peak_mib": round(peak, 1),
-            "loss": loss}  # fmt: skip
+    seconds, peak = time_backward_steps(model, loss_fn, features, device, args.steps, args.warmup)
+    loss = loss_value(model, loss_fn, features)
+    return {"seconds": seconds, "images_per_s": round(args.batch_size / seconds, 1), "peak_mib": peak, "loss": loss}
 
 
 def run_one(args: argparse.Namespace, text_model: str, method: str, batch_size: int) -> dict:

@@ -31,7 +31,6 @@ import argparse
 import csv
 import gzip
 import json
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import tempfile
 import time
 
 import torch
+from loss_steps import loss_value, time_backward_steps
 from random_model import write_random_model
 from shared_data import find_data
 
@@ -85,31 +85,10 @@ def measure(args: argparse.Namespace) -> dict:
     from sentence_transformers.util import batch_to_device
 
     features = [batch_to_device(model.preprocess(column), device) for column in columns]
-    times = []
-    peak = 0.0
-    for step in range(args.warmup + args.steps):
-        model.zero_grad(set_to_none=True)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-        else:
-            base = current_rss_mib()
-        start = time.perf_counter()
-        loss_fn([dict(f) for f in features], None).backward()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            peak = max(peak, (torch.cuda.max_memory_allocated() - base) / 2**20)
-        else:
-            peak = max(peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base)
-        if step >= args.warmup:
-            times.append(time.perf_counter() - start)
+    seconds, peak = time_backward_steps(model, loss_fn, features, device, args.steps, args.warmup)
     # The loss value on this batch, without dropout (no optimizer step ran, so the weights are the initial ones):
     # the three methods compute the same InfoNCE (temperature 0.05 = MNRL's scale 20) and must agree.
-    model.eval()
-    with torch.no_grad():
-        loss = loss_fn([dict(f) for f in features], None).item()
-    return {"seconds": statistics.median(times), "peak_mib": round(peak, 1), "loss": loss}
+    return {"seconds": seconds, "peak_mib": peak, "loss": loss_value(model, loss_fn, features)}
 
 
 def measure_interleaved(args: argparse.Namespace) -> dict:
@@ -143,11 +122,6 @@ def measure_interleaved(args: argparse.Namespace) -> dict:
         "throughput_ratio_cached_vs_uncached": round(best["uncached"] / best["cached"], 3),
         "throughput_ratio_stock_cached_vs_uncached": round(best["uncached"] / best["stock_cached"], 3),
     }
-
-
-def current_rss_mib() -> float:
-    with open("/proc/self/statm", encoding="ascii") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def run_one(args: argparse.Namespace, model: str, method: str, batch_size: int) -> dict:

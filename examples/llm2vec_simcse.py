@@ -19,25 +19,16 @@ from pathlib import Path
 
 from datasets import Dataset
 from helpers.data import snli_sentences, stsb_spearman
-from helpers.scripts import finish_run, load_config, model_path
+from helpers.scripts import finish_run, llm2vec_model_from_config, load_config
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
 from st_contrast.losses import SimCSELoss
-from st_contrast.recipes import llm2vec_model
 
 
 def main() -> None:
     config = load_config(__doc__, "llm2vec_simcse")
     output_dir = Path(config["output_dir"])
-    model = llm2vec_model(
-        model_path(config, "llama"),
-        pooling_mode=config["pooling_mode"],
-        packed=config.get("packed", False),
-        attention_backend=config.get("attention_backend") or "auto",
-        attention_dropout=config["simcse_dropout"],
-        max_seq_length=config["max_seq_length"],
-        lora=config.get("lora"),
-    )
+    model = llm2vec_model_from_config(config, attention_dropout=config["simcse_dropout"])
     limit = config.get("stsb_pairs")
     print(f"STS-B dev Spearman before: {stsb_spearman(model, pairs=limit):.2f}")
     train = Dataset.from_dict({"text": snli_sentences(config["num_texts"])})

@@ -18,25 +18,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from helpers.data import nli_triplets, stsb_spearman
-from helpers.scripts import finish_run, load_config, model_path
+from helpers.scripts import finish_run, llm2vec_model_from_config, load_config
 from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.base.sampler import BatchSamplers
 
 from st_contrast.losses import InfoNCELoss
-from st_contrast.recipes import llm2vec_model
 
 
 def main() -> None:
     config = load_config(__doc__, "llm2vec_supervised")
     output_dir = Path(config["output_dir"])
-    model = llm2vec_model(
-        model_path(config, "llama"),
-        pooling_mode=config["pooling_mode"],
-        packed=config.get("packed", False),
-        attention_backend=config.get("attention_backend") or "auto",
-        max_seq_length=config["max_seq_length"],
-        lora=config.get("lora"),
-    )
+    model = llm2vec_model_from_config(config)
     sts_prompt, limit = config["sts_instruction"], config.get("stsb_pairs")
     print(f"STS-B dev Spearman before: {stsb_spearman(model, pairs=limit, prompt=sts_prompt):.2f}")
     args = SentenceTransformerTrainingArguments(

@@ -10,6 +10,7 @@ from evaluation_helpers import DBPEDIA, TOY_CORPUS, TOY_QRELS, TOY_QUERIES, writ
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
+import st_contrast
 from st_contrast.evaluation import DataFormatError, evaluate_model, read_beir_dir, retrieval_task_from_beir
 
 
@@ -120,9 +121,11 @@ def test_malformed_files_name_file_and_line(tmp_path, file_name, content, match)
 
 
 @pytest.mark.slow
-def test_dbpedia_subset_reproduces_the_reference(shared_data, minilm):
-    """all-MiniLM-L6-v2 on the 5000-document DBpedia-Entity subset (MTEB 2.26 reference values)."""
-    results = evaluate_model(minilm, [f"retrieval:{shared_data.joinpath(*DBPEDIA)}"], batch_size=64)
+def test_dbpedia_subset_reproduces_the_reference(shared_data, minilm_path):
+    """all-MiniLM-L6-v2 on the 5000-document DBpedia-Entity subset: MTEB 2.26's reference values (from stock ST), here
+    with the model loaded packed (``st_contrast.load_model``, about twice as fast on CPU as stock padded encoding)."""
+    model = st_contrast.load_model(minilm_path, device="cpu")
+    results = evaluate_model(model, [f"retrieval:{shared_data.joinpath(*DBPEDIA)}"], batch_size=64)
     metrics = results["dbpedia_entity_subset"]["metrics"]
     assert round(results["dbpedia_entity_subset"]["main_score"], 4) == 0.5114
     assert round(metrics["mrr_at_10"], 3) == 0.782

@@ -12,6 +12,7 @@ from datasets import Dataset
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
+import st_contrast
 from st_contrast.losses import GloFND, InfoNCELoss
 
 NUM_TRIPLETS, EPOCHS, STS_PAIRS = 128, 6, 600
@@ -27,7 +28,7 @@ def sts_dev_evaluator(shared_data) -> EmbeddingSimilarityEvaluator:
 
 def train(minilm_path, dataset, detector, output_dir) -> SentenceTransformer:
     torch.manual_seed(0)
-    model = SentenceTransformer(minilm_path, device="cpu")
+    model = st_contrast.load_model(minilm_path, device="cpu")  # packed: the same model, faster on CPU
     loss = InfoNCELoss(model, learnable_temperature=False, false_negative_detector=detector)
     args = SentenceTransformerTrainingArguments(
         output_dir=output_dir,

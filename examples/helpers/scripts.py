@@ -15,7 +15,15 @@ from st_contrast.training.config import apply_overrides, read_yaml
 from .data import snli_sentences
 from .tiny import tiny_model
 
-__all__ = ["CONFIGS", "finish_run", "load_config", "model_path", "run_masked_lm", "training_losses"]
+__all__ = [
+    "CONFIGS",
+    "finish_run",
+    "llm2vec_model_from_config",
+    "load_config",
+    "model_path",
+    "run_masked_lm",
+    "training_losses",
+]
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "scripts"
 
@@ -36,6 +44,21 @@ def model_path(config: dict[str, Any], model_type: str) -> str:
     if config.get("model_name_or_path"):
         return str(config["model_name_or_path"])
     return tiny_model(Path(config["output_dir"]) / f"tiny-{model_type}", model_type)
+
+
+def llm2vec_model_from_config(config: dict[str, Any], **options: Any) -> Any:
+    """:func:`st_contrast.recipes.llm2vec_model` with the keys the LLM2Vec scripts share (``options`` add to them)."""
+    from st_contrast.recipes import llm2vec_model
+
+    return llm2vec_model(
+        model_path(config, "llama"),
+        pooling_mode=config["pooling_mode"],
+        packed=config.get("packed", False),
+        attention_backend=config.get("attention_backend") or "auto",
+        max_seq_length=config["max_seq_length"],
+        lora=config.get("lora"),
+        **options,
+    )
 
 
 def training_losses(log_history: list[dict[str, Any]]) -> list[float]:

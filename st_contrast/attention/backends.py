@@ -86,7 +86,7 @@ def sdpa_varlen_attention(
     With ``softcap`` (Gemma2's attention logit soft-capping, ``tanh(scores / softcap) * softcap``), which SDPA
     cannot apply, the scores are computed explicitly, as transformers' eager attention does.
     """
-    layout = packed_layout(cu_seqlens, max_len)
+    layout = packed_layout(cu_seqlens, max_len, total_tokens=query.shape[0])
     q, k, v = (layout.to_padded(t).transpose(1, 2) for t in (query, key, value))
     mask = layout.attention_mask(causal, window)
     if softcap is not None:

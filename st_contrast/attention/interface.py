@@ -79,7 +79,8 @@ def packed_attention_forward(
         max_len = kwargs.get("max_length_q")
         if max_len is None:
             max_len = int((cu_seqlens[1:] - cu_seqlens[:-1]).max())
-        max_len = int(max_len)
+        if not isinstance(max_len, torch.SymInt):  # a traced int stays symbolic (one graph for every max_len)
+            max_len = int(max_len)
 
     causal = bool(is_causal if is_causal is not None else getattr(module, "is_causal", False))
     window = None
@@ -128,8 +129,10 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
 
 
 _outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
-"""The packed kernels' inputs are data-dependent (``cu_seqlens``, ``max_len``), so under ``torch.compile``
-(:func:`st_contrast.modules.compile_backbone`) attention is a graph break and runs eagerly; the rest is compiled."""
+"""The GPU varlen kernels (``varlen``, ``flash_attn``) under ``torch.compile``
+(:func:`st_contrast.modules.compile_backbone`): a graph break, the kernel runs eagerly and the rest is compiled.
+The exact kernel (``sdpa``: CPU, fp32) is traced into the graph: its layout's shapes follow ``max_len`` and the
+token count."""
 
 _registered = False
 
@@ -146,10 +149,12 @@ def register_packed_attention() -> None:
         return
     for backend in ATTENTION_BACKENDS:
 
-        def forward(*args, _backend: str = backend, **kwargs):
-            if torch.compiler.is_compiling():  # a compiled packed model: the kernel runs between its graphs
-                return _outside_compiled_graphs(*args, backend=_backend, **kwargs)
-            return packed_attention_forward(*args, backend=_backend, **kwargs)
+        def forward(module, query, *args, _backend: str = backend, **kwargs):
+            on_gpu_half = query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16)
+            if torch.compiler.is_compiling() and on_gpu_half:
+                # a compiled packed model on a GPU: the varlen / flash_attn kernel runs between its graphs
+                return _outside_compiled_graphs(module, query, *args, backend=_backend, **kwargs)
+            return packed_attention_forward(module, query, *args, backend=_backend, **kwargs)
 
         register_attention_function(_PREFIX + _NAMES.get(backend, backend), forward)
     _registered = True

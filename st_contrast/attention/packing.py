@@ -52,32 +52,47 @@ def packed_position_ids(cu_seqlens: torch.Tensor, offset: int = 0) -> torch.Tens
 class PackedLayout:
     """Index maps between a packed run of tokens and its right-padded ``[batch, max_len]`` view.
 
+    Every index has a shape known from ``batch``, ``max_len`` and ``total_tokens`` (no data-dependent
+    shapes), so ``torch.compile`` traces the layout and the exact kernel without graph breaks.
+
     Args:
         cu_seqlens: ``[batch + 1]`` cumulative sequence boundaries.
         max_len: Length of the longest sequence.
+        total_tokens: ``cu_seqlens[-1]`` when the caller knows it from a shape (read from ``cu_seqlens`` otherwise).
 
     Attributes:
         padded_index: ``[batch, max_len]`` packed index of every padded slot (pad slots repeat a
             real token of the same row, so gathered values stay finite).
         valid: ``[batch, max_len]`` True where the slot holds a real token. ``tensor[valid]`` on a
             padded tensor returns its tokens in packed order.
+        packed_index: ``[total_tokens]`` flat index (into ``[batch * max_len]``) of every packed token.
+        has_padding: Whether any sequence is shorter than ``max_len`` (always True while compiling, where the
+            answer would depend on data).
     """
 
     cu_seqlens: torch.Tensor
     max_len: int
+    total_tokens: int | None = None
     padded_index: torch.Tensor = field(init=False)
     valid: torch.Tensor = field(init=False)
+    packed_index: torch.Tensor = field(init=False)
     has_padding: bool = field(init=False)
     _masks: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        device = self.cu_seqlens.device
         starts = self.cu_seqlens[:-1].long()
         lengths = self.cu_seqlens[1:].long() - starts
-        offsets = torch.arange(self.max_len, device=self.cu_seqlens.device)
+        offsets = torch.arange(self.max_len, device=device)
         self.valid = offsets.unsqueeze(0) < lengths.unsqueeze(1)
         last = (starts + lengths - 1).unsqueeze(1)
         self.padded_index = torch.minimum(starts.unsqueeze(1) + offsets.unsqueeze(0), last)
-        self.has_padding = bool((lengths != self.max_len).any())
+        if self.total_tokens is None:
+            self.total_tokens = int(self.cu_seqlens[-1])
+        tokens = torch.arange(self.total_tokens, device=device)
+        rows = torch.searchsorted(self.cu_seqlens[1:].long(), tokens, right=True)
+        self.packed_index = rows * self.max_len + tokens - starts[rows]
+        self.has_padding = torch.compiler.is_compiling() or bool((lengths != self.max_len).any())
 
     def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
         """``[total_tokens, ...]`` -> ``[batch, max_len, ...]`` (pad slots hold copies of real tokens)."""
@@ -85,7 +100,7 @@ class PackedLayout:
 
     def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
         """``[batch, max_len, ...]`` -> ``[total_tokens, ...]``."""
-        return padded[self.valid]
+        return padded.flatten(0, 1)[self.packed_index]
 
     def attention_mask(self, causal: bool, window: tuple[int, int] | None) -> torch.Tensor | None:
         """Boolean SDPA mask ``[batch, 1, max_len, max_len]`` (True = attend), or None if not needed.
@@ -123,15 +138,18 @@ class PackedLayout:
 _layout_cache: tuple[torch.Tensor, PackedLayout] | None = None
 
 
-def packed_layout(cu_seqlens: torch.Tensor, max_len: int) -> PackedLayout:
+def packed_layout(cu_seqlens: torch.Tensor, max_len: int, total_tokens: int | None = None) -> PackedLayout:
     """The :class:`PackedLayout` of ``cu_seqlens``, reused across the layers of one forward pass.
 
     Every attention layer of a forward pass receives the same ``cu_seqlens`` tensor object, so the
     last layout is cached by identity (the cache holds that tensor, so its id cannot be recycled).
+    While compiling, nothing is cached (the compiler removes the repeated index computations itself).
     """
     global _layout_cache
+    if torch.compiler.is_compiling():
+        return PackedLayout(cu_seqlens, max_len, total_tokens)
     if _layout_cache is not None and _layout_cache[0] is cu_seqlens and _layout_cache[1].max_len == max_len:
         return _layout_cache[1]
-    layout = PackedLayout(cu_seqlens, max_len)
+    layout = PackedLayout(cu_seqlens, max_len, total_tokens)
     _layout_cache = (cu_seqlens, layout)
     return layout

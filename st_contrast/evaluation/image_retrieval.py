@@ -6,10 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
-from mteb.abstasks.retrieval import AbsTaskRetrieval
-
 from st_contrast.evaluation.image_files import read_image_file
+from st_contrast.evaluation.in_memory_retrieval import InMemoryRetrievalTask
 from st_contrast.evaluation.metadata import local_task_metadata
 from st_contrast.evaluation.rng import preserved_rng_state
 
@@ -19,7 +17,7 @@ DIRECTIONS = ("t2i", "i2t")
 """``t2i``: captions are the queries, images the corpus; ``i2t``: the reverse."""
 
 
-class LocalImageTextRetrievalTask(AbsTaskRetrieval):
+class LocalImageTextRetrievalTask(InMemoryRetrievalTask):
     """Text -> image or image -> text retrieval over captioned images held in memory.
 
     The captions are deduplicated: every image whose caption is a query's text is relevant to it (``t2i``), and an
@@ -78,24 +76,6 @@ class LocalImageTextRetrievalTask(AbsTaskRetrieval):
             }
         with preserved_rng_state():  # MTEB's constructor reseeds random, NumPy and torch globally
             super().__init__(seed=seed)
-
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        """Build the in-memory queries / corpus datasets (no download, no cache files)."""
-        if self.data_loaded:
-            return
-        split_data = {
-            "corpus": Dataset.from_dict(self._corpus),
-            "queries": Dataset.from_dict(self._queries),
-            "relevant_docs": {query: dict(documents) for query, documents in self._qrels.items()},
-            "top_ranked": None,
-        }
-        self.dataset = {"default": {self.metadata.eval_splits[0]: split_data}}
-        self.data_loaded = True
-
-    def unload_data(self) -> None:
-        """Drop the datasets; the records stay, so ``load_data`` can rebuild them."""
-        self.dataset = None
-        self.data_loaded = False
 
 
 def image_retrieval_task_from_file(

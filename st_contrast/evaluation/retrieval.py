@@ -10,11 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from datasets import Dataset
-from mteb.abstasks.retrieval import AbsTaskRetrieval
-
 from st_contrast.evaluation.errors import DataFormatError
 from st_contrast.evaluation.files import find_data_file, open_text
+from st_contrast.evaluation.in_memory_retrieval import InMemoryRetrievalTask
 from st_contrast.evaluation.metadata import local_task_metadata
 from st_contrast.evaluation.rng import preserved_rng_state
 
@@ -167,7 +165,7 @@ def read_beir_dir(directory: str | Path, split: str = "test") -> BEIRData:
     return BEIRData(corpus=corpus, queries=judged, qrels=qrels, dropped_queries=dropped, source=directory)
 
 
-class LocalRetrievalTask(AbsTaskRetrieval):
+class LocalRetrievalTask(InMemoryRetrievalTask):
     """An MTEB retrieval task over a corpus, queries and graded judgements held in memory.
 
     MTEB's own ``AbsTaskRetrieval`` evaluates it, exactly as a hub task: documents are encoded as
@@ -231,24 +229,6 @@ class LocalRetrievalTask(AbsTaskRetrieval):
         self._qrels = judged
         with preserved_rng_state():  # MTEB's constructor reseeds random, NumPy and torch globally
             super().__init__(seed=seed)
-
-    def load_data(self, num_proc: int | None = None, **kwargs: Any) -> None:
-        """Build the in-memory corpus / queries datasets (no download, no cache files)."""
-        if self.data_loaded:
-            return
-        split_data = {
-            "corpus": Dataset.from_dict(self._corpus),
-            "queries": Dataset.from_dict(self._queries),
-            "relevant_docs": {query_id: dict(judged) for query_id, judged in self._qrels.items()},
-            "top_ranked": None,
-        }
-        self.dataset = {"default": {self.metadata.eval_splits[0]: split_data}}
-        self.data_loaded = True
-
-    def unload_data(self) -> None:
-        """Drop the datasets; the records stay, so ``load_data`` can rebuild them (the metadata is kept)."""
-        self.dataset = None
-        self.data_loaded = False
 
 
 def retrieval_task_from_beir(

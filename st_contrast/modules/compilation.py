@@ -3,10 +3,11 @@
 A packed batch is one run of ``total_tokens`` tokens whose length, number of sequences and longest sequence change at
 every step. Compiled naively, each new shape would recompile (and torch gives up after a few recompiles, silently
 running eager). Here the backbone's transformers model is compiled with dynamic shapes (``dynamic=True``: the token
-and sequence counts are symbolic from the first compile), and the packed attention kernel runs outside the graphs
-(a graph break per attention layer; its ``cu_seqlens`` and ``max_len`` are data, not shapes): the projections, MLPs,
-norms and embeddings around it are fused. One compile serves every batch; a mode change (training, evaluation,
-``inference_mode``) compiles once more.
+and sequence counts and ``max_len`` are symbolic from the first compile). The exact attention kernel (``sdpa``: CPU,
+fp32) is traced into the graph (its padded layout's shapes follow ``max_len`` and the token count; no data-dependent
+shape), so the whole backbone is one graph. The GPU varlen kernels (``varlen``, ``flash_attn``) run between the graphs
+(a graph break per attention layer), and the projections, MLPs, norms and embeddings around them are fused. One
+compile serves every batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
 """
 
 from __future__ import annotations
@@ -49,9 +50,35 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
     inner = module.model
     if getattr(inner, _COMPILED, None) is not None:
         uncompile_backbone(module)
-    inner.forward = torch.compile(type(inner).forward.__get__(inner), **options)
+    forward = type(inner).forward.__get__(inner)
+    if not _reads_pooler_output(module):
+        forward = _with_pooler_output_detached(forward)
+    inner.forward = torch.compile(forward, **options)
     setattr(inner, _COMPILED, options)
     return module
+
+
+def _reads_pooler_output(module: Transformer) -> bool:
+    """Whether the module embeds with the model's ``pooler_output`` (CLIP-style towers) rather than its tokens."""
+    names = [config.get("method_output_name") for config in getattr(module, "modality_config", {}).values()]
+    return any("pooler_output" in ((name,) if isinstance(name, str) else tuple(name or ())) for name in names)
+
+
+def _with_pooler_output_detached(forward):
+    """``forward`` with its ``pooler_output`` (BERT's pooler, which Sentence Transformers does not read) detached.
+
+    In one compiled graph an unread differentiable output gets a zero gradient, so the pooler's parameters would get
+    zero gradients (and weight decay) where eager training leaves them without any.
+    """
+
+    def run(*args, **kwargs):
+        output = forward(*args, **kwargs)
+        pooled = output.get("pooler_output") if hasattr(output, "get") else None
+        if pooled is not None:
+            output["pooler_output"] = pooled.detach()
+        return output
+
+    return run
 
 
 def uncompile_backbone(module: Transformer) -> Transformer:
