@@ -56,8 +56,8 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
     Args:
         model_name_or_path: Hugging Face model id or local directory, as for ``Transformer``.
         attention_backend: One of ``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``.
-        compile: ``torch.compile`` the packed model with dynamic shapes, the attention kernel between the graphs
-            (one compile for every batch shape, :func:`~st_contrast.modules.compile_backbone`); a dict gives
+        compile: ``torch.compile`` the packed model with dynamic shapes (one compile for every batch shape,
+            :func:`~st_contrast.modules.compile_backbone`); a dict gives
             ``torch.compile`` arguments (``{"mode": "max-autotune"}``). Not saved.
         **kwargs: Every other ``Transformer`` argument (``model_kwargs``, ``processor_kwargs``,
             ``max_seq_length``, ...). ``unpad_inputs=False`` is refused: packing is the point.
