@@ -21,7 +21,7 @@ from st_contrast.cli import main
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
-ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)]), "OMP_NUM_THREADS": "1"}
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(TESTS)])}
 TIMEOUT_S = 400
 
 

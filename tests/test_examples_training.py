@@ -11,7 +11,6 @@ import csv
 import gzip
 import json
 import math
-import os
 import re
 import subprocess
 import sys
@@ -40,10 +39,7 @@ def accelerate_two_cpus() -> tuple[str, ...]:
 
 
 def run(*command: str) -> str:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(
-        [sys.executable, *command], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT, env=env
-    )
+    result = subprocess.run([sys.executable, *command], capture_output=True, text=True, timeout=TIMEOUT_S, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     return result.stdout
 

@@ -34,7 +34,7 @@ def test_readme_snippet_runs(index, tmp_path, shared_data):
     workdir.mkdir()
     (tmp_path / "shared").symlink_to(shared_data.parent)  # README paths are ../shared/data/...
     (workdir / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     if after:
         prepared = subprocess.run(after, shell=True, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
         assert prepared.returncode == 0, prepared.stderr[-3000:]
