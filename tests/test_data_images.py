@@ -14,6 +14,7 @@ from image_text_helpers import random_images
 from PIL import Image
 
 from st_contrast.data import DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
+from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.synthetic_images import COLOURS, write_digits, write_shapes
 
 
@@ -67,16 +68,21 @@ def test_parquet_bytes_csv_paths_and_datasets_images(image_folder):
         assert np.array_equal(np.asarray(decoded[2]), np.asarray(images[2])), path
 
 
-def test_webdataset_tar_shards(tmp_path):
-    images = random_images(3)
-    with tarfile.open(tmp_path / "shard-0.tar", "w") as archive:
+def _write_shard(path, images, corrupt=()):
+    with tarfile.open(path, "w") as archive:
         for number, image in enumerate(images):
-            for name, payload in ((f"{number:04d}.png", _png(image)),
+            png = _png(image)[:40] if number in corrupt else _png(image)
+            for name, payload in ((f"{number:04d}.png", png),
                                   (f"{number:04d}.txt", f"caption {number}".encode()),
                                   (f"{number:04d}.json", json.dumps({"source": f"s{number}"}).encode())):  # fmt: skip
                 member = tarfile.TarInfo(name)
                 member.size = len(payload)
                 archive.addfile(member, io.BytesIO(payload))
+
+
+def test_webdataset_tar_shards(tmp_path):
+    images = random_images(3)
+    _write_shard(tmp_path / "shard-0.tar", images)
     data = load_dataset_spec({"name": "web", "path": str(tmp_path / "*.tar"), "columns": ["image", "text"]})
     decoded, captions = _collate(data, ("image", "text"))
     assert captions == ["caption 0", "caption 1", "caption 2"]
@@ -100,6 +106,36 @@ def test_a_corrupt_image_is_named_with_its_row_when_its_batch_is_built(image_fol
     data = load_dataset_spec({"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"]})
     with pytest.raises(DataError, match=r"data\.jsonl, row 1 \(data line 2\): column 'image': image '.*1\.png' cannot"):
         _collate(data)
+
+
+def test_on_bad_rows_skip_leaves_out_and_counts_missing_corrupt_and_non_images(image_folder):
+    folder, images = image_folder
+    (folder / "pics" / "1.png").write_bytes(_png(random_images(1)[0])[:40])  # a truncated PNG
+    (folder / "notes.png").write_text("a text file named like an image")
+    rows = [
+        {"image": "pics/0.png", "caption": "zero"},
+        {"image": "pics/1.png", "caption": "truncated"},
+        {"image": "pics/gone.png", "caption": "missing"},
+        {"image": "notes.png", "caption": "not a picture"},
+        {"image": None, "caption": "null"},
+        {"image": "pics/2.png", "caption": "two"},
+    ]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"], "on_bad_rows": "skip"}
+    bad = BadRows("pics")
+    data = load_dataset_spec(spec, bad_rows=bad)
+    assert data["caption"] == ["zero", "two"]
+    assert dict(bad.counts) == {"undecodable image": 2, "missing image": 1, "not an image": 1}
+    assert "data.jsonl, row 1 (data line 2): column 'image'" in bad.examples[0]  # in file order, file rows named
+    assert data[1]["image"]["row"].endswith("data.jsonl, row 5 (data line 6)")  # kept rows keep their own place
+    decoded, captions = _collate(data)
+    assert captions == ["zero", "two"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, images[::2], strict=True))
+
+    _write_shard(folder / "shard.tar", images, corrupt=(1,))
+    bad = BadRows("web")
+    data = load_dataset_spec({"name": "web", "path": str(folder / "shard.tar"), "on_bad_rows": "skip"}, bad_rows=bad)
+    assert data["text"] == ["caption 0", "caption 2"] and dict(bad.counts) == {"undecodable image": 1}
 
 
 def test_prefixes_apply_to_the_text_columns_only(image_folder):

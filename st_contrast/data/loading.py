@@ -18,7 +18,13 @@ import pyarrow.compute as pc
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
-from st_contrast.data.images import IMAGE_REFERENCE, reference_image_columns
+from st_contrast.data.images import (
+    IMAGE_REFERENCE,
+    decode_image,
+    image_reference,
+    is_image_reference,
+    reference_image_columns,
+)
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
 from st_contrast.data.spec import DatasetSpec
@@ -294,22 +300,57 @@ def _prepare(
         if renames:
             dataset = dataset.rename_columns(renames)
         dataset = dataset.select_columns(plan.output_columns)
-        pending = [column for column in images if dataset.features[column] != IMAGE_REFERENCE]
-        if pending:
-            dataset = reference_image_columns(dataset, pending, source.base_dir, source.where, spec.name)
         texts = [column for column in plan.text_columns if column not in images]
         bad = _blank_rows(dataset, texts, source, every=bad_rows is not None)
         if bad and bad_rows is None:
             raise bad[0][1]
+        if images and bad_rows is not None:
+            bad += _bad_image_rows(dataset, images, source)
+        kept = np.arange(len(dataset))
         if bad:
-            for _, error in bad:
-                bad_rows.add(error)
+            first_errors = dict(reversed(bad))  # one error a row (its first), in row order
+            for row in sorted(first_errors):
+                bad_rows.add(first_errors[row])
             keep = np.ones(len(dataset), dtype=bool)
-            keep[[row for row, _ in bad]] = False
-            dataset = dataset.select(np.flatnonzero(keep))
+            keep[list(first_errors)] = False
+            kept = np.flatnonzero(keep)
+            dataset = dataset.select(kept)
+        pending = [column for column in images if dataset.features[column] != IMAGE_REFERENCE]
+        if pending:  # the messages name each row by its place in the data file, skipped rows counted
+            base_dir, where = (lambda row: source.base_dir(int(kept[row]))), (lambda row: source.where(int(kept[row])))
+            dataset = reference_image_columns(dataset, pending, base_dir, where, spec.name)
     if len(dataset) == 0:
         raise DataError(f"Dataset {spec.name!r} ({source.description}) has no good rows: every row was skipped.")
     return dataset
+
+
+def _bad_image_rows(dataset: datasets.Dataset, columns: list[str], source: _Source) -> list[tuple[int, BadRowError]]:
+    """Rows with an image that is missing, no image or not decodable (``on_bad_rows: skip``): every image is decoded
+    once here, so that no bad one is left to stop the run when its batch is built."""
+    found: list[tuple[int, BadRowError]] = []
+    row = 0
+    for batch in dataset.select_columns(columns).iter(batch_size=256):
+        for offset in range(len(batch[columns[0]])):
+            for column in columns:
+                value = batch[column][offset]
+                try:
+                    if is_image_reference(value):
+                        reference = value
+                    else:
+                        reference = image_reference(
+                            value, source.base_dir(row + offset), source.where(row + offset), column
+                        )
+                except DataError as error:
+                    reason = "missing image" if "does not exist" in str(error) else "not an image"
+                    found.append((row + offset, BadRowError(str(error), reason)))
+                    break
+                try:
+                    decode_image(reference, column).close()
+                except DataError as error:
+                    found.append((row + offset, BadRowError(str(error), "undecodable image")))
+                    break
+        row += len(batch[columns[0]])
+    return found
 
 
 def _image_targets(spec: DatasetSpec, plan: ColumnPlan, source: _Source, features: datasets.Features) -> list[str]:

@@ -77,7 +77,8 @@ class DatasetSpec:
         on_bad_rows: ``"raise"`` (default): a bad row (missing column, empty text, malformed JSON, bytes that are not
             UTF-8, a CSV/TSV line with the wrong number of fields) stops with an error naming the file and line.
             ``"skip"``: bad rows are left out and counted by reason (reported in ``metrics.json`` and the run log);
-            a truncated gzip stream skips the rest of its file.
+            a truncated gzip stream skips the rest of its file. With image columns, rows whose image is missing,
+            corrupt or no image are skipped too (every image is decoded once while loading to find them).
         stream: ``"auto"`` (default): URLs (``s3://``, ``gs://``, ``hf://``, ``http(s)://``, ``file://``) are
             streamed during training, local paths are loaded into the Arrow cache. ``True`` streams a local path
             too (JSON Lines, Parquet, contrastors shards); ``False`` copies a URL into the cache first.
