@@ -90,6 +90,25 @@ def test_webdataset_tar_shards(tmp_path):
     assert load_dataset_spec({"name": "web", "path": str(tmp_path / "shard-0.tar")})["source"] == ["s0", "s1", "s2"]
 
 
+def test_tar_shards_from_s3_are_indexed_and_their_images_read_by_range(tmp_path, s3_server):
+    images = random_images(4)
+    (tmp_path / "shards").mkdir()
+    _write_shard(tmp_path / "shards" / "shard-0000.tar", images[:2])
+    _write_shard(tmp_path / "shards" / "shard-0001.tar", images[2:])
+    s3_server.upload(tmp_path / "shards", "s3://pictures/web")
+    spec = {"name": "web", "path": "s3://pictures/web/shard-{0000..0001}.tar", "columns": ["image", "text"]}
+    data = load_dataset_spec(spec)
+    assert data[3]["image"]["image_path"] == "s3://pictures/web/shard-0001.tar"  # a byte range, nothing copied
+    decoded, captions = _collate(data, ("image", "text"))
+    assert captions == ["caption 0", "caption 1", "caption 0", "caption 1"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, images, strict=True))
+    assert len(load_dataset_spec({**spec, "path": "s3://pictures/web/*.tar"})) == 4
+    with pytest.raises(DataError, match=r"s3://pictures/web/shard-0002\.tar"):
+        load_dataset_spec({**spec, "path": "s3://pictures/web/shard-0002.tar"})
+    with pytest.raises(ValueError, match="not streamed row by row"):
+        load_dataset_spec({**spec, "stream": True})
+
+
 def test_a_missing_image_is_named_with_its_row_when_the_data_loads(image_folder):
     folder, _ = image_folder
     rows = [{"image": "pics/0.png", "caption": "ok"}, {"image": "pics/gone.png", "caption": "missing"}]

@@ -8,8 +8,10 @@ webdataset): ``0001.jpg`` + ``0001.txt`` (+ ``0001.json``) is one sample. Each s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tarfile
+from collections.abc import Iterator
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -17,17 +19,40 @@ import datasets
 
 from st_contrast.data.columns import DataError
 from st_contrast.data.images import IMAGE_REFERENCE
+from st_contrast.data.urls import expand_url, is_url, open_url, reading, url_filesystem
 
-__all__ = ["IMAGE_EXTENSIONS", "load_image_shards"]
+__all__ = ["IMAGE_EXTENSIONS", "expand_shard_urls", "load_image_shards"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+
+
+def expand_shard_urls(urls: list[str]) -> list[str]:
+    """The shard URLs that ``urls`` name (globs and contrastors-style brace ranges expanded), in order."""
+    shards = []
+    for url in urls:
+        fs, path = url_filesystem(url)
+        protocol = url.split("://", 1)[0]
+        shards += [path if "://" in path else f"{protocol}://{path}" for path in expand_url(url, fs, path)]
+    return shards
+
+
+@contextlib.contextmanager
+def _open_shard(shard: str) -> Iterator[tarfile.TarFile]:
+    """The shard as a tar archive that seeks over the image data: a local file, or a URL read through fsspec."""
+    if not is_url(shard):
+        with tarfile.open(shard, "r:") as archive:
+            yield archive
+        return
+    fs, path = url_filesystem(shard)
+    with reading(shard), open_url(fs, path, shard) as handle, tarfile.open(fileobj=handle, mode="r:") as archive:
+        yield archive
 
 
 def _samples(shard: str) -> list[dict[str, Any]]:
     """The shard's samples in order: ``{"key", "image": TarInfo | None, "txt": str | None, "json": dict | None}``."""
     samples: dict[str, dict[str, Any]] = {}
     try:
-        with tarfile.open(shard, "r:") as archive:
+        with _open_shard(shard) as archive:
             for member in archive:
                 if not member.isfile():
                     continue

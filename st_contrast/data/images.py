@@ -17,6 +17,7 @@ from typing import Any
 import datasets
 
 from st_contrast.data.columns import DataError
+from st_contrast.data.urls import is_url, reading, url_filesystem
 
 __all__ = ["IMAGE_REFERENCE", "decode_image", "image_reference", "is_image_reference", "reference_image_columns"]
 
@@ -88,9 +89,7 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
             data = reference["image_bytes"]
         elif reference.get("offset") is not None:
             what = f"image at byte {reference['offset']} of {path!r}"
-            with open(path, "rb") as handle:
-                handle.seek(reference["offset"])
-                data = handle.read(reference["size"])
+            data = _read_range(path, reference["offset"], reference["size"])
         else:
             with open(path, "rb") as handle:
                 data = handle.read()
@@ -102,6 +101,17 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
             f"{reference.get('row')}: column {column!r}: {what} cannot be decoded ({type(error).__name__}: {error}). "
             "Fix or remove the row."
         ) from error
+
+
+def _read_range(path: str, offset: int, size: int) -> bytes:
+    """``size`` bytes at ``offset`` of a local file or a URL (one ranged read, credentials from the environment)."""
+    if not is_url(path):
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            return handle.read(size)
+    fs, inner = url_filesystem(path)
+    with reading(path):
+        return fs.cat_file(inner, start=offset, end=offset + size)
 
 
 def reference_image_columns(

@@ -134,10 +134,18 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
         (first.endswith(".jsonl.gz") and (Path(first).parent / "counts.json").is_file())  # a contrastors pattern
         or (os.path.isdir(first) and (Path(first) / "counts.json").is_file())
     )
+    if is_url(first) and spec.image_shards:
+        from st_contrast.data.image_shards import expand_shard_urls, load_image_shards
+
+        files = expand_shard_urls(paths)
+        dataset, counts = load_image_shards(files, spec.name, spec.max_rows)
+        shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more shard(s)"
+        return _prepare(dataset, spec, _Source(shown, counts), bad_rows)
     if is_url(first) and spec.image_columns:
         raise DataError(
-            f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards; {paths[0]!r} is a "
-            "URL (streaming image-text data is not supported yet: copy it locally)."
+            f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards (local or URLs); "
+            f"{paths[0]!r} is a URL to a table with image columns (not supported yet: copy it locally, or write "
+            "webdataset-style tar shards)."
         )
     if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
         from st_contrast.data.stream_cache import load_stream_into_cache

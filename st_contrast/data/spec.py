@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,7 +82,9 @@ class DatasetSpec:
             corrupt or no image are skipped too (every image is decoded once while loading to find them).
         stream: ``"auto"`` (default): URLs (``s3://``, ``gs://``, ``hf://``, ``http(s)://``, ``file://``) are
             streamed during training, local paths are loaded into the Arrow cache. ``True`` streams a local path
-            too (JSON Lines, Parquet, contrastors shards); ``False`` copies a URL into the cache first.
+            too (JSON Lines, Parquet, contrastors shards); ``False`` copies a URL into the cache first. Image-text
+            tar shards (``*.tar``, local or URLs) are never streamed row by row: each shard is indexed once (its
+            headers read through, no copy kept) and the images are read by byte range when their batch is built.
         storage_options: fsspec options for the URL's filesystem (e.g. ``{"endpoint_url": ...}``, ``{"anon":
             true}``); by default credentials and endpoints come from the environment (``AWS_ENDPOINT_URL``,
             ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``...).
@@ -139,14 +142,32 @@ class DatasetSpec:
             )
         if not isinstance(self.storage_options, Mapping):
             raise ValueError(f"Dataset {self.name!r}: storage_options must be a mapping, got {self.storage_options!r}.")
+        if self.image_shards and self.stream is True:
+            raise ValueError(
+                f"Dataset {self.name!r}: image-text tar shards are not streamed row by row: they are indexed once and "
+                "their images read by byte range per batch, from a URL too (no local copy). Leave out 'stream'."
+            )
+        if self.image_shards and self.storage_options and any(_is_url(path) for path in self._paths):
+            raise ValueError(
+                f"Dataset {self.name!r}: image-text tar shards from URLs take their credentials and endpoint from the "
+                "environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...), not from storage_options."
+            )
+
+    @property
+    def _paths(self) -> list[str]:
+        return [str(self.path)] if isinstance(self.path, (str, os.PathLike)) else [str(path) for path in self.path]
+
+    @property
+    def image_shards(self) -> bool:
+        """Whether the dataset is webdataset-style image-text tar shards (``*.tar``, local or URLs)."""
+        return all(path.lower().endswith(".tar") for path in self._paths)
 
     @property
     def streams(self) -> bool:
         """Whether training reads this dataset as a stream (see ``stream``)."""
         if self.stream != "auto":
             return bool(self.stream)
-        paths = [self.path] if isinstance(self.path, str) else list(self.path)
-        return any(_is_url(str(path)) for path in paths)
+        return not self.image_shards and any(_is_url(path) for path in self._paths)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> DatasetSpec:
