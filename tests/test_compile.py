@@ -8,7 +8,15 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
-from st_contrast.modules import FlashTransformer, compile_backbone, disable_packing, is_compiled
+from st_contrast.modules import (
+    BidirectionalFlashTransformer,
+    FlashTransformer,
+    compile_backbone,
+    disable_packing,
+    is_bidirectional,
+    is_compiled,
+)
+from st_contrast.recipes import llm2vec_model
 from st_contrast.training.builders import build_model, compile_model
 from st_contrast.training.specs import ConfigError, ModelSpec
 
@@ -46,7 +54,7 @@ def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_se
         model.train()
     torch.testing.assert_close(step(compiled, first), step(eager, first), atol=1e-5, rtol=1e-5)
     after_first_batch = len(compiled_graphs)
-    assert after_first_batch > 0
+    assert after_first_batch == 1, "the packed model broke into several graphs (the exact kernel is traced on CPU)"
     for texts in others:
         torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
     assert len(compiled_graphs) == after_first_batch, "a new batch shape recompiled the packed model"
@@ -64,6 +72,48 @@ def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_se
     torch.testing.assert_close(plain.encode(texts), eager.encode(texts), atol=1e-5, rtol=1e-5)
     disable_packing(compiled[0])
     assert not is_compiled(compiled[0])
+
+
+def test_bidirectional_decoder_compiles_to_one_graph_and_stays_bidirectional(tiny_model_factory, snli_sentences):
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    def model(compile):
+        torch.manual_seed(0)
+        backbone = BidirectionalFlashTransformer(tiny_model_factory("llama"), attention_backend="sdpa", compile=compile)
+        return SentenceTransformer(
+            modules=[backbone, Pooling(backbone.get_embedding_dimension(), "mean")], device="cpu"
+        )
+
+    eager, compiled = model(False), model({"backend": counting_backend})
+    assert is_compiled(compiled[0]) and is_bidirectional(compiled[0].model)
+    for texts in batches(snli_sentences)[:3]:
+        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
+    assert len(graphs) == 1
+    # bidirectional under compile too: the first token's output depends on a later token
+    first, changed = compiled[0].preprocess(["a man plays a guitar"]), compiled[0].preprocess(["a man plays a drum"])
+    with torch.no_grad():
+        outputs = [compiled[0](features)["token_embeddings"].flatten(0, -2)[0] for features in (first, changed)]
+    assert not torch.allclose(*outputs)
+
+
+def test_llm2vec_recipe_compiles_after_its_lora_adapter(tiny_model_factory, snli_sentences):
+    path = tiny_model_factory("llama")
+    with pytest.raises(ValueError, match="packed=True"):
+        llm2vec_model(path, compile=True)
+    lora = {"r": 4, "alpha": 8, "dropout": 0.0}  # no random masks: the two models must agree exactly
+    torch.manual_seed(0)
+    eager = llm2vec_model(path, packed=True, attention_backend="sdpa", lora=lora, device="cpu")
+    torch.manual_seed(0)
+    compiled = llm2vec_model(
+        path, packed=True, attention_backend="sdpa", lora=lora, device="cpu", compile={"backend": "eager"}
+    )
+    assert is_compiled(compiled[0]) and any("lora_" in name for name, _ in compiled.named_parameters())
+    for texts in batches(snli_sentences)[:2]:
+        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
 
 
 def test_compile_needs_a_packed_backbone(tiny_model_factory):

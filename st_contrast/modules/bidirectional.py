@@ -240,7 +240,9 @@ class BidirectionalFlashTransformer(BidirectionalTransformer, metaclass=PackedMo
     """:class:`BidirectionalTransformer`, packed (:func:`~st_contrast.modules.enable_packing`).
 
     Same arguments as :class:`BidirectionalTransformer` plus ``attention_backend`` (``"auto"``,
-    ``"varlen"``, ``"flash_attn"``, ``"sdpa"``); the packed kernels run non-causal. Calling it returns a packed
+    ``"varlen"``, ``"flash_attn"``, ``"sdpa"``) and ``compile`` (as :class:`FlashTransformer`'s: ``torch.compile``
+    with dynamic shapes, :func:`~st_contrast.modules.compile_backbone`; apply LoRA first, then
+    ``compile_backbone``); the packed kernels run non-causal. Calling it returns a packed
     ``BidirectionalTransformer``; ``isinstance(module, BidirectionalFlashTransformer)`` tells whether a
     ``BidirectionalTransformer`` runs packed. Models saved by st_contrast 0.1 under this name load through it.
 
@@ -254,5 +256,12 @@ class BidirectionalFlashTransformer(BidirectionalTransformer, metaclass=PackedMo
 
     packed_base = BidirectionalTransformer
 
-    def __new__(cls, model_name_or_path: str, *, attention_backend: str = "auto", **kwargs: Any):
-        return enable_packing(cls.packed_base(model_name_or_path, **kwargs), attention_backend)
+    def __new__(
+        cls,
+        model_name_or_path: str,
+        *,
+        attention_backend: str = "auto",
+        compile: bool | dict[str, Any] = False,
+        **kwargs: Any,
+    ):
+        return enable_packing(cls.packed_base(model_name_or_path, **kwargs), attention_backend, compile=compile)

@@ -8,6 +8,7 @@ from sentence_transformers import SentenceTransformer
 
 from st_contrast.adapters import add_lora
 from st_contrast.modules.bidirectional import BidirectionalTransformer
+from st_contrast.modules.compilation import compile_backbone
 from st_contrast.modules.instruction_pooling import InstructionPooling
 from st_contrast.modules.packing import enable_packing
 
@@ -24,6 +25,7 @@ def llm2vec_model(
     lora: dict[str, Any] | None = None,
     max_seq_length: int | None = None,
     device: str | None = None,
+    compile: bool | dict[str, Any] = False,
     **backbone_kwargs: Any,
 ) -> SentenceTransformer:
     """A bidirectional decoder embedding model: LLM2Vec's SimCSE and supervised stages start from it.
@@ -44,8 +46,12 @@ def llm2vec_model(
         lora: ``{"r": 16, "alpha": 32, "dropout": 0.05}`` adds a LoRA adapter (preset ``"decoder"``).
         max_seq_length: Truncation length (EOS included).
         device: Passed to ``SentenceTransformer``.
+        compile: ``torch.compile`` the packed backbone after the LoRA adapter is added
+            (:func:`~st_contrast.modules.compile_backbone`; a dict gives its arguments). Needs ``packed=True``.
         **backbone_kwargs: Passed to the backbone (``append_eos``, ``sgpt_brackets``, ``model_kwargs``...).
     """
+    if compile and not packed:
+        raise ValueError("llm2vec_model(compile=...) compiles the packed backbone: pass packed=True as well.")
     if attention_dropout is not None:
         config_kwargs = dict(backbone_kwargs.pop("config_kwargs", None) or {})
         config_kwargs["attention_dropout"] = attention_dropout
@@ -59,4 +65,6 @@ def llm2vec_model(
     model = SentenceTransformer(modules=[backbone, pooling], device=device)
     if lora:
         add_lora(model, lora.get("preset", "decoder"), **{k: v for k, v in lora.items() if k != "preset"})
+    if compile:
+        compile_backbone(backbone, **(compile if isinstance(compile, dict) else {}))
     return model
