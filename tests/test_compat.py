@@ -77,7 +77,7 @@ def test_info_lists_versions_and_a_working_pair(capsys):
     assert report["lora_adapters"] == "available"
 
 
-# --- Upstream hooks (st_contrast/compat.py) -------------------------------------------------------------------------
+# --- Upstream hooks (st_contrast/compat/) ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("hook", HOOKS, ids=lambda hook: hook.name)
@@ -96,7 +96,7 @@ def test_a_changed_or_removed_hook_is_named_with_the_versions(monkeypatch):
     ), problem
     assert "checked on transformers 5.17.0-5.23.0" in problem
     assert f"transformers {metadata.version('transformers')} removed or changed it" in problem
-    assert "(model, trial, metrics)" in problem and "st_contrast/compat.py" in problem
+    assert "(model, trial, metrics)" in problem and "st_contrast/compat/" in problem
     assert "st_contrast/training/trainer.py" in problem and "tests/test_training_resume.py" in problem
 
     forward_padded = next(hook for hook in HOOKS if hook.attribute == "_forward_padded")
@@ -124,13 +124,13 @@ def test_registry_points_at_real_files():
 
 
 def test_private_hooks_are_reached_only_through_compat():
-    """Outside compat.py, st_contrast names no private hook of the registry (overridden methods excepted)."""
+    """Outside st_contrast/compat/, st_contrast names no private hook of the registry (overridden methods excepted)."""
     private = {h.attribute for h in HOOKS if h.attribute.startswith("_") and not h.attribute.startswith("__")}
     private -= {h.attribute for h in HOOKS if h.kind == "override"}
     package = Path(st_contrast.__file__).parent
     found = []
     for path in sorted(package.rglob("*.py")):
-        if path.name == "compat.py" and path.parent == package:
+        if path.parent == package / "compat":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             names = [node.attr] if isinstance(node, ast.Attribute) else []
