@@ -105,14 +105,15 @@ def sequence_lengths(features: dict) -> torch.Tensor:
 
 
 class TrainRun:
-    """Training steps of one variant (forward of both columns, in-batch-negatives loss, backward, AdamW): the
-    variants take turns step by step, so a machine shared with other jobs slows them alike."""
+    """Training steps of one variant (forward of both columns, in-batch-negatives loss, backward, fused AdamW as the
+    trainer's default ``optim``): the variants take turns step by step, so a machine shared with other jobs slows them
+    alike."""
 
     def __init__(self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops) -> None:
         self.model, self.batches, self.peak_flops = model, batches, peak_flops
         self.device = model.device
         model.train()
-        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
         self.prepared = [(to_device(model.preprocess(a), self.device), to_device(model.preprocess(p), self.device))
                          for a, p in batches]  # fmt: skip
         self.estimate = estimate_flops(model)
