@@ -109,6 +109,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--rank", type=int, default=16, help="LoRA rank (alpha = 2 * rank)")
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every measurement in this process: a quick end-to-end check "
+        "(no process start per measurement); times stand, but the peak memory figures are not each its own",
+    )
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)  # internal: one method per process
     args = parser.parse_args()
     model_name = args.model or "all-MiniLM-L6-v2 (packaged)"
@@ -123,6 +129,9 @@ def main() -> None:
 
     results = {}
     for method in METHODS:
+        if args.in_process:
+            results[method] = run_method(argparse.Namespace(**{**vars(args), "method": method}))
+            continue
         command = [sys.executable, __file__, *sys.argv[1:], f"--method={method}", f"--model={args.model}"]
         output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
         results[method] = json.loads(output.strip().splitlines()[-1])
@@ -146,6 +155,7 @@ def main() -> None:
         "max_seq_length": args.max_seq_length,
         "timed_steps": args.steps,
         "lora_rank": args.rank,
+        "in_process": args.in_process,
         "methods": results,
         "ratios_vs_full": ratios,
     }

@@ -85,6 +85,9 @@ def measure(args: argparse.Namespace) -> dict:
 
 
 def run_one(args: argparse.Namespace, text_model: str, method: str, batch_size: int) -> dict:
+    if args.in_process:
+        return measure(argparse.Namespace(**{**vars(args), "method": method, "text_model": text_model,
+                                             "batch_size": batch_size}))  # fmt: skip
     command = [
         sys.executable, __file__, "--worker", f"--method={method}", f"--text-model={text_model}",
         f"--device={args.device}", f"--batch-sizes={batch_size}", f"--mini-batch-size={args.mini_batch_size}",
@@ -105,6 +108,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=2, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every measurement in this process: a quick end-to-end check "
+        "(no process start per measurement); times stand, but the peak memory figures are not each its own",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=METHODS, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -121,6 +130,7 @@ def main() -> None:
             f"({args.image_size}px, hidden 128, 2 layers), projected to 128",
             "mini_batch_size": args.mini_batch_size,
             "torch": torch.__version__,
+            "in_process": args.in_process,
             "batches": {},
         }
         for batch_size in args.batch_sizes:

@@ -125,6 +125,9 @@ def measure_interleaved(args: argparse.Namespace) -> dict:
 
 
 def run_one(args: argparse.Namespace, model: str, method: str, batch_size: int) -> dict:
+    if args.in_process:
+        one = argparse.Namespace(**{**vars(args), "method": method, "model": model, "batch_size": batch_size})
+        return measure_interleaved(one) if method == "interleaved" else measure(one)
     command = [
         sys.executable, __file__, "--worker", f"--method={method}", f"--model={model}", f"--device={args.device}",
         f"--batch-sizes={batch_size}", f"--mini-batch-size={args.mini_batch_size}", f"--steps={args.steps}",
@@ -173,6 +176,12 @@ def main() -> None:
         "--interleaved", action="store_true", help="also time the three methods in one process, one step of each in "
         "turn (fairer on a machine shared with other jobs); ratios of the fastest steps",
     )  # fmt: skip
+    parser.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run every measurement in this process: a quick end-to-end check "
+        "(no process start per measurement); times stand, but the peak memory figures are not each its own",
+    )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=(*METHODS, "interleaved"), help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -189,6 +198,7 @@ def main() -> None:
             "mini_batch_size": args.mini_batch_size,
             "dtype": args.dtype,
             "torch": torch.__version__,
+            "in_process": args.in_process,
             "batches": {},
         }
         for batch_size in args.batch_sizes:

@@ -37,7 +37,9 @@ def test_bench_backbone_random_nomic_bert():
 
 @pytest.mark.slow
 def test_bench_losses_small_run():
-    report = run_benchmark("bench_losses.py", "--batch-sizes=16", "--mini-batch-size=4", "--steps=1", "--warmup=0")
+    report = run_benchmark(
+        "bench_losses.py", "--batch-sizes=16", "--mini-batch-size=4", "--steps=1", "--warmup=0", "--in-process"
+    )
     figures = report["batches"]["16"]
     for method in ("uncached", "cached", "stock_cached"):
         assert figures[method]["seconds"] > 0 and figures[method]["peak_mib"] >= 0
@@ -52,7 +54,9 @@ def test_bench_losses_small_run():
 
 @pytest.mark.slow
 def test_bench_adapters_small_run():
-    report = run_benchmark("bench_adapters.py", "--batch-size=4", "--steps=1", "--warmup=1", "--max-seq-length=32")
+    report = run_benchmark(
+        "bench_adapters.py", "--batch-size=4", "--steps=1", "--warmup=1", "--max-seq-length=32", "--in-process"
+    )
     methods = report["methods"]
     assert methods["full"]["trainable_params"] == methods["full"]["total_params"]
     assert (
@@ -73,8 +77,9 @@ def test_bench_adapters_small_run():
 @pytest.mark.slow
 def test_bench_image_text_small_run():
     report = run_benchmark(
-        "bench_image_text.py", "--batch-sizes=8", "--mini-batch-size=4", "--steps=1", "--warmup=0", "--image-size=16"
-    )
+        "bench_image_text.py", "--batch-sizes=8", "--mini-batch-size=4", "--steps=1", "--warmup=0", "--image-size=16",
+        "--in-process",
+    )  # fmt: skip
     figures = report["batches"]["8"]
     for method in ("uncached", "cached", "stock_cached"):
         assert figures[method]["images_per_s"] == pytest.approx(8 / figures[method]["seconds"], abs=0.051)  # 0.1 steps
