@@ -19,6 +19,20 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+FULL_TESTS = os.environ.get("ST_CONTRAST_FULL_TESTS", "") not in ("", "0")
+"""``ST_CONTRAST_FULL_TESTS=1`` also runs the tests marked ``full``: the full forms of slow tests whose small forms keep
+the default suite (and CI) within its time budget."""
+
+
+def pytest_collection_modifyitems(config, items):
+    if FULL_TESTS:
+        return
+    skip = pytest.mark.skip(reason="full form: set ST_CONTRAST_FULL_TESTS=1 (the default suite runs its small form)")
+    for item in items:
+        if "full" in item.keywords:
+            item.add_marker(skip)
+
+
 _ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = next(
     (path for path in (_ROOT.parent / "shared" / "data", _ROOT / "shared" / "data") if path.is_dir()),

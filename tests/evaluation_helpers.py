@@ -66,8 +66,11 @@ def write_headed_sts(path: Path, rows: list[tuple[str, str, float]], delimiter: 
     return path
 
 
-def write_toy_beir(directory: Path, compress: bool = False, qrels=TOY_QRELS, corpus=TOY_CORPUS) -> Path:
-    """The toy corpus as a BEIR directory (corpus/queries jsonl, qrels/test.tsv), optionally gzipped."""
+def write_toy_beir(
+    directory: Path, compress: bool = False, qrels=TOY_QRELS, corpus=TOY_CORPUS, queries=TOY_QUERIES
+) -> Path:
+    """The toy corpus (or ``corpus`` / ``queries`` / ``qrels`` given alike) as a BEIR directory (corpus/queries jsonl,
+    qrels/test.tsv), optionally gzipped."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "qrels").mkdir(exist_ok=True)
 
@@ -80,8 +83,8 @@ def write_toy_beir(directory: Path, compress: bool = False, qrels=TOY_QRELS, cor
 
     docs = [{"_id": doc_id, "title": title, "text": text} for doc_id, (title, text) in corpus.items()]
     write(directory / "corpus.jsonl", "".join(json.dumps(doc) + "\n" for doc in docs))
-    queries = [{"_id": query_id, "text": text} for query_id, text in TOY_QUERIES.items()]
-    write(directory / "queries.jsonl", "".join(json.dumps(query) + "\n" for query in queries))
+    rows = [{"_id": query_id, "text": text} for query_id, text in queries.items()]
+    write(directory / "queries.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
     lines = ["query-id\tcorpus-id\tscore"] + [f"{q}\t{d}\t{s}" for q, d, s in qrels]
     write(directory / "qrels" / "test.tsv", "\n".join(lines) + "\n")
     return directory
