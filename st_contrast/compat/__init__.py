@@ -18,86 +18,9 @@ them all), so a release that removes or changes a hook fails with a message that
 
 from __future__ import annotations
 
-from st_contrast.compat.hooks import (
-    SAMPLER_WRAPPER_ATTRIBUTES,
-    accelerate_state_exists,
-    attn_implementation,
-    clear_prompt_lengths,
-    dataset_fingerprint,
-    embed_columns,
-    flatten_inputs,
-    flatten_position_offset,
-    flattens_inputs,
-    forget_peft_adapters,
-    forward_params,
-    has_peft_adapters,
-    in_encode,
-    is_persistent_buffer,
-    load_checkpoint_weights,
-    load_with_module_classes,
-    model_position_offset,
-    peft_configs,
-    pool_flattened,
-    pool_padded,
-    prompt_length,
-    register_attention_function,
-    restore_padded_inputs,
-    sequences_in,
-    should_flatten_inputs,
-    trainer_output_dir,
-    training_progress_bar,
-)
-from st_contrast.compat.registry import (
-    CHECKED_ON,
-    HOOKS,
-    Hook,
-    hook_problem,
-)
-from st_contrast.compat.versions import (
-    KNOWN_PEFT_FLOORS,
-    CompatibilityError,
-    adapter_support_problem,
-    installed_version,
-    require_adapter_support,
-    transformers_min_peft_version,
-)
+from st_contrast.compat import hooks, registry, versions
+from st_contrast.compat.hooks import *  # noqa: F403 (each submodule's __all__ names its public surface)
+from st_contrast.compat.registry import *  # noqa: F403
+from st_contrast.compat.versions import *  # noqa: F403
 
-__all__ = [
-    "CHECKED_ON",
-    "HOOKS",
-    "KNOWN_PEFT_FLOORS",
-    "SAMPLER_WRAPPER_ATTRIBUTES",
-    "CompatibilityError",
-    "Hook",
-    "accelerate_state_exists",
-    "adapter_support_problem",
-    "attn_implementation",
-    "clear_prompt_lengths",
-    "dataset_fingerprint",
-    "embed_columns",
-    "flatten_inputs",
-    "flatten_position_offset",
-    "flattens_inputs",
-    "forget_peft_adapters",
-    "forward_params",
-    "has_peft_adapters",
-    "hook_problem",
-    "in_encode",
-    "installed_version",
-    "is_persistent_buffer",
-    "load_checkpoint_weights",
-    "load_with_module_classes",
-    "model_position_offset",
-    "peft_configs",
-    "pool_flattened",
-    "pool_padded",
-    "prompt_length",
-    "register_attention_function",
-    "require_adapter_support",
-    "restore_padded_inputs",
-    "sequences_in",
-    "should_flatten_inputs",
-    "trainer_output_dir",
-    "training_progress_bar",
-    "transformers_min_peft_version",
-]
+__all__ = [*versions.__all__, *hooks.__all__, *registry.__all__]
