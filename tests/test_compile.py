@@ -127,10 +127,45 @@ def test_compile_needs_a_packed_backbone(tiny_model_factory):
 @pytest.mark.slow
 def test_inductor_compiled_training_matches_eager(tiny_model_factory, snli_sentences):
     """The real compiler (CPU inductor), switched on as ``model.compile: true`` in a config: embeddings and gradients
-    equal eager's on batches of changing shapes."""
-    spec = {"name_or_path": tiny_model_factory("bert"), "attention_backend": "sdpa", "compile": True}
+    equal eager's on batches of changing shapes, with dropout on. On CPU the compiled model draws its dropout masks
+    with torch's own kernels, so under the same seed they are eager's masks (inductor's generator would draw others)."""
+    dropout = {"hidden_dropout_prob": 0.2, "attention_probs_dropout_prob": 0.2}
+    spec = {
+        "name_or_path": tiny_model_factory("bert"),
+        "attention_backend": "sdpa",
+        "compile": True,
+        "config_kwargs": dropout,
+    }
     eager, compiled = build_model(spec), build_model(spec)  # st-contrast train compiles after the adapters
     compile_model(compiled, ModelSpec.from_dict(spec))
     assert is_compiled(compiled[0]) and not is_compiled(eager[0])
-    for texts in batches(snli_sentences)[:3]:
-        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-4)
+    assert eager[0].model.config.attention_probs_dropout_prob == 0.2
+    for model in (eager, compiled):
+        model.train()
+
+    def seeded_step(model, texts, seed):
+        torch.manual_seed(seed)
+        return step(model, texts)
+
+    for seed, texts in enumerate(batches(snli_sentences)[:3]):
+        expected = seeded_step(eager, texts, seed)
+        torch.testing.assert_close(seeded_step(compiled, texts, seed), expected, atol=1e-5, rtol=1e-4)
+    other_masks = seeded_step(eager, texts, seed + 1)  # the masks are drawn: another seed, other embeddings
+    assert not torch.allclose(other_masks[0], expected[0], atol=1e-3)
+
+
+def test_cpu_compile_options_draw_dropout_masks_with_torch_kernels():
+    """On CPU inductor gets ``fallback_random`` (a mode is spelled out as its options, which ``torch.compile`` takes
+    instead of a mode); an explicit setting, other devices and other backends are left alone."""
+    from st_contrast.modules.compilation import _device_compile_options
+
+    cpu = _device_compile_options({"dynamic": True}, "cpu")
+    assert cpu == {"dynamic": True, "options": {"fallback_random": True}}
+    with_mode = _device_compile_options({"dynamic": True, "mode": "max-autotune-no-cudagraphs"}, "cpu")
+    assert "mode" not in with_mode and with_mode["options"]["max_autotune"] is True
+    assert with_mode["options"]["fallback_random"] is True
+    torch.compile(torch.nn.Identity(), **with_mode)  # torch.compile validates the options when it is called
+    explicit = {"dynamic": True, "options": {"fallback_random": False}}
+    assert _device_compile_options(explicit, "cpu")["options"] == {"fallback_random": False}
+    assert _device_compile_options({"mode": "max-autotune"}, "cuda") == {"mode": "max-autotune"}
+    assert _device_compile_options({"backend": "eager"}, "cpu") == {"backend": "eager"}

@@ -61,8 +61,8 @@ class PackedLayout:
         total_tokens: ``cu_seqlens[-1]`` when the caller knows it from a shape (read from ``cu_seqlens`` otherwise).
 
     Attributes:
-        padded_index: ``[batch, max_len]`` packed index of every padded slot (pad slots repeat a
-            real token of the same row, so gathered values stay finite).
+        padded_index: ``[batch, max_len]`` packed index of every padded slot (pad slots point at a real
+            token of the same row, so every index is in range; :meth:`to_padded` zeroes them).
         valid: ``[batch, max_len]`` True where the slot holds a real token. ``tensor[valid]`` on a
             padded tensor returns its tokens in packed order.
         packed_index: ``[total_tokens]`` flat index (into ``[batch * max_len]``) of every packed token.
@@ -95,12 +95,18 @@ class PackedLayout:
         self.has_padding = torch.compiler.is_compiling() or bool((lengths != self.max_len).any())
 
     def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
-        """``[total_tokens, ...]`` -> ``[batch, max_len, ...]`` (pad slots hold copies of real tokens)."""
-        return packed[self.padded_index]
+        """``[total_tokens, ...]`` -> ``[batch, max_len, ...]``, zeros in the pad slots.
+
+        Its backward is :meth:`to_packed` of the gradient (a gather), not the scatter-add that indexing would run.
+        """
+        return _ToPadded.apply(packed, self.padded_index, self.valid, self.packed_index)
 
     def to_packed(self, padded: torch.Tensor) -> torch.Tensor:
-        """``[batch, max_len, ...]`` -> ``[total_tokens, ...]``."""
-        return padded.flatten(0, 1)[self.packed_index]
+        """``[batch, max_len, ...]`` -> ``[total_tokens, ...]`` (the pad slots are dropped).
+
+        Its backward is :meth:`to_padded` of the gradient (a gather; the pad slots get zero gradient).
+        """
+        return _ToPacked.apply(padded, self.padded_index, self.valid, self.packed_index)
 
     def attention_mask(self, causal: bool, window: tuple[int, int] | None) -> torch.Tensor | None:
         """Boolean SDPA mask ``[batch, 1, max_len, max_len]`` (True = attend), or None if not needed.
@@ -133,6 +139,38 @@ class PackedLayout:
         # Pad query rows may see no key inside their window: let them attend everywhere so the
         # kernel never produces NaN rows (they are dropped by ``to_packed`` anyway).
         return mask | ~self.valid[:, None, :, None]
+
+
+class _ToPadded(torch.autograd.Function):
+    """Packed -> padded with zero pad slots. Every real token has one slot, so the gradient comes back by a gather.
+
+    Plain indexing would differentiate into an accumulating scatter (``index_put_``), serial on CPU and atomic in
+    compiled kernels. The layout's two index maps are inverse on the real tokens, so both directions are gathers,
+    forward and backward, at any order of differentiation.
+    """
+
+    @staticmethod
+    def forward(ctx, packed, padded_index, valid, packed_index):
+        ctx.save_for_backward(padded_index, valid, packed_index)
+        valid_slots = valid.view(*valid.shape, *([1] * (packed.ndim - 1)))
+        return packed[padded_index].masked_fill(~valid_slots, 0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ToPacked.apply(grad, *ctx.saved_tensors), None, None, None
+
+
+class _ToPacked(torch.autograd.Function):
+    """Padded -> packed: the real slots' gradient comes back by a gather (:class:`_ToPadded`), the pad slots get 0."""
+
+    @staticmethod
+    def forward(ctx, padded, padded_index, valid, packed_index):
+        ctx.save_for_backward(padded_index, valid, packed_index)
+        return padded.flatten(0, 1)[packed_index]
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _ToPadded.apply(grad, *ctx.saved_tensors), None, None, None
 
 
 _layout_cache: tuple[torch.Tensor, PackedLayout] | None = None

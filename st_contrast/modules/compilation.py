@@ -8,6 +8,10 @@ fp32) is traced into the graph (its padded layout's shapes follow ``max_len`` an
 shape), so the whole backbone is one graph. The GPU varlen kernels (``varlen``, ``flash_attn``) run between the graphs
 (a graph break per attention layer), and the projections, MLPs, norms and embeddings around them are fused. One
 compile serves every batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
+
+The model compiles once per device type it runs on. On CPU, inductor draws dropout masks with torch's own random
+kernels (``fallback_random``) rather than generating them in its fused loops: its per-element generator is several
+times slower than the vectorized one on CPU (on GPU it is fast, and the default stays).
 """
 
 from __future__ import annotations
@@ -53,9 +57,40 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
     forward = type(inner).forward.__get__(inner)
     if not _reads_pooler_output(module):
         forward = _with_pooler_output_detached(forward)
-    inner.forward = torch.compile(forward, **options)
+    inner.forward = _compiled_per_device_type(inner, forward, options)
     setattr(inner, _COMPILED, options)
     return module
+
+
+def _compiled_per_device_type(model: torch.nn.Module, forward, options: dict[str, Any]):
+    """``forward`` compiled on its first call on each device type of ``model``'s weights, with that device's options."""
+    compiled = {}
+
+    def run(*args, **kwargs):
+        device_type = next(model.parameters()).device.type
+        if device_type not in compiled:
+            compiled[device_type] = torch.compile(forward, **_device_compile_options(options, device_type))
+        return compiled[device_type](*args, **kwargs)
+
+    return run
+
+
+def _device_compile_options(options: dict[str, Any], device_type: str) -> dict[str, Any]:
+    """``torch.compile`` arguments for one device type: on CPU, inductor's ``fallback_random`` unless set.
+
+    ``mode`` becomes the inductor options it stands for (``torch.compile`` takes one or the other), so a mode and
+    the CPU setting combine. Other backends than inductor get ``options`` unchanged.
+    """
+    if device_type != "cpu" or options.get("backend", "inductor") != "inductor":
+        return options
+    from torch._inductor import list_mode_options
+
+    options = dict(options)
+    mode = options.pop("mode", None)
+    inductor = dict(list_mode_options(mode, options.get("dynamic")) if mode else {})
+    inductor.update(options.get("options") or {})
+    inductor.setdefault("fallback_random", True)
+    return {**options, "options": inductor}
 
 
 def _reads_pooler_output(module: Transformer) -> bool:

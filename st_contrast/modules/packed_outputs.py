@@ -53,9 +53,7 @@ def unpack_features(features: dict[str, Any]) -> dict[str, Any]:
             return type(value)(pad(item) for item in value)
         if not (torch.is_tensor(value) and value.ndim >= 2 and value.shape[0] == 1 and value.shape[1] == total):
             return value
-        padded = layout.to_padded(value[0])
-        valid = layout.valid.view(*layout.valid.shape, *([1] * (padded.ndim - 2)))
-        return padded.masked_fill(~valid, 0)
+        return layout.to_padded(value[0])  # zeros in the pad slots
 
     for key in PACKING_KEYS:
         features.pop(key, None)

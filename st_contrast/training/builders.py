@@ -44,7 +44,8 @@ def build_model(spec: ModelSpec | dict[str, Any]) -> SentenceTransformer:
     spec = spec if isinstance(spec, ModelSpec) else ModelSpec.from_dict(spec)
     if spec.vision is not None:
         return _build_two_tower(spec)
-    kwargs = {key: getattr(spec, key) for key in ("model_kwargs", "tokenizer_kwargs", "device") if getattr(spec, key)}
+    keys = ("model_kwargs", "tokenizer_kwargs", "config_kwargs", "device")
+    kwargs = {key: getattr(spec, key) for key in keys if getattr(spec, key)}
     model = load_model(resolve_model_path(spec.name_or_path), packed=False, **kwargs)
     if spec.packed:
         for module in model.modules():

@@ -53,6 +53,7 @@ class ModelSpec:
         normalize: Append a ``Normalize`` module when the model has none.
         bidirectional: Make a decoder bidirectional (LLM2Vec), persisted as ``is_causal: false``.
         model_kwargs / tokenizer_kwargs: Passed to the backbone.
+        config_kwargs: Overrides of the transformers config (``{hidden_dropout_prob: 0.0}``).
         device: Where to load the model.
         vision: Makes an image-text two-tower model (:func:`~st_contrast.recipes.two_tower_model`) whose text tower is
             ``name_or_path``: a vision model path / hub id, or a mapping with ``name_or_path`` or ``config`` (a
@@ -73,6 +74,7 @@ class ModelSpec:
     bidirectional: bool | None = None
     model_kwargs: dict | None = None
     tokenizer_kwargs: dict | None = None
+    config_kwargs: dict | None = None
     device: str | None = None
     vision: str | dict | None = None
     lock: str | None = None
