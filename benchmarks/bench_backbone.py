@@ -15,8 +15,10 @@ trainer sees them), for each backbone variant:
 
 Variants: ``stock`` (ST ``Transformer``, padded, SDPA), ``flash`` (packed, ``--attention-backend``), ``stock_unpad``
 (ST's own padding-free path, ``unpad_inputs=True``, which needs the ``flash_attn`` package: skipped with the reason
-otherwise), and with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``). Ratios are against
-``stock`` from the same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
+otherwise), with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``), and ``flash_merged`` (packed,
+both columns in one forward, as st_contrast's losses embed a packed batch: :mod:`st_contrast.losses.merged_columns`;
+every other variant runs one forward per column, as ST's losses do for a pair). Ratios are against ``stock`` from the
+same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
 
 Usage::
 
@@ -51,6 +53,7 @@ from shared_data import find_data
 from st_contrast.attention import cu_seqlens_from_lengths, resolve_backend
 from st_contrast.attention.backends import get_kernel
 from st_contrast.callbacks.flops import estimate_flops, peak_flops_per_device
+from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
 SECTIONS = ("train", "encode", "attention")
@@ -109,8 +112,10 @@ class TrainRun:
     trainer's default ``optim``): the variants take turns step by step, so a machine shared with other jobs slows them
     alike."""
 
-    def __init__(self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops) -> None:
-        self.model, self.batches, self.peak_flops = model, batches, peak_flops
+    def __init__(
+        self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops, merged: bool = False
+    ) -> None:
+        self.model, self.batches, self.peak_flops, self.merged = model, batches, peak_flops, merged
         self.device = model.device
         model.train()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
@@ -127,8 +132,11 @@ class TrainRun:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        a = F.normalize(model(dict(anchors))["sentence_embedding"].float(), dim=-1)
-        p = F.normalize(model(dict(positives))["sentence_embedding"].float(), dim=-1)
+        if self.merged:
+            a, p = (F.normalize(e.float(), dim=-1) for e in embed_columns(model, [dict(anchors), dict(positives)]))
+        else:
+            a = F.normalize(model(dict(anchors))["sentence_embedding"].float(), dim=-1)
+            p = F.normalize(model(dict(positives))["sentence_embedding"].float(), dim=-1)
         loss = F.cross_entropy(a @ p.T * 20.0, torch.arange(len(a), device=device))
         loss.backward()
         self.optimizer.step()
@@ -159,7 +167,7 @@ class TrainRun:
 
 
 def bench_train(models: dict[str, SentenceTransformer], batches, warmup: int, peak_flops: float | None) -> dict:
-    runs = {name: TrainRun(model, batches, peak_flops) for name, model in models.items()}
+    runs = {name: TrainRun(model, batches, peak_flops, merged=name == "flash_merged") for name, model in models.items()}
     for index in range(len(batches)):
         for run in runs.values():
             run.step(index, timed=index >= warmup)
@@ -267,6 +275,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         "flash_compiled": lambda: FlashTransformer(
             args.model, attention_backend=args.attention_backend, compile=True, **common
         ),
+        "flash_merged": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
     }
     names = args.variants or ["stock", "flash", "stock_unpad", *(["flash_compiled"] if args.compile else [])]
     variants: dict[str, Transformer | str] = {name: builders[name]() for name in names}
@@ -284,7 +293,8 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         report["train"] = train
     if "encode" in args.sections:
         encode_sentences = sentences[: args.encode_sentences]
-        encode = {name: bench_encode(model, encode_sentences, args.batch_size) for name, model in models.items()}
+        encoders = {name: model for name, model in models.items() if name != "flash_merged"}  # encode: one column
+        encode = {name: bench_encode(model, encode_sentences, args.batch_size) for name, model in encoders.items()}
         add_ratios(encode)
         report["encode"] = encode
     if "attention" in args.sections:
@@ -314,6 +324,8 @@ def add_ratios(section: dict) -> None:
             section["ratio"] = section["flash"]["ratio_vs_stock"]
     if "flash_compiled" in section and "flash" in section:
         section["compiled_vs_flash"] = section["flash_compiled"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
+    if "flash_merged" in section and "flash" in section:
+        section["merged_vs_flash"] = section["flash_merged"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
 
 def main() -> None:
@@ -337,7 +349,8 @@ def main() -> None:
     parser.add_argument("--attention-backend", default="auto", help="packed kernel of the flash variants")
     parser.add_argument("--compile", action="store_true", help="also time FlashTransformer(compile=True)")
     parser.add_argument(
-        "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled"), default=None,
+        "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged"),
+        default=None,
         help="the variants to time (default: stock, flash, stock_unpad, and flash_compiled with --compile)",
     )  # fmt: skip
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")

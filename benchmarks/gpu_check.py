@@ -10,12 +10,14 @@ that fails or runs out of time is logged and the next one starts):
 - ``backbone_bert_base`` / ``backbone_minilm``: ``bench_backbone.py`` on random BERT-base-sized (768 wide, 12 layers)
   and MiniLM-sized (384 wide, 6 layers, heads of 32) models: training step and encode, packed vs stock ST padded SDPA
   vs stock ST ``unpad_inputs`` (skipped with the reason where flash_attn is absent), bf16;
-- ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU;
+- ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU,
+  with one forward per column and with both columns in one forward (``flash_merged``, as st_contrast's losses run);
 - ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL from 1k to 16k triplets (step
   time, ``max_memory_allocated``);
 - ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 for a few steps: the run log (and
   so the progress bar) must carry ``tokens_per_second`` and, on a known GPU, ``mfu``;
-- ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager.
+- ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
+  (on a CPU: the toy model, compiled by inductor's C++ backend).
 
 Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the others run at toy sizes, so
 every command line and report is exercised before a GPU run: their figures are not measurements. Writes
@@ -130,9 +132,10 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         ),
         Part(
             "mfu_bert_base",
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "--sections", "train",
-             "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "--sections", "train", *cpu_train],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "--sections",
+             "train", "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "--sections",
+             "train", *cpu_train],
             120,
         ),
         Part(
@@ -153,9 +156,9 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             "compile_bert_base",
             [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
              "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256"],
-            None, 240,
-            cpu_skip="inductor's C++ compile takes minutes on a CPU; measured there by bench_backbone.py --compile "
-            "(benchmarks/RESULTS.md)",
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
+             "train", *cpu_train],
+            240,
         ),
     ]  # fmt: skip
 
@@ -243,6 +246,8 @@ def summary(results: dict) -> dict:
         out[f"attention_ratio_at_{padding}"] = get("attention", "attention", f"padding_{padding}", "ratio")
     out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
     out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
+    out["bert_base_merged_mfu"] = get("mfu_bert_base", "train", "flash_merged", "mfu")
+    out["bert_base_merged_vs_per_column"] = get("mfu_bert_base", "train", "merged_vs_flash")
     out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
     out["trainer_log_mfu"] = get("trainer_mfu", "mfu")
     out["bert_base_compiled_mfu"] = get("compile_bert_base", "train", "flash_compiled", "mfu")
@@ -266,6 +271,7 @@ def markdown(report: dict) -> str:
         return cell(value, unit="x")
 
     figures = report["summary"]
+    unpad_skipped = figures["bert_base_stock_unpad_skipped"] or figures["minilm_stock_unpad_skipped"]
     rows = [
         f"### {report['date']}, {report['device']}, torch {report['versions']['torch']}, transformers "
         f"{report['versions']['transformers']}, sentence-transformers {report['versions']['sentence_transformers']}",
@@ -281,7 +287,7 @@ def markdown(report: dict) -> str:
         f"| MiniLM-size training step, packed / stock | {times(figures['minilm_train_packed_vs_stock'])} | >= 2.0x |",
         f"| BERT-base encode, packed / stock | {times(figures['bert_base_encode_packed_vs_stock'])} | |",
         f"| MiniLM-size encode, packed / stock | {times(figures['minilm_encode_packed_vs_stock'])} | |",
-        f"| stock ST `unpad_inputs` | {figures['bert_base_stock_unpad_skipped'] or 'measured (see JSON)'} | |",
+        f"| stock ST `unpad_inputs` | {unpad_skipped or 'measured (see JSON)'} | |",
     ]
     for padding in ("0.3", "0.45", "0.6"):
         target = ">= 3x" if padding == "0.45" else ""
@@ -292,6 +298,9 @@ def markdown(report: dict) -> str:
     rows += [
         f"| BERT-base packed training MFU (bf16), eager | {cell(figures['bert_base_packed_mfu'], 3)} | >= 0.40 "
         "(0.30 milestone) |",
+        f"| BERT-base packed training MFU, both columns in one forward (st_contrast's losses) | "
+        f"{cell(figures['bert_base_merged_mfu'], 3)} ({times(figures['bert_base_merged_vs_per_column'])} the tokens/s "
+        "of one forward per column) | |",
         f"| `st-contrast train` log (and progress bar), BERT-base bf16: tokens/s, MFU | "
         f"{cell(figures['trainer_log_tokens_per_second'], 0)}, {cell(figures['trainer_log_mfu'], 3)} | MFU shown |",
         f"| BERT-base packed training MFU, `compile=True` | {cell(figures['bert_base_compiled_mfu'], 3)} | |",

@@ -12,8 +12,8 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
-from st_contrast.compat import embed_columns
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.losses.sample_state import check_sample_indices, sync_rows
 from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Literal
 
@@ -13,6 +13,7 @@ from sentence_transformers.util import cos_sim, get_rank, get_world_size, simila
 from torch import Tensor
 
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.losses.temperature import LearnedTemperature, ScaleFactor, adopt_saved_logit_scale
 
 __all__ = ["InfoNCELoss"]
@@ -172,6 +173,10 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
         world = batch_size * (get_world_size() if gathered else 1)
         with self.false_negative_detector.batch(labels, offset, torch.is_grad_enabled(), world):
             yield
+
+    def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        """ST's forward, every column of a packed batch in one forward (:mod:`~st_contrast.losses.merged_columns`)."""
+        return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
         with self.false_negative_scope(len(embeddings[0]), labels):

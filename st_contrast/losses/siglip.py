@@ -11,7 +11,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, similarity_fct_name
 from torch import Tensor, nn
 
-from st_contrast.compat import embed_columns
+from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 
 __all__ = ["SigLIPLoss"]

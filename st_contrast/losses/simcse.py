@@ -91,7 +91,8 @@ class SimCSELoss(nn.Module):
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
         sentence_features = list(sentence_features)
         if len(sentence_features) == 1:
-            # Two views, as two columns (two forward passes); shallow copies since modules write into the dicts.
+            # Two views, as two columns (one forward on packed models, two otherwise; either way each copy draws its own
+            # dropout masks); shallow copies since modules write into the dicts.
             sentence_features = [dict(sentence_features[0]), dict(sentence_features[0])]
         return self.loss(sentence_features, labels)
 
