@@ -63,14 +63,17 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
 
 
 def _compiled_per_device_type(model: torch.nn.Module, forward, options: dict[str, Any]):
-    """``forward`` compiled on its first call on each device type of ``model``'s weights, with that device's options."""
-    compiled = {}
+    """``forward`` compiled with the options of the device type that holds ``model``'s weights when it runs.
+
+    Both compiled callables exist from the start (``torch.compile`` compiles lazily, on a callable's first call), so a
+    trainer that traces the whole model meets no ``torch.compile`` call inside its trace.
+    """
+    on_cpu = torch.compile(forward, **_device_compile_options(options, "cpu"))
+    elsewhere = torch.compile(forward, **options)
 
     def run(*args, **kwargs):
-        device_type = next(model.parameters()).device.type
-        if device_type not in compiled:
-            compiled[device_type] = torch.compile(forward, **_device_compile_options(options, device_type))
-        return compiled[device_type](*args, **kwargs)
+        compiled = on_cpu if next(model.parameters()).device.type == "cpu" else elsewhere
+        return compiled(*args, **kwargs)
 
     return run
 
