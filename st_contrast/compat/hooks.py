@@ -255,7 +255,7 @@ def training_progress_bar(callback: Any) -> Any:
 
 def accelerate_state_exists() -> bool:
     """Whether someone created accelerate's process state, without creating one (hook:
-    ``PartialState._shared_state``; samplers read the world size from it). Checked on accelerate 1.15."""
+    ``PartialState._shared_state``; samplers read the world size from it). Checked on accelerate 1.15 and 1.16."""
     try:
         from accelerate.state import PartialState
     except ImportError:  # pragma: no cover - accelerate is a dependency
@@ -278,4 +278,5 @@ def is_persistent_buffer(module: Any, name: str) -> bool:
 SAMPLER_WRAPPER_ATTRIBUTES: tuple[str, ...] = ("batch_sampler", "sampler", "base_dataloader", "_loader", "dataloader")
 """Attributes through which accelerate's and transformers' data-loader wrappers (``DataLoaderShard.base_dataloader``,
 ``SkipBatchSampler.batch_sampler``, ``BatchSamplerShard.batch_sampler``...) reach the sampler they wrap;
-:func:`~st_contrast.data.set_sampler_epoch` follows them. Checked on accelerate 1.15 and transformers 5.17 and 5.23."""
+:func:`~st_contrast.data.set_sampler_epoch` follows them. Checked on accelerate 1.15 and 1.16, transformers 5.17 and
+5.23."""

@@ -15,7 +15,7 @@ __all__ = ["CHECKED_ON", "HOOKS", "Hook", "hook_problem"]
 CHECKED_ON: dict[str, tuple[str, ...]] = {
     "sentence-transformers": ("6.0.1", "6.2.0"),
     "transformers": ("5.17.0", "5.23.0"),
-    "accelerate": ("1.15.0",),
+    "accelerate": ("1.15.0", "1.16.0"),
     "mteb": ("2.26.24",),
     "peft": ("0.21.2",),
     "datasets": ("5.2.0",),
