@@ -109,6 +109,30 @@ def test_tar_shards_from_s3_are_indexed_and_their_images_read_by_range(tmp_path,
         load_dataset_spec({**spec, "stream": True})
 
 
+def test_image_urls_in_a_local_table_are_read_when_their_batch_is_built(image_folder, s3_server):
+    folder, images = image_folder
+    s3_server.upload(folder / "pics", "s3://pictures/cells")
+    urls = [f"s3://pictures/cells/{n}.png" for n in range(3)]
+    urls[1] = (folder / "pics" / "1.png").as_uri()  # file:// URLs too
+    rows = [{"image": url, "caption": f"picture {n}"} for n, url in enumerate(urls)]
+    (folder / "urls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    spec = {"name": "urls", "path": str(folder / "urls.jsonl"), "image_columns": ["image"]}
+    data = load_dataset_spec(spec)
+    assert data["image"][0]["image_path"] == urls[0]  # a reference: nothing read yet
+    decoded, captions = _collate(data)
+    assert captions == ["picture 0", "picture 1", "picture 2"]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(decoded, images, strict=True))
+
+    rows.append({"image": "s3://pictures/cells/gone.png", "caption": "missing"})
+    (folder / "urls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = load_dataset_spec(spec)  # URLs are checked when read, not with a request per row up front
+    with pytest.raises(DataError, match=r"urls\.jsonl, row 3 .*column 'image': s3://pictures/cells/gone\.png: no such"):
+        _collate(data)
+    bad = BadRows("urls")
+    skipped = load_dataset_spec({**spec, "on_bad_rows": "skip"}, bad_rows=bad)
+    assert skipped["caption"] == ["picture 0", "picture 1", "picture 2"] and dict(bad.counts) == {"missing image": 1}
+
+
 def test_a_missing_image_is_named_with_its_row_when_the_data_loads(image_folder):
     folder, _ = image_folder
     rows = [{"image": "pics/0.png", "caption": "ok"}, {"image": "pics/gone.png", "caption": "missing"}]

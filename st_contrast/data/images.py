@@ -1,9 +1,10 @@
 """Image columns of training data: lazy references in the dataset, decoded per batch with errors naming file and row.
 
 A dataset never holds decoded images. Each image cell becomes an *image reference*, a small struct that says where
-the encoded image is (a file, a byte range of a tar shard, or the encoded bytes themselves) and where the row came
-from. :func:`decode_image` opens it when a batch is collated (see :class:`~st_contrast.data.ImageTextDataCollator`);
-a missing or corrupt image raises a :class:`~st_contrast.data.DataError` that names the image and the data row.
+the encoded image is (a file, a URL, a byte range of a tar shard, or the encoded bytes themselves) and where the row
+came from. :func:`decode_image` opens it when a batch is collated (see
+:class:`~st_contrast.data.ImageTextDataCollator`); a missing or corrupt image raises a
+:class:`~st_contrast.data.DataError` that names the image and the data row.
 """
 
 from __future__ import annotations
@@ -35,9 +36,11 @@ IMAGE_REFERENCE = datasets.Features(
 
 
 def image_reference(value: Any, base_dir: str | Path | None, where: str, column: str) -> dict[str, Any]:
-    """The reference of one image cell: a path (relative to ``base_dir``), encoded bytes, a PIL image, or a
-    ``{"bytes", "path"}`` dict (a ``datasets.Image`` cell). A missing file or a value that is no image is a
-    :class:`DataError` naming ``where`` (the data file and row)."""
+    """The reference of one image cell: a path (relative to ``base_dir``), a URL (``s3://``, ``gs://``, ``https://``...,
+    credentials from the environment), encoded bytes, a PIL image, or a ``{"bytes", "path"}`` dict (a
+    ``datasets.Image`` cell). A missing local file or a value that is no image is a :class:`DataError` naming
+    ``where`` (the data file and row); a URL is only read, and so checked, when its batch is built (no request per
+    row up front)."""
     reference = {"image_path": None, "image_bytes": None, "offset": None, "size": None, "row": where}
     if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
         if value.get("bytes"):
@@ -51,6 +54,9 @@ def image_reference(value: Any, base_dir: str | Path | None, where: str, column:
         buffer = io.BytesIO()
         value.save(buffer, format="PNG")
         reference["image_bytes"] = buffer.getvalue()
+        return reference
+    if isinstance(value, str) and is_url(value.strip()):
+        reference["image_path"] = value.strip()
         return reference
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         path = Path(os.path.expanduser(str(value)))
@@ -91,11 +97,12 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
             what = f"image at byte {reference['offset']} of {path!r}"
             data = _read_range(path, reference["offset"], reference["size"])
         else:
-            with open(path, "rb") as handle:
-                data = handle.read()
+            data = _read_range(path, 0, None)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             return image.convert("RGB")
+    except DataError as error:  # a URL that cannot be read: the message names it and what went wrong
+        raise DataError(f"{reference.get('row')}: column {column!r}: {error}") from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(
             f"{reference.get('row')}: column {column!r}: {what} cannot be decoded ({type(error).__name__}: {error}). "
@@ -103,15 +110,16 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
         ) from error
 
 
-def _read_range(path: str, offset: int, size: int) -> bytes:
-    """``size`` bytes at ``offset`` of a local file or a URL (one ranged read, credentials from the environment)."""
+def _read_range(path: str, offset: int, size: int | None) -> bytes:
+    """``size`` bytes (None: the rest) at ``offset`` of a local file or a URL (one read, credentials from the
+    environment)."""
     if not is_url(path):
         with open(path, "rb") as handle:
             handle.seek(offset)
-            return handle.read(size)
+            return handle.read(-1 if size is None else size)
     fs, inner = url_filesystem(path)
     with reading(path):
-        return fs.cat_file(inner, start=offset, end=offset + size)
+        return fs.cat_file(inner, start=offset, end=None if size is None else offset + size)
 
 
 def reference_image_columns(

@@ -144,8 +144,8 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
     if is_url(first) and spec.image_columns:
         raise DataError(
             f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards (local or URLs); "
-            f"{paths[0]!r} is a URL to a table with image columns (not supported yet: copy it locally, or write "
-            "webdataset-style tar shards)."
+            f"{paths[0]!r} is a URL to a table with image columns (not supported yet: copy the table locally, its "
+            "image cells may stay URLs, or write webdataset-style tar shards)."
         )
     if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
         from st_contrast.data.stream_cache import load_stream_into_cache
@@ -355,7 +355,10 @@ def _bad_image_rows(dataset: datasets.Dataset, columns: list[str], source: _Sour
                 try:
                     decode_image(reference, column).close()
                 except DataError as error:
-                    found.append((row + offset, BadRowError(str(error), "undecodable image")))
+                    missing = "no such file or object" in str(error)  # an image URL that is not there
+                    found.append(
+                        (row + offset, BadRowError(str(error), "missing image" if missing else "undecodable image"))
+                    )
                     break
         row += len(batch[columns[0]])
     return found
