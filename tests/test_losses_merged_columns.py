@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from loss_helpers import assert_same_gradients, gradients, tiny_model, tokenize_columns
-from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
 
 from st_contrast.losses import InfoNCELoss, SigLIPLoss
 from st_contrast.losses.merged_columns import embed_columns, merge_packed_columns
@@ -79,3 +79,19 @@ def test_siglip_on_merged_columns_equals_its_per_column_loss(packed, columns):
     per_column.backward()
     torch.testing.assert_close(merged, per_column)
     assert_same_gradients(merged_gradients, gradients(packed))
+
+
+def test_matryoshka_around_info_nce_keeps_one_forward_and_stock_gradients(packed, tiny_model_factory, columns):
+    forwards = []
+    packed[0].register_forward_hook(lambda module, args, output: forwards.append(1))
+    info_nce = InfoNCELoss(packed, temperature=0.05, learnable_temperature=False)
+    loss = MatryoshkaLoss(packed, info_nce, [32, 16, 8])(tokenize_columns(packed, columns), None)
+    loss.backward()
+    assert len(forwards) == 1  # ST's Matryoshka reuses the one forward for every dimension
+
+    stock = tiny_model(tiny_model_factory("bert"))
+    expected = MatryoshkaLoss(stock, MultipleNegativesRankingLoss(stock, scale=20.0), [32, 16, 8])
+    expected = expected(tokenize_columns(stock, columns), None)
+    expected.backward()
+    torch.testing.assert_close(loss, expected, atol=1e-5, rtol=1e-5)
+    assert_same_gradients(gradients(packed), gradients(stock))
