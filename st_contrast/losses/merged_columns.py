@@ -62,7 +62,7 @@ def merge_packed_columns(features_list: list[dict[str, Any]]) -> dict[str, Any] 
     first = features_list[0]
     if any("cu_seq_lens_q" not in features or features.keys() != first.keys() for features in features_list):
         return None
-    tokens = [int(features["cu_seq_lens_q"][-1]) for features in features_list]
+    tokens = [_token_count(features) for features in features_list]
     sequences = [len(features["cu_seq_lens_q"]) - 1 for features in features_list]
     token_starts = [sum(tokens[:index]) for index in range(len(tokens))]
     sequence_starts = [sum(sequences[:index]) for index in range(len(sequences))]
@@ -84,6 +84,12 @@ def merge_packed_columns(features_list: list[dict[str, Any]]) -> dict[str, Any] 
         else:
             return None
     return merged
+
+
+def _token_count(features: dict[str, Any]) -> int:
+    """The column's packed tokens, from a shape where it can (no device sync), else from its boundaries."""
+    ids = features.get("input_ids")
+    return ids.shape[-1] if isinstance(ids, Tensor) and ids.ndim == 2 else int(features["cu_seq_lens_q"][-1])
 
 
 def _is_per_token(values: list[Any], tokens: list[int]) -> bool:
