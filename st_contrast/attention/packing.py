@@ -153,8 +153,7 @@ class _ToPadded(torch.autograd.Function):
     def forward(ctx, packed, padded_index, valid, packed_index):
         ctx.save_for_backward(padded_index, valid, packed_index)
         valid_slots = valid.view(*valid.shape, *([1] * (packed.ndim - 1)))
-        gathered = packed.index_select(0, padded_index.flatten()).view(*padded_index.shape, *packed.shape[1:])
-        return gathered.masked_fill_(~valid_slots, 0)  # index_select and in place: about 2x indexing on CPU
+        return packed[padded_index].masked_fill(~valid_slots, 0)
 
     @staticmethod
     def backward(ctx, grad):
@@ -167,7 +166,7 @@ class _ToPacked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, padded, padded_index, valid, packed_index):
         ctx.save_for_backward(padded_index, valid, packed_index)
-        return padded.flatten(0, 1).index_select(0, packed_index)
+        return padded.flatten(0, 1)[packed_index]
 
     @staticmethod
     def backward(ctx, grad):
