@@ -28,8 +28,19 @@ VISION = {"config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hi
         ({"data": {**BASE["data"], "prepare": {"function": "nowhere:write"}}}, "cannot be imported"),
         ({"data": {**BASE["data"], "prepare": {"function": "write"}}}, "'package.module:function'"),
         (
-            {"data": {"datasets": [{"name": "pics", "path": "s3://bucket/pics.jsonl", "image_columns": ["image"]}]}},
-            "streaming image-text data",
+            {
+                "data": {
+                    "datasets": [
+                        {
+                            "name": "pics",
+                            "path": "s3://b/p.jsonl",
+                            "image_columns": ["image"],
+                            "storage_options": {"anon": True},
+                        }
+                    ]
+                }
+            },
+            "credentials and endpoint of the environment",
         ),
     ],
 )

@@ -12,8 +12,9 @@
 - :func:`add_sample_index`: global row indices as the label column, for GloFND / GlobalContrastiveLoss.
 - :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
 - :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
-- Image columns (``image_columns``, webdataset ``*.tar`` shards): references decoded per batch by
-  :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes offline image-text sets.
+- Image columns (``image_columns``, webdataset ``*.tar`` shards, streamed too: :mod:`st_contrast.data.stream_tar`):
+  references decoded per batch by :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes
+  offline image-text sets.
 - :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
 """
 

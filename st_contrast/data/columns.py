@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from st_contrast.data.spec import OBJECTIVES, DatasetSpec
@@ -54,7 +54,8 @@ class ColumnPlan:
     """Which source columns become which training columns.
 
     ``sources[i]`` becomes ``targets[i]``, except a list-valued ``negatives_source`` that becomes
-    ``negative_1..n`` (``negative`` when ``num_negatives == 1``). ``label_source`` becomes ``"label"``.
+    ``negative_1..n`` (``negative`` when ``num_negatives == 1``). ``label_source`` becomes ``"label"``. The
+    ``image_sources`` hold image references (see :mod:`st_contrast.data.images`), not texts.
     """
 
     dataset: str
@@ -63,6 +64,25 @@ class ColumnPlan:
     negatives_source: str | None = None
     num_negatives: int | None = None
     label_source: str | None = None
+    image_sources: list[str] = field(default_factory=list)
+
+    def with_images(self, names: list[str], where: str) -> ColumnPlan:
+        """This plan with the source columns ``names`` read as images; a name that is no training column, or the
+        negatives list, is a :class:`DataError`."""
+        unknown = [name for name in names if name not in self.sources]
+        if unknown:
+            raise DataError(f"{where}: image_columns {unknown} are not among its training columns {self.sources}.")
+        if self.negatives_source in names:
+            raise DataError(f"{where}: image columns cannot be a list of negatives; list them one by one.")
+        self.image_sources = list(dict.fromkeys(names))
+        return self
+
+    @property
+    def image_targets(self) -> list[str]:
+        """The training names of the image columns."""
+        return [
+            target for source, target in zip(self.sources, self.targets, strict=True) if source in self.image_sources
+        ]
 
     @property
     def text_columns(self) -> list[str]:
@@ -97,6 +117,9 @@ class ColumnPlan:
             if source == self.negatives_source:
                 for name, negative in zip(self.negative_names(), self.expand_negatives(value, where), strict=True):
                     output[name] = negative
+                continue
+            if source in self.image_sources:  # a reference made by the reader (its file, byte range or bytes)
+                output[target] = value
                 continue
             problem = text_problem(value)
             if problem:

@@ -17,11 +17,11 @@ from typing import Any
 
 import datasets
 
-from st_contrast.data.columns import DataError
+from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.images import IMAGE_REFERENCE
 from st_contrast.data.urls import expand_url, is_url, open_url, reading, url_filesystem
 
-__all__ = ["IMAGE_EXTENSIONS", "expand_shard_urls", "load_image_shards"]
+__all__ = ["IMAGE_EXTENSIONS", "expand_shard_urls", "load_image_shards", "member_key", "read_caption"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
 
@@ -48,6 +48,30 @@ def _open_shard(shard: str) -> Iterator[tarfile.TarFile]:
         yield archive
 
 
+def member_key(member: tarfile.TarInfo) -> tuple[str, str]:
+    """``(sample key, lower-case extension)`` of a tar member: ``images/0001.jpg`` -> ``("images/0001", ".jpg")``."""
+    path = PurePosixPath(member.name)
+    key, _, extension = path.name.partition(".")
+    return str(path.parent / key), "." + extension.lower()
+
+
+def read_caption(archive: tarfile.TarFile, member: tarfile.TarInfo, where: str) -> str | Any:
+    """The ``.txt`` member as stripped text, or the ``.json`` member parsed.
+
+    Raises:
+        BadRowError: Bytes that are not UTF-8 (``not UTF-8``) or malformed JSON (``malformed JSON``), naming
+            ``where`` and the member.
+    """
+    raw = archive.extractfile(member).read()
+    try:
+        text = raw.decode("utf8")
+        return json.loads(text) if member_key(member)[1] == ".json" else text.strip()
+    except UnicodeDecodeError as error:
+        raise BadRowError(f"{where}, member {member.name!r}: not UTF-8 ({error}).", "not UTF-8") from error
+    except json.JSONDecodeError as error:
+        raise BadRowError(f"{where}, member {member.name!r}: malformed JSON ({error}).", "malformed JSON") from error
+
+
 def _samples(shard: str) -> list[dict[str, Any]]:
     """The shard's samples in order: ``{"key", "image": TarInfo | None, "txt": str | None, "json": dict | None}``."""
     samples: dict[str, dict[str, Any]] = {}
@@ -56,20 +80,15 @@ def _samples(shard: str) -> list[dict[str, Any]]:
             for member in archive:
                 if not member.isfile():
                     continue
-                path = PurePosixPath(member.name)
-                key, _, extension = path.name.partition(".")
-                key = str(path.parent / key)
+                key, extension = member_key(member)
                 sample = samples.setdefault(key, {"key": key, "image": None, "txt": None, "json": None})
-                extension = "." + extension.lower()
                 if extension in IMAGE_EXTENSIONS:
                     sample["image"] = member
                 elif extension in (".txt", ".json"):
-                    raw = archive.extractfile(member).read()
                     try:
-                        text = raw.decode("utf8")
-                        sample[extension[1:]] = json.loads(text) if extension == ".json" else text.strip()
-                    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-                        raise DataError(f"{shard}, member {member.name!r}: cannot be read ({error}).") from error
+                        sample[extension[1:]] = read_caption(archive, member, shard)
+                    except BadRowError as error:
+                        raise DataError(f"{error} Fix or remove the sample.") from error
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"{shard}: not a readable tar shard ({type(error).__name__}: {error}).") from error
     return list(samples.values())

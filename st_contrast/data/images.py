@@ -9,8 +9,11 @@ came from. :func:`decode_image` opens it when a batch is collated (see
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import io
 import os
+import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,7 +23,17 @@ import datasets
 from st_contrast.data.columns import DataError
 from st_contrast.data.urls import is_url, reading, url_filesystem
 
-__all__ = ["IMAGE_REFERENCE", "decode_image", "image_reference", "is_image_reference", "reference_image_columns"]
+__all__ = [
+    "IMAGE_REFERENCE",
+    "checked_image",
+    "decode_image",
+    "image_identity",
+    "image_reference",
+    "is_image_reference",
+    "portable_reference",
+    "reference_image_columns",
+    "restored_reference",
+]
 
 IMAGE_REFERENCE = datasets.Features(
     {
@@ -36,11 +49,11 @@ IMAGE_REFERENCE = datasets.Features(
 
 
 def image_reference(value: Any, base_dir: str | Path | None, where: str, column: str) -> dict[str, Any]:
-    """The reference of one image cell: a path (relative to ``base_dir``), a URL (``s3://``, ``gs://``, ``https://``...,
-    credentials from the environment), encoded bytes, a PIL image, or a ``{"bytes", "path"}`` dict (a
-    ``datasets.Image`` cell). A missing local file or a value that is no image is a :class:`DataError` naming
-    ``where`` (the data file and row); a URL is only read, and so checked, when its batch is built (no request per
-    row up front)."""
+    """The reference of one image cell: a path (relative to ``base_dir``, a folder or the URL of one), a URL
+    (``s3://``, ``gs://``, ``https://``..., credentials from the environment), encoded bytes, a PIL image, or a
+    ``{"bytes", "path"}`` dict (a ``datasets.Image`` cell). A missing local file or a value that is no image is a
+    :class:`DataError` naming ``where`` (the data file and row); a URL is only read, and so checked, when its batch
+    is built (no request per row up front)."""
     reference = {"image_path": None, "image_bytes": None, "offset": None, "size": None, "row": where}
     if isinstance(value, Mapping) and ("bytes" in value or "path" in value):
         if value.get("bytes"):
@@ -58,6 +71,10 @@ def image_reference(value: Any, base_dir: str | Path | None, where: str, column:
     if isinstance(value, str) and is_url(value.strip()):
         reference["image_path"] = value.strip()
         return reference
+    if isinstance(value, (str, os.PathLike)) and str(value).strip() and base_dir is not None and is_url(str(base_dir)):
+        if not os.path.isabs(str(value)):  # beside a table at a URL: read, and so checked, when its batch is built
+            reference["image_path"] = posixpath.join(str(base_dir).rstrip("/"), str(value).strip())
+            return reference
     if isinstance(value, (str, os.PathLike)) and str(value).strip():
         path = Path(os.path.expanduser(str(value)))
         if not path.is_absolute() and base_dir is not None:
@@ -86,21 +103,34 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
     Raises:
         DataError: The file is gone, unreadable or not a decodable image; the message names the image and the row.
     """
+    return _decode(reference, column)[0]
+
+
+def checked_image(reference: Mapping[str, Any], column: str = "image") -> dict[str, Any]:
+    """``reference`` with its encoded bytes read in, once the image has been decoded whole (``on_bad_rows: skip``
+    of a stream: the reader finds the bad image, and the batch does not read it a second time).
+
+    Raises:
+        DataError: As :func:`decode_image`.
+    """
+    image, data = _decode(reference, column)
+    image.close()
+    return {**reference, "image_bytes": data}
+
+
+def _decode(reference: Mapping[str, Any], column: str):
+    """``(RGB image, encoded bytes)`` of ``reference``; errors name the image and the row."""
     from PIL import Image
 
     path = reference.get("image_path")
     what = f"image {path!r}" if path else "the image bytes"
+    if reference.get("offset") is not None:
+        what = f"image at byte {reference['offset']} of {path!r}"
     try:
-        if reference.get("image_bytes") is not None:
-            data = reference["image_bytes"]
-        elif reference.get("offset") is not None:
-            what = f"image at byte {reference['offset']} of {path!r}"
-            data = _read_range(path, reference["offset"], reference["size"])
-        else:
-            data = _read_range(path, 0, None)
+        data = _encoded(reference)
         with Image.open(io.BytesIO(data)) as image:
             image.load()
-            return image.convert("RGB")
+            return image.convert("RGB"), data
     except DataError as error:  # a URL that cannot be read: the message names it and what went wrong
         raise DataError(f"{reference.get('row')}: column {column!r}: {error}") from error
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
@@ -108,6 +138,40 @@ def decode_image(reference: Mapping[str, Any], column: str = "image"):
             f"{reference.get('row')}: column {column!r}: {what} cannot be decoded ({type(error).__name__}: {error}). "
             "Fix or remove the row."
         ) from error
+
+
+def _encoded(reference: Mapping[str, Any]) -> bytes:
+    """The encoded image of ``reference``: its bytes, else read from its file, URL or byte range."""
+    if reference.get("image_bytes") is not None:
+        return reference["image_bytes"]
+    return _read_range(reference["image_path"], reference.get("offset") or 0, reference.get("size"))
+
+
+def image_identity(reference: Mapping[str, Any]) -> Any:
+    """A hashable value equal for two references to the same image (a digest of the bytes, else where they are):
+    streamed batches keep an image, like a text, once per batch."""
+    if reference.get("image_bytes") is not None:
+        return ("image", hashlib.blake2b(reference["image_bytes"], digest_size=16).digest())
+    return ("image", reference.get("image_path"), reference.get("offset"))
+
+
+def portable_reference(reference: Mapping[str, Any]) -> dict[str, Any]:
+    """``reference`` as JSON can hold it (a stream position's pending rows): without the bytes where the image can be
+    read again from its file, URL or byte range, else with them in base64."""
+    portable = dict(reference)
+    if portable.get("image_path"):
+        portable["image_bytes"] = None
+    elif portable.get("image_bytes") is not None:
+        portable["image_bytes"] = {"base64": base64.b64encode(portable["image_bytes"]).decode("ascii")}
+    return portable
+
+
+def restored_reference(portable: Mapping[str, Any]) -> dict[str, Any]:
+    """The reference of a :func:`portable_reference`."""
+    reference = dict(portable)
+    if isinstance(reference.get("image_bytes"), Mapping):
+        reference["image_bytes"] = base64.b64decode(reference["image_bytes"]["base64"])
+    return reference
 
 
 def _read_range(path: str, offset: int, size: int | None) -> bytes:

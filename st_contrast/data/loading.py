@@ -141,12 +141,6 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
         dataset, counts = load_image_shards(files, spec.name, spec.max_rows)
         shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more shard(s)"
         return _prepare(dataset, spec, _Source(shown, counts), bad_rows)
-    if is_url(first) and spec.image_columns:
-        raise DataError(
-            f"Dataset {spec.name!r}: image columns are read from local files, folders or tar shards (local or URLs); "
-            f"{paths[0]!r} is a URL to a table with image columns (not supported yet: copy the table locally, its "
-            "image cells may stay URLs, or write webdataset-style tar shards)."
-        )
     if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
         from st_contrast.data.stream_cache import load_stream_into_cache
 

@@ -176,7 +176,8 @@ def _streaming_data(specs: list[DatasetSpec], weights: list[float] | None, add_s
                 f"Dataset {source.name!r} keeps the label column {source.plan.label_source!r}; the sample index needs "
                 "the label column. Leave 'label_column' unset when training with GloFND / GlobalContrastiveLoss."
             )
-        if prompts := source.spec.prompts(source.plan.text_columns):
+        images = source.plan.image_targets
+        if prompts := {c: p for c, p in source.spec.prompts(source.plan.text_columns).items() if c not in images}:
             prompts_by_name[source.name] = prompts
     dataset = StreamingDataset(sources, weights=weights, add_sample_index=add_sample_index)
     prompts: Any = prompts_by_name or None

@@ -72,24 +72,29 @@ class DatasetSpec:
         image_columns: Source columns that hold images: file paths (relative to the data file's folder, or
             absolute), encoded bytes, PIL images or ``datasets.Image`` cells. They are stored as references and
             decoded per batch (:class:`~st_contrast.data.ImageTextDataCollator`); a missing file is reported when the
-            data loads, a corrupt one when its batch is built, naming the data file and row. Webdataset tar shards
-            (``*.tar``) always have an ``image`` column.
+            data loads (a streamed row when it is read), a corrupt one when its batch is built, naming the data file
+            and row. Paths in a table at a URL are relative to its folder's URL. Webdataset tar shards (``*.tar``)
+            always have an ``image`` column.
         load_kwargs: Extra keyword arguments for ``datasets.load_dataset``.
         on_bad_rows: ``"raise"`` (default): a bad row (missing column, empty text, malformed JSON, bytes that are not
             UTF-8, a CSV/TSV line with the wrong number of fields) stops with an error naming the file and line.
             ``"skip"``: bad rows are left out and counted by reason (reported in ``metrics.json`` and the run log);
             a truncated gzip stream skips the rest of its file. With image columns, rows whose image is missing,
-            corrupt or no image are skipped too (every image is decoded once while loading to find them).
+            corrupt or no image are skipped too (every image is decoded once to find them: while loading, or in a
+            stream's reader as its rows are read, their bytes kept for the batch).
         stream: ``"auto"`` (default): URLs (``s3://``, ``gs://``, ``hf://``, ``http(s)://``, ``file://``) are
             streamed during training, local paths are loaded into the Arrow cache. ``True`` streams a local path
-            too (JSON Lines, Parquet, contrastors shards); ``False`` copies a URL into the cache first. Image-text
-            tar shards (``*.tar``, local or URLs) are never streamed row by row: each shard is indexed once (its
-            headers read through, no copy kept) and the images are read by byte range when their batch is built.
+            too (JSON Lines, CSV, TSV, Parquet, contrastors shards, tar shards); ``False`` copies a URL into the cache
+            first. Image-text tar shards (``*.tar``) stream as webdataset does, each shard read front to back with
+            its images (:mod:`~st_contrast.data.stream_tar`); with ``False`` (the default for local shards) each is
+            indexed once (its headers read, no copy kept) and the images are read by byte range per batch.
         storage_options: fsspec options for the URL's filesystem (e.g. ``{"endpoint_url": ...}``, ``{"anon":
             true}``); by default credentials and endpoints come from the environment (``AWS_ENDPOINT_URL``,
             ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``...).
         shuffle_buffer: Rows a stream shuffles together (its memory bound): each rank reads its part of the shards
-            in windows of this many rows and trains on each window in a seeded random order (``1``: file order).
+            in windows of this many rows and trains on each window in a seeded random order (``1``: file order). A
+            rank holds about two windows (one read ahead); streamed tar shards hold their encoded images in them too
+            (10,000 rows of 50 kB images: about 1 GB), so lower it for large images.
     """
 
     name: str
@@ -142,15 +147,11 @@ class DatasetSpec:
             )
         if not isinstance(self.storage_options, Mapping):
             raise ValueError(f"Dataset {self.name!r}: storage_options must be a mapping, got {self.storage_options!r}.")
-        if self.image_shards and self.stream is True:
+        images = self.image_shards or self.image_columns
+        if images and self.storage_options and any(_is_url(path) for path in self._paths):
             raise ValueError(
-                f"Dataset {self.name!r}: image-text tar shards are not streamed row by row: they are indexed once and "
-                "their images read by byte range per batch, from a URL too (no local copy). Leave out 'stream'."
-            )
-        if self.image_shards and self.storage_options and any(_is_url(path) for path in self._paths):
-            raise ValueError(
-                f"Dataset {self.name!r}: image-text tar shards from URLs take their credentials and endpoint from the "
-                "environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...), not from storage_options."
+                f"Dataset {self.name!r}: images at URLs (tar shards, image columns) are read per batch with the "
+                "credentials and endpoint of the environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...), not storage_options."
             )
 
     @property
@@ -167,7 +168,7 @@ class DatasetSpec:
         """Whether training reads this dataset as a stream (see ``stream``)."""
         if self.stream != "auto":
             return bool(self.stream)
-        return not self.image_shards and any(_is_url(path) for path in self._paths)
+        return any(_is_url(path) for path in self._paths)
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> DatasetSpec:

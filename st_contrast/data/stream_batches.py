@@ -4,10 +4,11 @@ position that a checkpoint records and a resumed run restores exactly.
 A rank reads its part of each pass (:class:`~st_contrast.data.stream_reader.RankLayout`) in windows of
 ``shuffle_buffer`` rows; window ``k`` of pass ``p`` is consumed in a permutation seeded by ``(seed, dataset, p,
 rank, k)``. A batch takes rows in that order, skipping (``on_bad_rows: skip``, counted) bad rows, and defers a row
-whose text is already in the batch to a later one (``pending``). Rows never get lost at a pass boundary: the batch
-that straddles it takes the next pass's first rows. The position is ``(pass, window, rows consumed, pending rows)``:
-a resumed stream seeks to the window's first row (``shard``, ``row``), reads the window again and continues with the
-next unseen row, the batches identical to those of an uninterrupted run.
+whose text (or image) is already in the batch to a later one (``pending``). Rows never get lost at a pass boundary:
+the batch that straddles it takes the next pass's first rows. The position is ``(pass, window, rows consumed, pending
+rows)``: a resumed stream seeks to the window's first row (``shard``, ``row``), reads the window again and continues
+with the next unseen row, the batches identical to those of an uninterrupted run. Pending rows keep their images as
+references the checkpoint's JSON can hold (:func:`~st_contrast.data.images.portable_reference`).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, DataError
+from st_contrast.data.images import image_identity, is_image_reference, portable_reference, restored_reference
 from st_contrast.data.stream_reader import PrefetchReader, RankLayout
 from st_contrast.data.stream_sources import StreamSource
 
@@ -118,7 +120,12 @@ class DatasetStream:
         return out
 
     def _texts(self, row: dict[str, Any]) -> list[Any]:
-        return [value for key, value in row.items() if key not in _RESERVED]
+        """The values a batch holds once: texts, and images by :func:`~st_contrast.data.images.image_identity`."""
+        return [
+            image_identity(value) if is_image_reference(value) else value
+            for key, value in row.items()
+            if key not in _RESERVED
+        ]
 
     def next_batch(self) -> list[dict[str, Any]]:
         """The next ``batch_size`` rows (a bad row raises in ``raise`` mode when its window is read)."""
@@ -167,7 +174,7 @@ class DatasetStream:
             "window": self.window_index,
             "consumed": self.consumed,
             "window_start": start,
-            "pending": [dict(row) for row in self.pending],
+            "pending": [_portable(row) for row in self.pending],
             "bad_rows": self.bad_rows.as_dict(),
         }
 
@@ -177,7 +184,7 @@ class DatasetStream:
         self.close()
         self.pass_index, self.window_index = int(state["pass"]), int(state["window"])
         self.consumed = int(state["consumed"])
-        self.pending = [dict(row) for row in state.get("pending", [])]
+        self.pending = [_restored(row) for row in state.get("pending", [])]
         self.bad_rows = BadRows.from_dict(self.source.name, state.get("bad_rows", {}))
         if self.window_index >= self.windows_per_pass or self.consumed > self._window_size(self.window_index):
             raise DataError(
@@ -190,6 +197,16 @@ class DatasetStream:
         if self._reader is not None:
             self._reader.close()
         self._reader, self._window, self._order = None, None, None
+
+
+def _portable(row: dict[str, Any]) -> dict[str, Any]:
+    """A pending row as the checkpoint's JSON holds it: image references without the bytes they can be read again
+    from (:func:`~st_contrast.data.images.portable_reference`)."""
+    return {key: portable_reference(value) if is_image_reference(value) else value for key, value in row.items()}
+
+
+def _restored(row: dict[str, Any]) -> dict[str, Any]:
+    return {key: restored_reference(value) if is_image_reference(value) else value for key, value in row.items()}
 
 
 def _cut_counts(source: StreamSource) -> list[int]:

@@ -19,6 +19,7 @@ import datasets
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, DataError
+from st_contrast.data.images import IMAGE_REFERENCE, is_image_reference
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.spec import DatasetSpec
 from st_contrast.data.stream_files import iter_file_rows
@@ -86,9 +87,17 @@ def _rows(token: str) -> Iterator[dict[str, Any]]:
                     raise item
                 bad.add(item)
                 continue
-            yield item
+            yield {key: _without_readable_bytes(value) for key, value in item.items()}
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(json.dumps(bad.as_dict()), encoding="utf8")
+
+
+def _without_readable_bytes(value: Any) -> Any:
+    """An image reference without the bytes its file or URL still holds (checked ones, ``on_bad_rows: skip``): the
+    cache keeps where the images are, not copies of them."""
+    if is_image_reference(value) and value.get("image_path"):
+        return {**value, "image_bytes": None}
+    return value
 
 
 def read_source_into_cache(
@@ -101,7 +110,13 @@ def read_source_into_cache(
     report = root / "st_contrast_bad_rows" / f"{fingerprint}.json"
     features = None
     if source.plan.label_source is None:
-        features = datasets.Features({column: datasets.Value("string") for column in source.plan.output_columns})
+        images = source.plan.image_targets
+        features = datasets.Features(
+            {
+                column: IMAGE_REFERENCE if column in images else datasets.Value("string")
+                for column in source.plan.output_columns
+            }
+        )
     token = fingerprint
     _PENDING[token] = (source, report)
     try:

@@ -1,4 +1,5 @@
-"""One file of a streamed dataset, read from a given row: JSON Lines, CSV, TSV (gzip too) and Parquet via fsspec.
+"""One file of a streamed dataset, read from a given row: JSON Lines, CSV, TSV (gzip too), Parquet and webdataset tar
+shards (:mod:`~st_contrast.data.stream_tar`) via fsspec.
 
 Rows come out as ``(row, training row or BadRowError)``: the row number within the file, then the row mapped to the
 training columns, or the error that names its URL and line. A gzip stream that ends early, or a file with fewer rows
@@ -10,13 +11,17 @@ the decompressed bytes before it are skipped without parsing them), else the row
 from __future__ import annotations
 
 import gzip
+import os
+import posixpath
 from collections.abc import Iterator
 from typing import IO, Any
 
 from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.contrastors import check_row_objective
+from st_contrast.data.images import checked_image, image_reference, is_image_reference
 from st_contrast.data.records import GZIP_ERRORS, LineCounter, iter_text_records
-from st_contrast.data.urls import open_url, reading
+from st_contrast.data.stream_tar import iter_tar_records
+from st_contrast.data.urls import is_url, open_url, reading
 
 __all__ = ["iter_file_records", "iter_file_rows"]
 
@@ -38,9 +43,37 @@ def iter_file_rows(source: Any, index: int, start: int = 0, stop: int | None = N
             continue
         try:
             check_row_objective(record, source.plan, source.objective, lambda where=where: where)
+            if source.plan.image_sources:
+                record = _with_image_references(source, file, record, where)
             yield row, source.plan.map_row(record, lambda where=where: where)
         except BadRowError as error:
             yield row, error
+
+
+def _with_image_references(source: Any, file: Any, record: dict[str, Any], where: str) -> dict[str, Any]:
+    """``record`` with its image cells as image references (paths relative to the file's folder or URL). With
+    ``on_bad_rows: skip`` every image is read and decoded here, in the reader, so that a bad one is a skipped row and
+    not an error when its batch is built; its bytes then travel with the row."""
+    record = dict(record)
+    folder = posixpath.dirname(file.url) if is_url(file.url) else os.path.dirname(os.path.abspath(file.path))
+    for column in source.plan.image_sources:
+        if column not in record:
+            continue  # map_row names the missing column
+        value = record[column]
+        try:
+            reference = value if is_image_reference(value) else image_reference(value, folder, where, column)
+        except DataError as error:
+            raise BadRowError(
+                str(error), "missing image" if "does not exist" in str(error) else "not an image"
+            ) from None
+        if source.spec.on_bad_rows == "skip":
+            try:
+                reference = checked_image(reference, column)
+            except DataError as error:
+                missing = "no such file or object" in str(error)
+                raise BadRowError(str(error), "missing image" if missing else "undecodable image") from None
+        record[column] = reference
+    return record
 
 
 def iter_file_records(
@@ -50,7 +83,7 @@ def iter_file_records(
     fields), before column mapping."""
     if stop is not None and stop <= start:
         return
-    reader = _parquet_records if file.kind == "parquet" else _text_records
+    reader = {"parquet": _parquet_records, "tar": iter_tar_records}.get(file.kind, _text_records)
     expected = stop if stop is not None else None
     row = start
     for row, record, where in reader(source, file, start, stop):  # noqa: B007

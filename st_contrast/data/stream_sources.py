@@ -3,9 +3,11 @@
 :func:`open_stream_source` resolves a dataset entry's ``path`` without reading the data: a contrastors shard folder
 (``counts.json`` beside ``*.jsonl.gz`` shards, ``offsets.json.gz`` optional), a contrastors bucket pattern
 (``s3://bucket/corpus/shard-{00000..00099}.jsonl.gz``), a folder, glob or list of JSON Lines / CSV / TSV / Parquet
-files. Row counts come from ``counts.json`` or Parquet footers; JSON Lines / CSV files without one are counted in
-one read (write a ``counts.json`` with :func:`~st_contrast.data.index_contrastors_shards` to skip it). The first
-row fixes the column plan. Missing buckets, objects and denied access are :class:`DataError` naming the URL.
+files, or webdataset-style image-text tar shards (:mod:`~st_contrast.data.stream_tar`). Row counts come from
+``counts.json`` (or open_clip's ``sizes.json`` beside tar shards) or Parquet footers; other files are counted in one
+read (write a ``counts.json`` with :func:`~st_contrast.data.index_contrastors_shards` to skip it; a tar shard's
+headers alone are read). The first row fixes the column plan; image columns hold image references. Missing buckets,
+objects and denied access are :class:`DataError` naming the URL.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = ["StreamFile", "StreamSource", "open_stream_source"]
 logger = logging.getLogger(__name__)
 
 _OFFSETS_NAMES = ("offsets.json.gz", "offsets.json")
+_COUNTS_NAMES = ("counts.json", "sizes.json")
 _FIRST_ROW_SCAN = 1000
 
 
@@ -40,13 +43,15 @@ class StreamFile:
 
     url: str
     path: str
-    kind: str  # json, csv, tsv or parquet
+    kind: str  # json, csv, tsv, parquet or tar
     gzip: bool
     rows: int | None = None
 
 
 def _kind(path: str) -> str | None:
     lowered = path.lower()
+    if lowered.endswith(".tar"):
+        return "tar"
     return "parquet" if lowered.endswith(".parquet") else text_format(lowered)
 
 
@@ -88,7 +93,9 @@ class StreamSource:
         first = self.files[0]
         for row, record, where in iter_file_records(self, first, 0, None):
             if isinstance(record, dict):
-                return plan_columns(self.spec, list(record), record, where)
+                plan = plan_columns(self.spec, list(record), record, where)
+                tar_image = ["image"] if first.kind == "tar" and "image" in plan.sources else []
+                return plan.with_images([*self.spec.image_columns, *tar_image], f"Dataset {self.spec.name!r}")
             if self.spec.on_bad_rows == "raise" or record.reason.startswith("truncated file") or row >= _FIRST_ROW_SCAN:
                 raise DataError(f"Dataset {self.spec.name!r}: {record}")
         raise DataError(f"Dataset {self.spec.name!r}: {first.url} has no rows.")
@@ -96,9 +103,15 @@ class StreamSource:
     def count_rows(self) -> None:
         """Fill in the row counts that ``counts.json`` / Parquet footers did not give, by reading the files once."""
         from st_contrast.data.stream_files import iter_file_records
+        from st_contrast.data.stream_tar import count_tar_samples
 
         for file in self.files:
-            if file.rows is None:
+            if file.rows is None and file.kind == "tar":
+                logger.info(
+                    "%s has no counts.json / sizes.json entry: reading its headers to count its samples.", file.url
+                )
+                file.rows = count_tar_samples(self, file)
+            elif file.rows is None:
                 logger.warning(
                     "%s has no counts.json entry: counting its rows (one read). index_contrastors_shards(folder) "
                     "writes counts.json and offsets.json.gz to skip this.",
@@ -211,22 +224,29 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
         listing = _listing(fs, folder, url_of(folder))
         if listing is None or not listing:
             raise DataError(f"Dataset {spec.name!r}: {url_of(folder)} holds no files (or does not exist).")
-        counts_path = posixpath.join(folder, "counts.json")
-        if counts_path in listing:
+        data_files = [path for path in listing if _kind(path)]
+        candidates = _counts_names(data_files)
+        counts_path = next((path for n in candidates if (path := posixpath.join(folder, n)) in listing), "")
+        if counts_path:
             counts = _read_counts(fs, counts_path, url_of(counts_path))
-            names = [path for path in listing if path.endswith((".jsonl.gz", ".jsonl"))]
+            names = [path for path in listing if path.endswith((".jsonl.gz", ".jsonl", ".tar"))]
             offsets_path = next((p for p in listing if p.rsplit("/", 1)[-1] in _OFFSETS_NAMES), None)
         else:
-            names = [path for path in listing if _kind(path)]
+            names = data_files
         if not names:
-            raise DataError(f"Dataset {spec.name!r}: {url_of(folder)} has no JSON Lines, CSV, TSV or Parquet files.")
+            raise DataError(
+                f"Dataset {spec.name!r}: {url_of(folder)} has no JSON Lines, CSV, TSV, Parquet or tar files."
+            )
     else:
         for path in paths:
             path_fs, inner = url_filesystem(path, spec.storage_options)
             names.extend(expand_url(path, path_fs, inner))
         folder = posixpath.dirname(names[0])
-        counts_path = posixpath.join(folder, "counts.json")
-        if _exists(fs, counts_path, url_of(counts_path)):
+        candidates = _counts_names(names)
+        counts_path = next(
+            (path for n in candidates if _exists(fs, path := posixpath.join(folder, n), url_of(path))), ""
+        )
+        if counts_path:
             counts = _read_counts(fs, counts_path, url_of(counts_path))
             offsets_path = next(
                 (posixpath.join(folder, n) for n in _OFFSETS_NAMES if _exists(fs, posixpath.join(folder, n), folder)),
@@ -238,7 +258,9 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
     for path in names:
         kind = _kind(path)
         if kind is None:
-            raise DataError(f"Dataset {spec.name!r}: {url_of(path)} is not a .jsonl / .csv / .tsv / .parquet file.")
+            raise DataError(
+                f"Dataset {spec.name!r}: {url_of(path)} is not a .jsonl / .csv / .tsv / .parquet / .tar file."
+            )
         name = path.rsplit("/", 1)[-1]
         rows = counts.get(name) if counts is not None else None
         if counts is not None and rows is None and kind != "parquet":
@@ -251,6 +273,12 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
     if files[0].kind == "parquet":
         _parquet_counts(source)
     return source
+
+
+def _counts_names(paths: list[str]) -> tuple[str, ...]:
+    """The row-count files to look for beside ``paths``: ``counts.json``, and open_clip's ``sizes.json`` for tar
+    shards."""
+    return _COUNTS_NAMES if paths and all(_kind(path) == "tar" for path in paths) else _COUNTS_NAMES[:1]
 
 
 def _check_exist(fs: Any, names: list[str], url_of, dataset: str) -> None:

@@ -322,11 +322,6 @@ class DataSection:
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"data.datasets.{index}: {error}") from None
             spec.streams = spec.streams or parsed.streams
-            if parsed.streams and parsed.image_columns:
-                raise ConfigError(
-                    f"data.datasets.{index}: image columns are read from local files, folders or tar shards; streaming "
-                    "image-text data (URLs or stream: true) is not supported yet. Copy it locally, stream: false."
-                )
         if spec.streams and spec.batch_sampler not in ("no_duplicates", "batch_sampler"):
             raise ConfigError(
                 f"data.batch_sampler: {spec.batch_sampler!r} needs the whole dataset, but data.datasets stream (URLs "
