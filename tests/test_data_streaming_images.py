@@ -279,3 +279,37 @@ def test_st_contrast_train_streams_tar_shards_from_s3_into_a_two_tower_model(pic
     model = SentenceTransformer(str(tmp_path / "run" / "model"), device="cpu")  # plain Sentence Transformers
     image, text = model.encode([pictures["images"][0]]), model.encode(["a picture 0"])
     assert image.shape == text.shape == (1, 384) and np.isfinite(image).all()
+
+
+def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, tmp_path, monkeypatch):
+    import s3fs
+
+    import st_contrast.data.urls as urls
+
+    monkeypatch.setattr(urls, "_BUCKET_OPTIONS", {})  # this test's registrations end with it
+    (tmp_path / "table").mkdir()
+    pictures["images"][0].save(tmp_path / "table" / "0.png")
+    (tmp_path / "table" / "rows.jsonl").write_text(json.dumps({"image": "0.png", "text": "picture 0"}) + "\n")
+    s3_server.upload(tmp_path / "table", "s3://image-options/table")
+    s3_server.upload(pictures["root"] / "web", "s3://image-options/web")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the environment points nowhere
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    s3fs.S3FileSystem.clear_instance_cache()
+    table = {"name": "table", "path": "s3://image-options/table/rows.jsonl", "image_columns": ["image"]}
+    with pytest.raises(DataError, match="s3://image-options/table/.*cannot be read"):
+        build_training_data(table)
+    options = {"endpoint_url": s3_server.endpoint, "key": "testing", "secret": "testing"}
+
+    data = build_training_data({**table, "storage_options": options})  # streamed; each image read per batch
+    data.dataset.configure(batch_size=1, seed=0)
+    (batch,) = list(data.dataset)
+    assert batch[0]["image"]["image_bytes"] is None
+    np.testing.assert_array_equal(_pixels(_decoded(batch)[0]), _pixels(pictures["images"][0]))
+
+    indexed = load_dataset_spec({**WEB, "path": "s3://image-options/web/*.tar", "stream": False,
+                                 "storage_options": options})  # fmt: skip
+    assert len(indexed) == sum(SHARD_SIZES)
+    for image, row in zip(_decoded(list(indexed)), indexed, strict=True):
+        np.testing.assert_array_equal(_pixels(image), _pixels(pictures["images"][int(row["text"].split()[-1])]))
+    with pytest.raises(DataError, match="different storage_options for s3://image-options"):
+        build_training_data({**table, "storage_options": {**options, "anon": False}})

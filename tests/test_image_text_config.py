@@ -27,21 +27,6 @@ VISION = {"config": {"model_type": "vit", "image_size": 16, "patch_size": 8, "hi
         ({"loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch_size": 0}}}, "mini_batch_size must be positive"),
         ({"data": {**BASE["data"], "prepare": {"function": "nowhere:write"}}}, "cannot be imported"),
         ({"data": {**BASE["data"], "prepare": {"function": "write"}}}, "'package.module:function'"),
-        (
-            {
-                "data": {
-                    "datasets": [
-                        {
-                            "name": "pics",
-                            "path": "s3://b/p.jsonl",
-                            "image_columns": ["image"],
-                            "storage_options": {"anon": True},
-                        }
-                    ]
-                }
-            },
-            "credentials and endpoint of the environment",
-        ),
     ],
 )
 def test_invalid_image_text_configurations_are_refused(tmp_path, change, message):

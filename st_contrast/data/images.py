@@ -21,7 +21,7 @@ from typing import Any
 import datasets
 
 from st_contrast.data.columns import DataError
-from st_contrast.data.urls import is_url, reading, url_filesystem
+from st_contrast.data.urls import is_url, reading, register_storage_options, url_filesystem
 
 __all__ = [
     "IMAGE_REFERENCE",
@@ -32,6 +32,7 @@ __all__ = [
     "is_image_reference",
     "portable_reference",
     "reference_image_columns",
+    "register_image_storage",
     "restored_reference",
 ]
 
@@ -172,6 +173,14 @@ def restored_reference(portable: Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(reference.get("image_bytes"), Mapping):
         reference["image_bytes"] = base64.b64decode(reference["image_bytes"]["base64"])
     return reference
+
+
+def register_image_storage(spec: Any) -> None:
+    """Read the images at URLs of dataset ``spec`` (a :class:`~st_contrast.data.DatasetSpec` with image columns or tar
+    shards) with its ``storage_options`` when their batch is built: those of its data's buckets."""
+    if spec.storage_options and (spec.image_shards or spec.image_columns):
+        for path in [spec.path] if isinstance(spec.path, (str, os.PathLike)) else spec.path:
+            register_storage_options(str(path), spec.storage_options)
 
 
 def _read_range(path: str, offset: int, size: int | None) -> bytes:

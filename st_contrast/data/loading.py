@@ -24,6 +24,7 @@ from st_contrast.data.images import (
     image_reference,
     is_image_reference,
     reference_image_columns,
+    register_image_storage,
 )
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
@@ -126,6 +127,7 @@ def load_dataset_spec(
 
 
 def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) -> datasets.Dataset:
+    register_image_storage(spec)
     paths = [spec.path] if isinstance(spec.path, (str, os.PathLike)) else list(spec.path)
     paths = [str(path) for path in paths]
     first = os.path.expanduser(paths[0])

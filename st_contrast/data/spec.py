@@ -90,7 +90,8 @@ class DatasetSpec:
             indexed once (its headers read, no copy kept) and the images are read by byte range per batch.
         storage_options: fsspec options for the URL's filesystem (e.g. ``{"endpoint_url": ...}``, ``{"anon":
             true}``); by default credentials and endpoints come from the environment (``AWS_ENDPOINT_URL``,
-            ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``...).
+            ``AWS_PROFILE``, ``GOOGLE_APPLICATION_CREDENTIALS``, ``HF_TOKEN``...). With image columns or tar shards
+            they also serve the images in the same bucket read per batch (images elsewhere use the environment).
         shuffle_buffer: Rows a stream shuffles together (its memory bound): each rank reads its part of the shards
             in windows of this many rows and trains on each window in a seeded random order (``1``: file order). A
             rank holds about two windows (one read ahead); streamed tar shards hold their encoded images in them too
@@ -147,12 +148,6 @@ class DatasetSpec:
             )
         if not isinstance(self.storage_options, Mapping):
             raise ValueError(f"Dataset {self.name!r}: storage_options must be a mapping, got {self.storage_options!r}.")
-        images = self.image_shards or self.image_columns
-        if images and self.storage_options and any(_is_url(path) for path in self._paths):
-            raise ValueError(
-                f"Dataset {self.name!r}: images at URLs (tar shards, image columns) are read per batch with the "
-                "credentials and endpoint of the environment (AWS_ENDPOINT_URL, AWS_PROFILE, ...), not storage_options."
-            )
 
     @property
     def _paths(self) -> list[str]:

@@ -24,6 +24,7 @@ from typing import Any
 
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
 from st_contrast.data.contrastors import iter_object_items, offset_entry
+from st_contrast.data.images import register_image_storage
 from st_contrast.data.records import text_format
 from st_contrast.data.spec import DatasetSpec
 from st_contrast.data.urls import expand_braces, expand_url, is_url, reading, url_filesystem
@@ -206,6 +207,7 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
     """
     if not isinstance(spec, DatasetSpec):
         spec = DatasetSpec.from_dict(spec)
+    register_image_storage(spec)
     paths = [spec.path] if isinstance(spec.path, str) else [str(path) for path in spec.path]
     fs, first = url_filesystem(paths[0], spec.storage_options)
     protocol = paths[0].split("://", 1)[0] + "://" if is_url(paths[0]) else ""

@@ -4,6 +4,8 @@ the errors of reading them as one line naming the URL.
 Credentials and endpoints come from each filesystem's usual environment (``AWS_ENDPOINT_URL`` /
 ``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE`` for S3 and S3-compatible servers such as MinIO, R2 or moto;
 ``GOOGLE_APPLICATION_CREDENTIALS`` for GCS; ``HF_TOKEN`` for the hub), or from a dataset's ``storage_options``.
+A dataset's options also serve the other URLs of its bucket that are read later, per batch (the images its rows name,
+tar shards indexed by byte range): :func:`register_storage_options`.
 """
 
 from __future__ import annotations
@@ -25,8 +27,11 @@ __all__ = [
     "join_url",
     "open_url",
     "reading",
+    "register_storage_options",
     "url_filesystem",
 ]
+
+_BUCKET_OPTIONS: dict[str, dict[str, Any]] = {}
 
 _PACKAGES = {
     "s3": "s3fs",
@@ -57,11 +62,39 @@ def expand_braces(pattern: str) -> list[str]:
     ]
 
 
+def _bucket(url: str) -> str:
+    """``protocol://bucket`` of a URL (the first path component: the S3 / GCS bucket, the host of an HTTP URL)."""
+    protocol, _, rest = url.partition("://")
+    return f"{protocol}://{rest.split('/', 1)[0]}"
+
+
+def register_storage_options(url: str, storage_options: Mapping[str, Any]) -> None:
+    """Read the URLs of ``url``'s bucket with ``storage_options`` wherever no options are passed (this process, and
+    data-loader workers forked after it): a dataset's endpoint and credentials then reach the images its rows name
+    and the byte ranges of its tar shards, read when a batch is built. Nothing is stored on disk.
+
+    Raises:
+        DataError: Another dataset registered different options for the same bucket.
+    """
+    if not storage_options or not is_url(url):
+        return
+    bucket = _bucket(url)
+    options = dict(storage_options)
+    if _BUCKET_OPTIONS.setdefault(bucket, options) != options:
+        raise DataError(
+            f"{url}: two datasets give different storage_options for {bucket}; the images read per batch could not "
+            "tell them apart. Give datasets of one bucket the same options."
+        )
+
+
 def url_filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
-    """``(filesystem, path inside it)`` for ``url``; a protocol whose package is missing names the package."""
+    """``(filesystem, path inside it)`` for ``url``; a protocol whose package is missing names the package. Without
+    ``storage_options``, those registered for its bucket (:func:`register_storage_options`) apply, if any."""
     import fsspec
 
     protocol = url.split("://", 1)[0] if is_url(url) else "file"
+    if storage_options is None and is_url(url):
+        storage_options = _BUCKET_OPTIONS.get(_bucket(url))
     try:
         return fsspec.core.url_to_fs(url, **dict(storage_options or {}))
     except ImportError as error:
