@@ -102,3 +102,14 @@ def test_bench_streaming_small_run():
     assert report["stream_vs_training"] == pytest.approx(
         stream["rows_per_s"] / report["train_packed_minilm"]["rows_per_s"], rel=0.01
     )
+
+
+@pytest.mark.slow
+def test_bench_image_streaming_small_run():
+    report = run_benchmark(
+        "bench_image_streaming.py", "--rows=120", "--shards=3", "--batch-size=16", "--buffer=40", "--image-size=32"
+    )
+    readers = [report[name] for name in ("stream", "indexed", "hf_local")]
+    assert [reader["rows"] for reader in readers] == [112, 112, 112]  # one epoch of whole batches: 7 of 16
+    assert all(0 < reader["seconds_to_first_batch"] <= reader["seconds"] for reader in readers)
+    assert report["stream_vs_indexed"] == pytest.approx(readers[0]["rows_per_s"] / readers[1]["rows_per_s"], rel=0.01)

@@ -19,6 +19,7 @@ from sentence_transformers import SentenceTransformer
 import st_contrast.data.stream_tar as stream_tar
 from st_contrast.data import BadRows, DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
 from st_contrast.data.columns import BadRowError
+from st_contrast.data.images import image_identity
 from st_contrast.data.stream_files import iter_file_rows
 from st_contrast.data.stream_sources import open_stream_source
 
@@ -161,8 +162,11 @@ def test_repeated_images_wait_for_a_later_batch_and_survive_a_resume_as_byte_ran
     for batch in batches:  # each of the 3 images once per batch: a repeated image would be a false negative
         assert sorted(row["label"] % 3 for row in batch) == [0, 1, 2], [row["label"] for row in batch]
     cut = next(i for i, state in enumerate(states) if state["datasets"]["rep"]["pending"])
-    pending = states[cut]["datasets"]["rep"]["pending"][0]["image"]
+    waiting = states[cut]["datasets"]["rep"]["pending"][0]
+    pending = waiting["image"]
     assert pending["image_bytes"] is None and pending["image_path"] == "s3://image-stream/rep/shard-0.tar"
+    same = {"image_bytes": _png(images[waiting["label"] % 3])}  # kept apart from its repeats after a resume too
+    assert image_identity(pending) == image_identity(same) != image_identity({"image_bytes": _png(images[0])[:-1]})
     (resumed,) = _streams(entry, world_size=1, batch_size=3)
     resumed.load_state_dict(states[cut])
     rest = list(resumed)
@@ -281,12 +285,13 @@ def test_st_contrast_train_streams_tar_shards_from_s3_into_a_two_tower_model(pic
     assert image.shape == text.shape == (1, 384) and np.isfinite(image).all()
 
 
-def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, tmp_path, monkeypatch):
+def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, tmp_path, monkeypatch, request):
     import s3fs
 
     import st_contrast.data.urls as urls
 
     monkeypatch.setattr(urls, "_BUCKET_OPTIONS", {})  # this test's registrations end with it
+    request.addfinalizer(s3fs.S3FileSystem.clear_instance_cache)  # and so do filesystems made for the wrong endpoint
     (tmp_path / "table").mkdir()
     pictures["images"][0].save(tmp_path / "table" / "0.png")
     (tmp_path / "table" / "rows.jsonl").write_text(json.dumps({"image": "0.png", "text": "picture 0"}) + "\n")

@@ -150,17 +150,22 @@ def _encoded(reference: Mapping[str, Any]) -> bytes:
 
 def image_identity(reference: Mapping[str, Any]) -> Any:
     """A hashable value equal for two references to the same image (a digest of the bytes, else where they are):
-    streamed batches keep an image, like a text, once per batch."""
+    streamed batches keep an image, like a text, once per batch. A :func:`portable_reference` keeps the digest of the
+    bytes it leaves out, so a resumed stream tells images apart as the uninterrupted one did."""
+    if reference.get("digest"):
+        return ("image", reference["digest"])
     if reference.get("image_bytes") is not None:
-        return ("image", hashlib.blake2b(reference["image_bytes"], digest_size=16).digest())
+        return ("image", hashlib.blake2b(reference["image_bytes"], digest_size=16).hexdigest())
     return ("image", reference.get("image_path"), reference.get("offset"))
 
 
 def portable_reference(reference: Mapping[str, Any]) -> dict[str, Any]:
     """``reference`` as JSON can hold it (a stream position's pending rows): without the bytes where the image can be
-    read again from its file, URL or byte range, else with them in base64."""
+    read again from its file, URL or byte range (their digest kept, see :func:`image_identity`), else with them in
+    base64."""
     portable = dict(reference)
-    if portable.get("image_path"):
+    if portable.get("image_path") and portable.get("image_bytes") is not None:
+        portable["digest"] = image_identity(portable)[1]
         portable["image_bytes"] = None
     elif portable.get("image_bytes") is not None:
         portable["image_bytes"] = {"base64": base64.b64encode(portable["image_bytes"]).decode("ascii")}
