@@ -32,23 +32,17 @@ import argparse
 import io
 import json
 import os
-import resource
 import shutil
-import subprocess
 import sys
 import tarfile
 import tempfile
 import time
 from pathlib import Path
 
-from bench_streaming import start_s3
+from bench_streaming import peak_mib, run_json, start_s3
 
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "s3://bench-images/web"
-
-
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def build_shards(folder: Path, rows: int, shards: int, size: int, sizes_json: bool, seed: int = 0) -> None:
@@ -168,7 +162,7 @@ def _figures(epoch: dict, opened: float) -> dict:
         "rows_per_s": round(epoch["rows"] / seconds, 1),
         "seconds_before_iterating": round(opened, 3),
         "seconds_to_first_batch": round(opened + epoch["first"], 3),
-        "peak_rss_mib": round(_peak_mib(), 1),
+        "peak_rss_mib": round(peak_mib(), 1),
     }
 
 
@@ -184,10 +178,7 @@ def run_worker(name: str, args: argparse.Namespace, env: dict[str, str], work: P
     command = [sys.executable, __file__, "--worker", name, "--shards-dir", str(work / "shards"), "--rows",
                str(args.rows), "--shards", str(args.shards), "--batch-size", str(args.batch_size), "--buffer",
                str(args.buffer)]  # fmt: skip
-    result = subprocess.run(command, env=worker_env, capture_output=True, text=True, check=False)
-    if result.returncode:
-        raise SystemExit(f"worker {name} failed:\n{result.stderr[-4000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_json(name, command, worker_env)
 
 
 def main() -> None:

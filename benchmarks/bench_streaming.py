@@ -42,7 +42,7 @@ DATA = ROOT.parent / "shared" / "data"
 BUCKET = "s3://bench/corpus"
 
 
-def _peak_mib() -> float:
+def peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -148,8 +148,8 @@ def worker_stream(args: argparse.Namespace) -> dict:
         "rows_per_s": round(rows / seconds, 1),
         "seconds_to_open": round(opened, 3),
         "seconds_to_first_batch": round(first, 3),
-        "peak_rss_mib": round(_peak_mib(), 1),
-        "rss_added_mib": round(_peak_mib() - baseline, 1),
+        "peak_rss_mib": round(peak_mib(), 1),
+        "rss_added_mib": round(peak_mib() - baseline, 1),
         "local_disk_bytes": _disk_bytes(Path(os.environ["HF_DATASETS_CACHE"]), Path(tempfile.gettempdir())),
     }
 
@@ -167,8 +167,8 @@ def worker_arrow(args: argparse.Namespace) -> dict:
         "seconds": round(seconds, 2),
         "rows_per_s": round(len(dataset) / seconds, 1),
         "seconds_to_first_batch": round(seconds, 3),  # training cannot start before the cache is complete
-        "peak_rss_mib": round(_peak_mib(), 1),
-        "rss_added_mib": round(_peak_mib() - baseline, 1),
+        "peak_rss_mib": round(peak_mib(), 1),
+        "rss_added_mib": round(peak_mib() - baseline, 1),
         "local_disk_bytes": _disk_bytes(cache, Path(tempfile.gettempdir())),
     }
 
@@ -225,7 +225,12 @@ def run_worker(name: str, args: argparse.Namespace, env: dict[str, str], work: P
     command = [sys.executable, __file__, "--worker", name, "--corpus", str(work / "corpus"), "--rows", str(args.rows),
                "--shards", str(args.shards), "--batch-size", str(args.batch_size), "--buffer", str(args.buffer),
                "--train-steps", str(args.train_steps), "--threads", str(args.threads)]  # fmt: skip
-    result = subprocess.run(command, env=worker_env, capture_output=True, text=True, check=False)
+    return run_json(name, command, worker_env)
+
+
+def run_json(name: str, command: list[str], env: dict[str, str]) -> dict:
+    """Run a worker ``command`` with ``env``; the JSON object on the last line of its output (a failure exits)."""
+    result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     if result.returncode:
         raise SystemExit(f"worker {name} failed:\n{result.stderr[-4000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
