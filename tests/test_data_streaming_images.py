@@ -17,7 +17,14 @@ from PIL import Image
 from sentence_transformers import SentenceTransformer
 
 import st_contrast.data.stream_tar as stream_tar
-from st_contrast.data import BadRows, DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
+from st_contrast.data import (
+    BadRows,
+    DataError,
+    ImageTextDataCollator,
+    build_training_data,
+    index_tar_shards,
+    load_dataset_spec,
+)
 from st_contrast.data.columns import BadRowError
 from st_contrast.data.images import image_identity
 from st_contrast.data.stream_files import iter_file_rows
@@ -121,6 +128,20 @@ def test_without_counts_the_headers_are_counted_and_local_shards_stream_too(pict
     assert len(same) == 4
     default = build_training_data({**WEB, "path": str(pictures["root"] / "bare" / "*.tar")})
     assert len(default.dataset) == 14  # local shards default to the indexed load
+
+
+def test_index_tar_shards_writes_the_sizes_a_stream_then_reads(pictures, tmp_path, monkeypatch):
+    for shard in (pictures["root"] / "bare").glob("*.tar"):
+        (tmp_path / shard.name).write_bytes(shard.read_bytes())
+    assert index_tar_shards(tmp_path) == {f"shard-{n:03d}.tar": size for n, size in enumerate(SHARD_SIZES)}
+    assert json.loads((tmp_path / "sizes.json").read_text()) == json.loads(
+        (pictures["root"] / "web" / "sizes.json").read_text()
+    )
+    monkeypatch.setattr(stream_tar, "count_tar_samples", lambda *a: pytest.fail("sizes.json gives the counts"))
+    (stream,) = _streams({**WEB, "path": str(tmp_path / "*.tar"), "stream": True}, world_size=1)
+    assert stream.num_samples == sum(SHARD_SIZES)
+    with pytest.raises(DataError, match="no \\*.tar shards"):
+        index_tar_shards(tmp_path / "sizes.json")
 
 
 def test_a_resumed_stream_gives_the_same_batches_and_images(pictures):

@@ -12,7 +12,8 @@
 - :func:`add_sample_index`: global row indices as the label column, for GloFND / GlobalContrastiveLoss.
 - :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
 - :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
-- Image columns (``image_columns``, webdataset ``*.tar`` shards, streamed too: :mod:`st_contrast.data.stream_tar`):
+- Image columns (``image_columns``, webdataset ``*.tar`` shards, streamed too: :mod:`st_contrast.data.stream_tar`,
+  :func:`index_tar_shards` writes their ``sizes.json``):
   references decoded per batch by :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes
   offline image-text sets.
 - :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
@@ -35,6 +36,7 @@ from st_contrast.data.single_dataset import (
     set_sampler_epoch,
 )
 from st_contrast.data.spec import DatasetSpec, normalize_prefix
+from st_contrast.data.stream_tar import index_tar_shards
 from st_contrast.data.streaming import StreamingDataset, gather_bad_rows
 from st_contrast.data.token_budget import TokenBudgetBatchSampler
 
@@ -55,6 +57,7 @@ __all__ = [
     "decode_image",
     "gather_bad_rows",
     "index_contrastors_shards",
+    "index_tar_shards",
     "load_contrastors_shards",
     "load_dataset_spec",
     "load_image_shards",

@@ -111,7 +111,7 @@ class StreamSource:
                 logger.info(
                     "%s has no counts.json / sizes.json entry: reading its headers to count its samples.", file.url
                 )
-                file.rows = count_tar_samples(self, file)
+                file.rows = count_tar_samples(self.fs, file.path, file.url)
             elif file.rows is None:
                 logger.warning(
                     "%s has no counts.json entry: counting its rows (one read). index_contrastors_shards(folder) "

@@ -9,32 +9,36 @@ their data. A sample without an image or a caption, a caption that is not UTF-8 
 (``on_bad_rows``), named by shard, row and key.
 
 Row counts come from ``counts.json`` or open_clip's ``sizes.json`` (``{shard file name: samples}``) beside the
-shards; without one, :func:`count_tar_samples` reads every shard's headers once before training starts.
+shards; without one, :func:`count_tar_samples` reads every shard's headers once before training starts
+(:func:`index_tar_shards` writes ``sizes.json`` for a folder of shards once instead).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.image_shards import IMAGE_EXTENSIONS, member_key, read_caption
 from st_contrast.data.urls import open_url, reading
 
-__all__ = ["count_tar_samples", "iter_tar_records"]
+__all__ = ["count_tar_samples", "index_tar_shards", "iter_tar_records"]
 
 _BLOCK = 8 << 20  # bytes per storage request, as for the other stream formats
 _CAPTIONS = (".txt", ".json")
 
 
-def _open(source: Any, file: Any) -> tuple[Any, tarfile.TarFile]:
-    raw = open_url(source.fs, file.path, file.url, block_size=_BLOCK)
+def _open(fs: Any, path: str, url: str) -> tuple[Any, tarfile.TarFile]:
+    raw = open_url(fs, path, url, block_size=_BLOCK)
     try:
         return raw, tarfile.open(fileobj=raw, mode="r:")
     except tarfile.TarError as error:
         raw.close()
-        raise DataError(f"{file.url}: not a readable tar shard ({type(error).__name__}: {error}).") from error
+        raise DataError(f"{url}: not a readable tar shard ({type(error).__name__}: {error}).") from error
 
 
 def _members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarInfo]]:
@@ -46,18 +50,43 @@ def _members(archive: tarfile.TarFile) -> Iterator[tuple[str, str, tarfile.TarIn
             yield (*member_key(member), member)
 
 
-def count_tar_samples(source: Any, file: Any) -> int:
-    """The samples of tar shard ``file`` (groups of adjacent members sharing a key), from its headers alone."""
-    raw, archive = _open(source, file)
+def count_tar_samples(fs: Any, path: str, url: str) -> int:
+    """The samples of the tar shard at ``path`` of fsspec filesystem ``fs`` (groups of adjacent members sharing a
+    key), from its headers alone; errors name ``url``."""
+    raw, archive = _open(fs, path, url)
     samples, key = 0, None
-    with raw, archive, reading(file.url):
+    with raw, archive, reading(url):
         try:
             for sample, _, _ in _members(archive):
                 if sample != key:
                     samples, key = samples + 1, sample
         except tarfile.TarError as error:
-            raise DataError(f"{file.url}: the tar shard is damaged ({error}); replace it.") from error
+            raise DataError(f"{url}: the tar shard is damaged ({error}); replace it.") from error
     return samples
+
+
+def index_tar_shards(directory: str | os.PathLike) -> dict[str, int]:
+    """Write open_clip's ``sizes.json`` (``{shard file name: samples}``) for the ``*.tar`` shards of the local folder
+    ``directory``, from their headers; returns the counts. Upload it with the shards: a stream then starts without
+    reading any header.
+
+    Example:
+        ::
+
+            from st_contrast.data import index_tar_shards
+
+            index_tar_shards("web-shards")  # then: aws s3 sync web-shards s3://bucket/web
+    """
+    import fsspec
+
+    root = Path(directory)
+    shards = sorted(root.glob("*.tar"))
+    if not shards:
+        raise DataError(f"{root}: no *.tar shards to index.")
+    fs = fsspec.filesystem("file")
+    sizes = {shard.name: count_tar_samples(fs, str(shard), str(shard)) for shard in shards}
+    (root / "sizes.json").write_text(json.dumps(sizes, indent=1), encoding="utf8")
+    return sizes
 
 
 def iter_tar_records(
@@ -66,7 +95,7 @@ def iter_tar_records(
     """``(row, record or BadRowError, where)`` for samples ``start..stop-1`` of tar shard ``file``; only their members
     are read (the headers of the samples before them are, to find them). A shard cut short ends with a
     ``truncated file`` error for the sample it cut."""
-    raw, archive = _open(source, file)
+    raw, archive = _open(source.fs, file.path, file.url)
     row, key, parts = -1, None, {}
     with raw, archive, reading(file.url):
         try:
