@@ -20,7 +20,7 @@ from typing import Any
 
 import datasets
 
-from st_contrast.data.columns import DataError
+from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.urls import is_url, reading, register_storage_options, url_filesystem
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "reference_image_columns",
     "register_image_storage",
     "restored_reference",
+    "usable_image",
 ]
 
 IMAGE_REFERENCE = datasets.Features(
@@ -117,6 +118,26 @@ def checked_image(reference: Mapping[str, Any], column: str = "image") -> dict[s
     image, data = _decode(reference, column)
     image.close()
     return {**reference, "image_bytes": data}
+
+
+def usable_image(value: Any, base_dir: str | Path | None, where: str, column: str, decode: bool) -> dict[str, Any]:
+    """The :func:`image_reference` of an image cell (a reference already made passes through), with ``decode`` also
+    read and decoded whole (:func:`checked_image`): ``on_bad_rows: skip`` finds bad images with it.
+
+    Raises:
+        BadRowError: Reason ``missing image``, ``not an image`` or ``undecodable image``; the message names the row.
+    """
+    try:
+        reference = value if is_image_reference(value) else image_reference(value, base_dir, where, column)
+    except DataError as error:
+        raise BadRowError(str(error), "missing image" if "does not exist" in str(error) else "not an image") from None
+    if not decode:
+        return reference
+    try:
+        return checked_image(reference, column)
+    except DataError as error:
+        missing = "no such file or object" in str(error)  # an image URL that is not there
+        raise BadRowError(str(error), "missing image" if missing else "undecodable image") from None
 
 
 def _decode(reference: Mapping[str, Any], column: str):

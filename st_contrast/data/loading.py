@@ -8,6 +8,7 @@ import gzip
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,9 @@ from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
 from st_contrast.data.images import (
     IMAGE_REFERENCE,
-    decode_image,
-    image_reference,
-    is_image_reference,
     reference_image_columns,
     register_image_storage,
+    usable_image,
 )
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
@@ -330,33 +329,27 @@ def _prepare(
 
 def _bad_image_rows(dataset: datasets.Dataset, columns: list[str], source: _Source) -> list[tuple[int, BadRowError]]:
     """Rows with an image that is missing, no image or not decodable (``on_bad_rows: skip``): every image is decoded
-    once here, so that no bad one is left to stop the run when its batch is built."""
+    once here (on a few threads: decoding releases the GIL), so that no bad one is left to stop the run when its batch
+    is built."""
+
+    def problem(row: int, values: dict[str, Any]) -> BadRowError | None:
+        for column in columns:
+            try:
+                usable_image(values[column], source.base_dir(row), source.where(row), column, decode=True)
+            except BadRowError as error:
+                return error
+        return None
+
     found: list[tuple[int, BadRowError]] = []
-    row = 0
-    for batch in dataset.select_columns(columns).iter(batch_size=256):
-        for offset in range(len(batch[columns[0]])):
-            for column in columns:
-                value = batch[column][offset]
-                try:
-                    if is_image_reference(value):
-                        reference = value
-                    else:
-                        reference = image_reference(
-                            value, source.base_dir(row + offset), source.where(row + offset), column
-                        )
-                except DataError as error:
-                    reason = "missing image" if "does not exist" in str(error) else "not an image"
-                    found.append((row + offset, BadRowError(str(error), reason)))
-                    break
-                try:
-                    decode_image(reference, column).close()
-                except DataError as error:
-                    missing = "no such file or object" in str(error)  # an image URL that is not there
-                    found.append(
-                        (row + offset, BadRowError(str(error), "missing image" if missing else "undecodable image"))
-                    )
-                    break
-        row += len(batch[columns[0]])
+    first = 0
+    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+        for batch in dataset.select_columns(columns).iter(batch_size=256):
+            size = len(batch[columns[0]])
+            rows = [{column: batch[column][offset] for column in columns} for offset in range(size)]
+            for row, error in enumerate(pool.map(problem, range(first, first + size), rows), start=first):
+                if error is not None:
+                    found.append((row, error))
+            first += size
     return found
 
 

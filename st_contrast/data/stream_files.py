@@ -18,7 +18,7 @@ from typing import IO, Any
 
 from st_contrast.data.columns import BadRowError, DataError
 from st_contrast.data.contrastors import check_row_objective
-from st_contrast.data.images import checked_image, image_reference, is_image_reference
+from st_contrast.data.images import usable_image
 from st_contrast.data.records import GZIP_ERRORS, LineCounter, iter_text_records
 from st_contrast.data.stream_tar import iter_tar_records
 from st_contrast.data.urls import is_url, open_url, reading
@@ -59,20 +59,8 @@ def _with_image_references(source: Any, file: Any, record: dict[str, Any], where
     for column in source.plan.image_sources:
         if column not in record:
             continue  # map_row names the missing column
-        value = record[column]
-        try:
-            reference = value if is_image_reference(value) else image_reference(value, folder, where, column)
-        except DataError as error:
-            raise BadRowError(
-                str(error), "missing image" if "does not exist" in str(error) else "not an image"
-            ) from None
-        if source.spec.on_bad_rows == "skip":
-            try:
-                reference = checked_image(reference, column)
-            except DataError as error:
-                missing = "no such file or object" in str(error)
-                raise BadRowError(str(error), "missing image" if missing else "undecodable image") from None
-        record[column] = reference
+        decode = source.spec.on_bad_rows == "skip"
+        record[column] = usable_image(record[column], folder, where, column, decode)
     return record
 
 
