@@ -2,15 +2,16 @@
 
 Writes ``--rows`` captioned JPEG images (``--image-size`` pixels, smooth random content) into ``--shards`` webdataset
 tar shards, uploads them to a moto S3 server on 127.0.0.1 (``pip install "moto[server]" s3fs``), then measures, each
-in its own process (peak memory its own), one epoch of ``--batch-size`` batches with every image decoded to RGB as the
-trainer's collator does:
+in its own process (peak memory its own), one epoch of ``--batch-size`` batches with every image decoded to RGB, as
+the trainer's collator does (``decode_rows``: a few threads, ``--decode-threads``):
 
 - ``stream``: :func:`st_contrast.data.build_training_data` on ``s3://bench-images/web/shard-{0000..}.tar`` (the default
   for tar shards at a URL): each rank reads its shards front to back, images with their samples, shuffled in windows
   of ``--buffer`` rows;
 - ``indexed``: the same URL with ``stream: false``: every shard's headers read before the first step, then one ranged
   read per image, in a shuffled order;
-- ``hf_local``: Hugging Face ``datasets``' ``webdataset`` builder, ``streaming=True`` with a ``--buffer`` shuffle, on
+- ``hf_local``: Hugging Face ``datasets``' ``webdataset`` builder, ``streaming=True`` with a ``--buffer`` shuffle
+  (images decoded one after the other in the loop, as its rows come), on
   the shards on local disk (what a stock Sentence Transformers user reaches for; it gets local files here, an easier
   task, because its ``s3://`` streaming failed with the s3fs of the machine this was written on).
 
@@ -84,12 +85,13 @@ def upload(folder: Path, env: dict[str, str]) -> None:
 
 
 def _epoch(batches, decode) -> dict:
-    """Rows, seconds, seconds to the first decoded batch of an iterable of row batches."""
+    """Rows, seconds, seconds to the first decoded batch of an iterable of row batches; ``decode(batch)`` returns the
+    batch's RGB images."""
     start = time.perf_counter()
     rows, first = 0, None
     for batch in batches:
-        for row in batch:
-            decode(row).close()
+        for image in decode(batch):
+            image.close()
         rows += len(batch)
         if first is None:
             first = time.perf_counter() - start
@@ -101,14 +103,14 @@ def _epoch(batches, decode) -> dict:
 
 def worker_stream(args: argparse.Namespace) -> dict:
     from st_contrast.data import build_training_data
-    from st_contrast.data.images import decode_image
+    from st_contrast.data.image_collator import decode_rows
 
     start = time.perf_counter()
     pattern = f"{BUCKET}/shard-{{0000..{args.shards - 1:04d}}}.tar"
     entry = {"name": "web", "path": pattern, "columns": ["image", "text"], "shuffle_buffer": args.buffer}
     stream = build_training_data(entry).dataset.configure(batch_size=args.batch_size, seed=0)
     opened = time.perf_counter() - start
-    epoch = _epoch(stream, lambda row: decode_image(row["image"]))
+    epoch = _epoch(stream, lambda batch: [row["image"] for row in decode_rows(batch, args.decode_threads or None)])
     stream.close()
     return _figures(epoch, opened)
 
@@ -117,7 +119,7 @@ def worker_indexed(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from st_contrast.data import load_dataset_spec
-    from st_contrast.data.images import decode_image
+    from st_contrast.data.image_collator import decode_rows
 
     start = time.perf_counter()
     pattern = f"{BUCKET}/shard-{{0000..{args.shards - 1:04d}}}.tar"
@@ -129,7 +131,7 @@ def worker_indexed(args: argparse.Namespace) -> dict:
     rows = (
         [dict(zip(batch, values, strict=True)) for values in zip(*batch.values(), strict=True)] for batch in batches
     )
-    epoch = _epoch(rows, lambda row: decode_image(row["image"]))
+    epoch = _epoch(rows, lambda batch: [row["image"] for row in decode_rows(batch, args.decode_threads or None)])
     return _figures(epoch, opened)
 
 
@@ -150,7 +152,7 @@ def worker_hf_local(args: argparse.Namespace) -> dict:
                 yield batch
                 batch = []
 
-    epoch = _epoch(batches(), lambda row: row["jpg"].convert("RGB"))
+    epoch = _epoch(batches(), lambda batch: [row["jpg"].convert("RGB") for row in batch])
     return _figures(epoch, opened)
 
 
@@ -177,7 +179,7 @@ def run_worker(name: str, args: argparse.Namespace, env: dict[str, str], work: P
     worker_env = {**os.environ, **env, "HF_DATASETS_CACHE": str(folder), "HF_HUB_OFFLINE": "1", "PYTHONPATH": path}
     command = [sys.executable, __file__, "--worker", name, "--shards-dir", str(work / "shards"), "--rows",
                str(args.rows), "--shards", str(args.shards), "--batch-size", str(args.batch_size), "--buffer",
-               str(args.buffer)]  # fmt: skip
+               str(args.buffer), "--decode-threads", str(args.decode_threads)]  # fmt: skip
     return run_json(name, command, worker_env)
 
 
@@ -188,6 +190,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--buffer", type=int, default=2000, help="rows shuffled together (stream and hf_local)")
+    parser.add_argument(
+        "--decode-threads",
+        type=int,
+        default=0,
+        help="threads decoding a batch (ImageTextDataCollator's); 0: its default",
+    )
     parser.add_argument(
         "--no-sizes-json", action="store_true", help="no sizes.json: the stream counts samples by reading the headers"
     )
@@ -220,6 +228,7 @@ def main() -> None:
         "sizes_json": not args.no_sizes_json,
         "batch_size": args.batch_size,
         "buffer": args.buffer,
+        "decode_threads": args.decode_threads or "default",
         "cpu_count": os.cpu_count(),
         **results,
         "stream_vs_indexed": round(stream["rows_per_s"] / indexed["rows_per_s"], 2),

@@ -15,6 +15,7 @@ from PIL import Image
 
 from st_contrast.data import DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
 from st_contrast.data.bad_rows import BadRows
+from st_contrast.data.image_collator import decode_rows
 from st_contrast.data.synthetic_images import COLOURS, write_digits, write_shapes
 
 
@@ -145,8 +146,25 @@ def test_a_corrupt_image_is_named_with_its_row_when_its_batch_is_built(image_fol
     rows = [{"image": f"pics/{n}.png", "caption": "c"} for n in range(3)]
     (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     data = load_dataset_spec({"name": "pics", "path": str(folder / "data.jsonl"), "image_columns": ["image"]})
-    with pytest.raises(DataError, match=r"data\.jsonl, row 1 \(data line 2\): column 'image': image '.*1\.png' cannot"):
-        _collate(data)
+    for threads in (1, 4):  # decoded on threads, the error still names the row
+        with pytest.raises(DataError, match=r"data\.jsonl, row 1 \(data line 2\): column 'image': image '.*1\.png'"):
+            decode_rows(list(data), threads)
+
+
+def test_a_batch_decoded_on_threads_equals_one_decoded_in_order(image_folder):
+    folder, images = image_folder
+    rows = [{"image": f"pics/{n % 3}.png", "other": f"pics/{(n + 1) % 3}.png", "caption": f"c{n}"} for n in range(12)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    data = list(
+        load_dataset_spec({"name": "p", "path": str(folder / "data.jsonl"), "image_columns": ["image", "other"]})
+    )
+    threaded, serial = decode_rows(data, 4), decode_rows(data, 1)
+    for n, (a, b) in enumerate(zip(threaded, serial, strict=True)):
+        assert a["caption"] == b["caption"] == f"c{n}"
+        for column, image in (("image", images[n % 3]), ("other", images[(n + 1) % 3])):
+            assert np.array_equal(np.asarray(a[column]), np.asarray(image))
+            assert np.array_equal(np.asarray(b[column]), np.asarray(image))
+    assert decode_rows([{"caption": "text only"}]) == [{"caption": "text only"}]
 
 
 def test_on_bad_rows_skip_leaves_out_and_counts_missing_corrupt_and_non_images(image_folder):
