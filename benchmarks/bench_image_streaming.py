@@ -19,7 +19,9 @@ The shards come with open_clip's ``sizes.json`` (as img2dataset-made corpora do)
 its first batch; ``--no-sizes-json`` leaves it out: the stream then reads every shard's headers once to count them.
 
 Prints one JSON object: per reader rows/s, seconds to the first decoded batch, peak resident MiB, and the ratios
-``stream_vs_indexed`` / ``stream_vs_hf_local`` (rows/s) and ``first_batch_indexed_vs_stream`` (seconds).
+``stream_vs_indexed`` / ``stream_vs_hf_local`` (rows/s) and ``first_batch_indexed_vs_stream`` (seconds); ``decode``
+times ``decode_rows`` alone on one batch of the shards' images in memory, one thread vs its default
+(``decode_threads_vs_one``).
 
 Usage::
 
@@ -168,7 +170,25 @@ def _figures(epoch: dict, opened: float) -> dict:
     }
 
 
-WORKERS = {"stream": worker_stream, "indexed": worker_indexed, "hf_local": worker_hf_local}
+def worker_decode(args: argparse.Namespace) -> dict:
+    """``decode_rows`` alone on the first shard's images (in memory): images/s on one thread and on its default."""
+    from st_contrast.data.image_collator import _default_threads, decode_rows
+
+    with tarfile.open(Path(args.shards_dir) / "shard-0000.tar") as archive:
+        payloads = [archive.extractfile(m).read() for m in archive.getmembers() if m.name.endswith(".jpg")]
+    rows = [{"image": {"image_path": None, "image_bytes": data, "offset": None, "size": None, "row": str(number)}}
+            for number, data in enumerate(payloads[: args.batch_size])]  # fmt: skip
+    figures = {}
+    for name, threads in (("one_thread", 1), ("default_threads", None)):
+        decode_rows(rows, threads)  # warm-up
+        start, decoded = time.perf_counter(), 0
+        while time.perf_counter() - start < 2:
+            decoded += len(decode_rows(rows, threads))
+        figures[name] = round(decoded / (time.perf_counter() - start), 1)
+    return {"images_per_s": figures, "threads": _default_threads()}
+
+
+WORKERS = {"stream": worker_stream, "indexed": worker_indexed, "hf_local": worker_hf_local, "decode": worker_decode}
 
 
 def run_worker(name: str, args: argparse.Namespace, env: dict[str, str], work: Path) -> dict:
@@ -234,6 +254,9 @@ def main() -> None:
         "stream_vs_indexed": round(stream["rows_per_s"] / indexed["rows_per_s"], 2),
         "stream_vs_hf_local": round(stream["rows_per_s"] / stock["rows_per_s"], 2),
         "first_batch_indexed_vs_stream": round(indexed["seconds_to_first_batch"] / stream["seconds_to_first_batch"], 2),
+        "decode_threads_vs_one": round(
+            results["decode"]["images_per_s"]["default_threads"] / results["decode"]["images_per_s"]["one_thread"], 2
+        ),
     }
     print(json.dumps(report, indent=2))
 
