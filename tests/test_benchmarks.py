@@ -113,3 +113,7 @@ def test_bench_image_streaming_small_run():
     assert [reader["rows"] for reader in readers] == [112, 112, 112]  # one epoch of whole batches: 7 of 16
     assert all(0 < reader["seconds_to_first_batch"] <= reader["seconds"] for reader in readers)
     assert report["stream_vs_indexed"] == pytest.approx(readers[0]["rows_per_s"] / readers[1]["rows_per_s"], rel=0.01)
+    decode = report["decode"]["images_per_s"]
+    assert decode["one_thread"] > 0 and report["decode_threads_vs_one"] == pytest.approx(
+        decode["default_threads"] / decode["one_thread"], rel=0.01
+    )
