@@ -24,6 +24,7 @@ from st_contrast.data import (
     build_training_data,
     index_tar_shards,
     load_dataset_spec,
+    write_tar_shards,
 )
 from st_contrast.data.columns import BadRowError
 from st_contrast.data.images import image_identity
@@ -339,3 +340,29 @@ def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, t
         np.testing.assert_array_equal(_pixels(image), _pixels(pictures["images"][int(row["text"].split()[-1])]))
     with pytest.raises(DataError, match="different storage_options for s3://image-options"):
         build_training_data({**table, "storage_options": {**options, "anon": False}})
+
+
+def test_write_tar_shards_round_trips_a_table_through_the_stream(tmp_path):
+    images = random_images(5, seed=8)
+    (tmp_path / "pics").mkdir()
+    rows = []
+    for n, image in enumerate(images):
+        name = f"pics/{n}." + ("png", "jpg", "tiff", "png", "png")[n]
+        image.save(tmp_path / name)
+        rows.append({"image": name, "caption": f"picture {n}", "source": f"s{n}", "score": n / 2})
+    (tmp_path / "rows.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    shards = write_tar_shards(tmp_path / "rows.jsonl", tmp_path / "shards", shard_size=2)
+    assert [shard.name for shard in shards] == ["shard-00000.tar", "shard-00001.tar", "shard-00002.tar"]
+    with tarfile.open(shards[1]) as archive:  # rows 2 and 3: the TIFF stored as PNG, every encoded image kept
+        assert archive.getnames() == [f"0000000{n}{suffix}" for n in (2, 3) for suffix in (".png", ".txt", ".json")]
+        assert archive.extractfile("00000003.png").read() == (tmp_path / "pics" / "3.png").read_bytes()
+    with tarfile.open(shards[0]) as archive:
+        assert archive.extractfile("00000001.jpg").read() == (tmp_path / "pics" / "1.jpg").read_bytes()
+    entry = {"name": "written", "path": str(tmp_path / "shards"), "stream": True, "shuffle_buffer": 1,
+             "columns": ["image", "text", "source"], "label_column": "score"}  # fmt: skip
+    (batch,) = list(build_training_data(entry).dataset.configure(batch_size=5))
+    assert [(row["text"], row["source"], row["label"]) for row in batch] == [
+        (row["caption"], row["source"], row["score"]) for row in rows
+    ]
+    for image, row in zip(_decoded(batch), rows, strict=True):
+        np.testing.assert_array_equal(_pixels(image), _pixels(Image.open(tmp_path / row["image"])))

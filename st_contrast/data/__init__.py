@@ -13,7 +13,7 @@
 - :class:`SingleDatasetBatchSampler`: every step's global batch from one dataset, identical on all ranks.
 - :class:`TokenBudgetBatchSampler`: length-grouped batches under a token budget, optionally without duplicates.
 - Image columns (``image_columns``, webdataset ``*.tar`` shards, streamed too: :mod:`st_contrast.data.stream_tar`,
-  :func:`index_tar_shards` writes their ``sizes.json``):
+  :func:`index_tar_shards` writes their ``sizes.json``, :func:`write_tar_shards` writes a table as shards):
   references decoded per batch by :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes
   offline image-text sets.
 - :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
@@ -29,6 +29,7 @@ from st_contrast.data.image_shards import load_image_shards
 from st_contrast.data.images import decode_image
 from st_contrast.data.loading import load_dataset_spec
 from st_contrast.data.mixture import SAMPLE_INDEX_COLUMN, TrainingData, add_sample_index, build_training_data
+from st_contrast.data.shard_writer import write_tar_shards
 from st_contrast.data.single_dataset import (
     SamplerEpochCallback,
     SingleDatasetBatchSampler,
@@ -64,4 +65,5 @@ __all__ = [
     "normalize_prefix",
     "resolve_world_size",
     "set_sampler_epoch",
+    "write_tar_shards",
 ]

@@ -226,7 +226,8 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
         listing = _listing(fs, folder, url_of(folder))
         if listing is None or not listing:
             raise DataError(f"Dataset {spec.name!r}: {url_of(folder)} holds no files (or does not exist).")
-        data_files = [path for path in listing if _kind(path)]
+        metadata = (*_COUNTS_NAMES, *_OFFSETS_NAMES)
+        data_files = [path for path in listing if _kind(path) and path.rsplit("/", 1)[-1] not in metadata]
         candidates = _counts_names(data_files)
         counts_path = next((path for n in candidates if (path := posixpath.join(folder, n)) in listing), "")
         if counts_path:

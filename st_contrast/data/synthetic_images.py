@@ -8,6 +8,7 @@ relative to the file (the layout :func:`~st_contrast.data.load_dataset_spec` rea
     DIR/digits/test.jsonl    held-out scans, same fields
     DIR/shapes/train.jsonl   {"image": "images/train_00000.png", "caption": "a red circle on the left", ...}
     DIR/shapes/test.jsonl    one new rendering of every (shape, colour, position), so each caption names one image
+    DIR/shapes/shards/       (write_shape_shards) the train split as webdataset tar shards with sizes.json
 """
 
 from __future__ import annotations
@@ -17,7 +18,16 @@ import random
 from pathlib import Path
 from typing import Any
 
-__all__ = ["COLOURS", "DIGIT_NAMES", "POSITIONS", "SHAPES", "write_digits", "write_image_text_sets", "write_shapes"]
+__all__ = [
+    "COLOURS",
+    "DIGIT_NAMES",
+    "POSITIONS",
+    "SHAPES",
+    "write_digits",
+    "write_image_text_sets",
+    "write_shape_shards",
+    "write_shapes",
+]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 SHAPES = ("circle", "square", "triangle", "cross")
@@ -132,4 +142,19 @@ def write_image_text_sets(directory: str | Path, **options: Any) -> Path:
     (``size``, ``seed``). Returns ``directory``."""
     write_digits(directory, **options)
     write_shapes(directory, **options)
+    return Path(directory)
+
+
+def write_shape_shards(directory: str | Path, *, shard_size: int = 256, **options: Any) -> Path:
+    """:func:`write_shapes`, and its train split as webdataset tar shards of ``shard_size`` samples in
+    ``directory/shapes/shards`` (:func:`~st_contrast.data.write_tar_shards`), the layout a stream reads from object
+    storage. Returns ``directory``."""
+    from st_contrast.data.shard_writer import write_tar_shards
+
+    folder = write_shapes(directory, **options)
+    done = folder / "shards.done.json"  # beside the shards: their folder holds shards and sizes.json only
+    settings = json.dumps({"shard_size": shard_size, **options})
+    if not (done.is_file() and done.read_text(encoding="utf8") == settings):
+        write_tar_shards(folder / "train.jsonl", folder / "shards", shard_size=shard_size)
+        done.write_text(settings, encoding="utf8")
     return Path(directory)
