@@ -51,7 +51,8 @@ class DatasetSpec:
         name: The dataset's name: the key in a mixture's ``DatasetDict``, in the per-dataset prompts and in logs.
         path: A Hugging Face hub id, a local directory (``save_to_disk`` output, a contrastors shard directory with
             ``counts.json``, or a folder of data files), or a data file / glob of ``.parquet``, ``.jsonl``, ``.json``,
-            ``.csv`` or ``.tsv`` files (``.gz`` allowed for the text formats). A list of files or globs works too.
+            ``.csv`` or ``.tsv`` files (``.gz`` allowed for the text formats), or webdataset ``.tar`` shards. A list
+            of files or globs works too, and URLs (``s3://``, ``gs://``, ``hf://``, ``https://``...; see ``stream``).
         split: The split of a hub dataset, a ``DatasetDict`` saved to disk, or a data folder.
         subset: The configuration name of a hub dataset (``load_dataset(path, subset)``).
         columns: Which columns to train on, in order (a list), or a ``{source: target}`` mapping that renames them,
