@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from image_text_helpers import random_images, tiny_two_tower
 
+from st_contrast.data import write_tar_shards
 from st_contrast.evaluation import DataFormatError, TaskSpecError, evaluate_model, resolve_task
 
 CLASSES = ["cat", "dog", "bird"]
@@ -71,3 +72,16 @@ def test_image_task_specs_report_bad_input(image_file, tmp_path):
     (tmp_path / "bad.jsonl").write_text(json.dumps({"image": "pics/none.png", "label": "cat"}) + "\n")
     with pytest.raises(DataFormatError, match=r"bad\.jsonl.*row 0.*none\.png"):
         resolve_task(f"zeroshot:{tmp_path / 'bad.jsonl'}")
+
+
+def test_a_tar_shard_evaluates_like_the_table_it_was_written_from(model, image_file, tmp_path):
+    path, *_ = image_file
+    (shard,) = write_tar_shards(path, tmp_path / "shards", shard_size=100)
+    specs = [{"type": "image_retrieval", "path": str(source), "name": name, **columns}
+             for source, name, columns in ((path, "table", {}), (shard, "shard", {"text_column": "text"}))]  # fmt: skip
+    results = evaluate_model(model, specs)
+    assert results["shard"]["metrics"] == pytest.approx(results["table"]["metrics"])
+    zeroshot = {"type": "zeroshot", "path": str(shard), "template": "a photo of a {}", "name": "pets"}
+    reference = {**zeroshot, "path": str(path), "name": "reference"}
+    scores = evaluate_model(model, [zeroshot, reference])
+    assert scores["pets"]["main_score"] == pytest.approx(scores["reference"]["main_score"])
