@@ -1,4 +1,4 @@
-"""Read an image-text evaluation file (JSON Lines, CSV, parquet...) whose image column holds paths or bytes."""
+"""Read an image-text evaluation file (JSON Lines, CSV, parquet..., a tar shard) whose image column holds images."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ def read_image_file(path: str | Path, image_column: str, other_column: str) -> t
     """The decoded images (RGB PIL) and the ``other_column`` values (captions or labels), in file order.
 
     Image paths are relative to the file's folder (the training data's layout, see ``image_columns`` of
-    :class:`~st_contrast.data.DatasetSpec`). Evaluation sets are small, so the images are decoded now: a missing or
+    :class:`~st_contrast.data.DatasetSpec`); a webdataset ``.tar`` shard gives ``image``, ``text`` and its ``.json``
+    fields as columns. Evaluation sets are small, so the images are decoded now: a missing or
     corrupt image is reported before any model runs.
 
     Raises:
