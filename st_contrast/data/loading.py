@@ -357,13 +357,7 @@ def _image_targets(spec: DatasetSpec, plan: ColumnPlan, source: _Source, feature
     """The training names of the image columns: ``spec.image_columns`` (source names) and columns that already hold
     image references (a tar shard's ``image``)."""
     named = [*spec.image_columns, *(name for name in plan.sources if features.get(name) == IMAGE_REFERENCE)]
-    unknown = [column for column in named if column not in plan.sources]
-    if unknown:
-        raise DataError(
-            f"Dataset {spec.name!r} ({source.description}): image_columns {unknown} are not among its training "
-            f"columns {plan.sources}."
-        )
-    return [target for source_name, target in zip(plan.sources, plan.targets, strict=True) if source_name in named]
+    return plan.with_images(named, f"Dataset {spec.name!r} ({source.description})").image_targets
 
 
 def _map_with_rows(
