@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import tarfile
 
 import numpy as np
@@ -307,7 +308,7 @@ def test_st_contrast_train_streams_tar_shards_from_s3_into_a_two_tower_model(pic
     assert image.shape == text.shape == (1, 384) and np.isfinite(image).all()
 
 
-def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, tmp_path, monkeypatch, request):
+def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, tmp_path, monkeypatch, request, caplog):
     import s3fs
 
     import st_contrast.data.urls as urls
@@ -338,8 +339,10 @@ def test_storage_options_reach_the_images_of_their_bucket(pictures, s3_server, t
     assert len(indexed) == sum(SHARD_SIZES)
     for image, row in zip(_decoded(list(indexed)), indexed, strict=True):
         np.testing.assert_array_equal(_pixels(image), _pixels(pictures["images"][int(row["text"].split()[-1])]))
-    with pytest.raises(DataError, match="different storage_options for s3://image-options"):
-        build_training_data({**table, "storage_options": {**options, "anon": False}})
+    with caplog.at_level(logging.WARNING, logger="st_contrast.data.urls"):  # options corrected: the latest win
+        build_training_data({**table, "storage_options": {**options, "key": "other"}})
+    assert "storage_options for s3://image-options replaced" in caplog.text
+    assert urls._BUCKET_OPTIONS["s3://image-options"]["key"] == "other"
 
 
 def test_write_tar_shards_round_trips_a_table_through_the_stream(tmp_path):

@@ -56,11 +56,10 @@ def _with_image_references(source: Any, file: Any, record: dict[str, Any], where
     not an error when its batch is built; its bytes then travel with the row."""
     record = dict(record)
     folder = posixpath.dirname(file.url) if is_url(file.url) else os.path.dirname(os.path.abspath(file.path))
+    decode = source.spec.on_bad_rows == "skip"
     for column in source.plan.image_sources:
-        if column not in record:
-            continue  # map_row names the missing column
-        decode = source.spec.on_bad_rows == "skip"
-        record[column] = usable_image(record[column], folder, where, column, decode)
+        if column in record:  # else map_row names the missing column
+            record[column] = usable_image(record[column], folder, where, column, decode)
     return record
 
 

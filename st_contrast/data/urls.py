@@ -11,6 +11,7 @@ tar shards indexed by byte range): :func:`register_storage_options`.
 from __future__ import annotations
 
 import glob as local_glob
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,6 +31,8 @@ __all__ = [
     "register_storage_options",
     "url_filesystem",
 ]
+
+logger = logging.getLogger(__name__)
 
 _BUCKET_OPTIONS: dict[str, dict[str, Any]] = {}
 
@@ -73,18 +76,16 @@ def register_storage_options(url: str, storage_options: Mapping[str, Any]) -> No
     data-loader workers forked after it): a dataset's endpoint and credentials then reach the images its rows name
     and the byte ranges of its tar shards, read when a batch is built. Nothing is stored on disk.
 
-    Raises:
-        DataError: Another dataset registered different options for the same bucket.
+    The latest options of a bucket win (a dataset loaded again with corrected options); replacing different ones is
+    logged, since two datasets of one bucket with different options would read each other's images with them.
     """
     if not storage_options or not is_url(url):
         return
     bucket = _bucket(url)
     options = dict(storage_options)
-    if _BUCKET_OPTIONS.setdefault(bucket, options) != options:
-        raise DataError(
-            f"{url}: two datasets give different storage_options for {bucket}; the images read per batch could not "
-            "tell them apart. Give datasets of one bucket the same options."
-        )
+    if _BUCKET_OPTIONS.get(bucket, options) != options:
+        logger.warning("storage_options for %s replaced: images there are now read with those of %s.", bucket, url)
+    _BUCKET_OPTIONS[bucket] = options
 
 
 def url_filesystem(url: str, storage_options: Mapping[str, Any] | None = None) -> tuple[Any, str]:
