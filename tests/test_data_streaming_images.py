@@ -228,6 +228,37 @@ def test_bad_samples_raise_naming_shard_row_and_key_or_are_skipped_and_counted(b
     skipping.close()
 
 
+def test_indexed_and_streamed_shards_group_members_as_webdataset_does(tmp_path):
+    images = random_images(3, seed=8)
+    jpeg = io.BytesIO()
+    images[2].save(jpeg, format="JPEG")
+    samples = [
+        ("a", {".txt": b"caption a", ".png": _png(images[0])}),  # caption first
+        ("b", {".png": _png(images[1]), ".jpg": jpeg.getvalue(), ".txt": b"caption b"}),  # two images: .jpg wins
+    ]
+    _write_shard(tmp_path / "order.tar", samples)
+    entry = {"name": "order", "path": str(tmp_path / "order.tar"), "columns": ["image", "text"], "shuffle_buffer": 1}
+    indexed = list(load_dataset_spec(entry))
+    source = open_stream_source({**entry, "stream": True})
+    streamed = [row for _, row in iter_file_rows(source, 0, 0, source.files[0].rows)]
+    assert [row["text"] for row in indexed] == [row["text"] for row in streamed] == ["caption a", "caption b"]
+    for row in (indexed[1], streamed[1]):
+        decoded = _decoded([row])[0]
+        np.testing.assert_array_equal(_pixels(decoded), _pixels(Image.open(io.BytesIO(jpeg.getvalue()))))
+    assert [(r["image"]["offset"], r["image"]["size"]) for r in indexed] == [
+        (r["image"]["offset"], r["image"]["size"]) for r in streamed
+    ]
+
+    (tmp_path / "split").mkdir()  # key "a" comes back after "b": a third sample, without an image
+    _write_shard(tmp_path / "split" / "split.tar", [*samples, ("a", {".json": b'{"source": "late"}'})])
+    split = {**entry, "path": str(tmp_path / "split" / "split.tar")}
+    with pytest.raises(DataError, match=r"split\.tar, row 2 \(key 'a'\): the sample has no image member"):
+        load_dataset_spec(split)
+    source = open_stream_source({**split, "stream": True})
+    rows = [row for _, row in iter_file_rows(source, 0, 0, source.files[0].rows)]
+    assert len(rows) == 3 and rows[2].reason == "missing image"
+
+
 def test_a_shard_cut_short_counts_its_lost_samples(bad_shard, tmp_path):
     data = bad_shard.read_bytes()
     (tmp_path / "cut").mkdir()

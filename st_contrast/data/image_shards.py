@@ -1,7 +1,8 @@
 """Webdataset-style tar shards of image-text pairs, indexed without decoding or reading the images.
 
-A shard is a plain tar file whose members are grouped by key (the member name up to its first dot, as in
-webdataset): ``0001.jpg`` + ``0001.txt`` (+ ``0001.json``) is one sample. Each sample becomes a row with an
+A shard is a plain tar file whose adjacent members sharing a key (the member name up to its first dot) are one
+sample, as in webdataset and as a stream reads them: ``0001.jpg`` + ``0001.txt`` (+ ``0001.json``) is one sample; a key
+that comes back after another sample's members starts a new sample. Each sample becomes a row with an
 ``image`` column (a reference to the image's byte range inside the shard, decoded only when its batch is built), a
 ``text`` column (the ``.txt`` member) and the top-level fields of the ``.json`` member as further columns.
 """
@@ -73,17 +74,20 @@ def read_caption(archive: tarfile.TarFile, member: tarfile.TarInfo, where: str) 
 
 
 def _samples(shard: str) -> list[dict[str, Any]]:
-    """The shard's samples in order: ``{"key", "image": TarInfo | None, "txt": str | None, "json": dict | None}``."""
-    samples: dict[str, dict[str, Any]] = {}
+    """The shard's samples in order: ``{"key", "image": TarInfo | None, "txt": str | None, "json": dict | None}``;
+    of several image members of a sample, the first extension of :data:`IMAGE_EXTENSIONS` is its image."""
+    samples: list[dict[str, Any]] = []
     try:
         with _open_shard(shard) as archive:
             for member in archive:
                 if not member.isfile():
                     continue
                 key, extension = member_key(member)
-                sample = samples.setdefault(key, {"key": key, "image": None, "txt": None, "json": None})
+                if not samples or samples[-1]["key"] != key:
+                    samples.append({"key": key, "images": {}, "txt": None, "json": None})
+                sample = samples[-1]
                 if extension in IMAGE_EXTENSIONS:
-                    sample["image"] = member
+                    sample["images"][extension] = member
                 elif extension in (".txt", ".json"):
                     try:
                         sample[extension[1:]] = read_caption(archive, member, shard)
@@ -91,7 +95,10 @@ def _samples(shard: str) -> list[dict[str, Any]]:
                         raise DataError(f"{error} Fix or remove the sample.") from error
     except (tarfile.TarError, OSError) as error:
         raise DataError(f"{shard}: not a readable tar shard ({type(error).__name__}: {error}).") from error
-    return list(samples.values())
+    for sample in samples:
+        images = sample.pop("images")
+        sample["image"] = next((images[extension] for extension in IMAGE_EXTENSIONS if extension in images), None)
+    return samples
 
 
 def load_image_shards(
