@@ -38,6 +38,8 @@ from st_contrast.compat import (
     transformers_min_peft_version,
 )
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def test_installed_pair_is_one_transformers_accepts(tiny_model_factory):
     """What `pip install -e .` resolved must pass transformers' own peft check, and the check must agree."""
@@ -205,3 +207,39 @@ def test_small_hooks_answer_without_side_effects():
     buffers = torch.nn.BatchNorm1d(2)
     buffers.register_buffer("scratch", torch.zeros(1), persistent=False)
     assert compat.is_persistent_buffer(buffers, "running_mean") and not compat.is_persistent_buffer(buffers, "scratch")
+
+
+def _lower_bounds() -> dict[str, Version]:
+    """``{distribution: lower bound}`` of setup.cfg's install_requires and its ``s3`` extra."""
+    import configparser
+
+    from packaging.requirements import Requirement
+
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg", encoding="utf8")
+    lines = config["options"]["install_requires"].split("\n") + config["options.extras_require"]["s3"].split("\n")
+    bounds = {}
+    for line in filter(None, (line.strip() for line in lines)):
+        requirement = Requirement(line)
+        bounds[requirement.name.lower()] = next(Version(s.version) for s in requirement.specifier if s.operator == ">=")
+    return bounds
+
+
+def _pins(name: str) -> dict[str, Version]:
+    pins = {}
+    for line in (ROOT / ".ci" / name).read_text(encoding="utf8").splitlines():
+        if line.strip() and not line.startswith("#"):
+            package, _, version = line.partition("==")
+            pins[package.strip().lower()] = Version(version)
+    return pins
+
+
+def test_every_lower_bound_is_a_release_the_floor_runs_install():
+    """`.ci/floors` runs the suite on .ci/floors.txt (and .ci/gpu-stack.txt): each lower bound of setup.cfg must be
+    the oldest release those runs pin, so a bound cannot move without the run that backs it."""
+    floors, gpu_stack = _pins("floors.txt"), _pins("gpu-stack.txt")
+    bounds = _lower_bounds()
+    assert set(bounds) <= set(floors), f"not pinned in .ci/floors.txt: {sorted(set(bounds) - set(floors))}"
+    for package, bound in bounds.items():
+        tested = min(version for version in (floors[package], gpu_stack.get(package)) if version is not None)
+        assert tested == bound, f"{package}: setup.cfg allows >= {bound}, the floor runs install {tested}"

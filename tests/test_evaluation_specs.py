@@ -137,7 +137,7 @@ def test_results_table():
 def test_local_tasks_use_no_network_and_write_only_the_output_folder(minilm, shared_data, tmp_path, monkeypatch):
     import socket
 
-    from mteb.evaluate import _DEFAULT_CACHE
+    from mteb.cache import ResultCache
 
     attempts = []
 
@@ -148,7 +148,7 @@ def test_local_tasks_use_no_network_and_write_only_the_output_folder(minilm, sha
     monkeypatch.setattr(socket.socket, "connect", refuse)
     monkeypatch.setattr(socket, "create_connection", refuse)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)  # nothing may rely on offline mode
-    mteb_cache = _DEFAULT_CACHE.cache_path
+    mteb_cache = ResultCache().cache_path  # MTEB_CACHE or ~/.cache/mteb, where mteb writes by default
     cache_before = sorted(mteb_cache.rglob("*"))
     (tmp_path / "in").mkdir()
     sts = write_headed_sts(tmp_path / "in" / "pairs.tsv", stsb_rows(shared_data, limit=30))
