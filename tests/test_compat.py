@@ -243,3 +243,14 @@ def test_every_lower_bound_is_a_release_the_floor_runs_install():
     for package, bound in bounds.items():
         tested = min(version for version in (floors[package], gpu_stack.get(package)) if version is not None)
         assert tested == bound, f"{package}: setup.cfg allows >= {bound}, the floor runs install {tested}"
+
+
+def test_a_checkpoint_loads_onto_an_indexed_cpu_device(tmp_path):
+    """transformers 5.17 resumes a multi-process CPU run with ``map_location=args.device`` (``cpu:<rank>``), which torch
+    alone refuses; after accept_indexed_cpu_locations the optimizer state loads as saved."""
+    state = {"state": {0: {"exp_avg": torch.randn(3), "step": torch.tensor(7.0)}}, "param_groups": [{"lr": 0.1}]}
+    torch.save(state, tmp_path / "optimizer.pt")
+    compat.accept_indexed_cpu_locations()
+    loaded = torch.load(tmp_path / "optimizer.pt", map_location=torch.device("cpu", 1), weights_only=True)
+    torch.testing.assert_close(loaded["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    assert loaded["state"][0]["exp_avg"].device.type == "cpu" and loaded["param_groups"] == [{"lr": 0.1}]

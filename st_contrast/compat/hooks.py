@@ -6,6 +6,7 @@ Each function below names its hook; "Checked on" names the releases whose code w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,6 +15,7 @@ from st_contrast.compat.versions import CompatibilityError, installed_version
 __all__ = [
     "SAMPLER_WRAPPER_ATTRIBUTES",
     "accelerate_state_exists",
+    "accept_indexed_cpu_locations",
     "attn_implementation",
     "clear_prompt_lengths",
     "dataset_fingerprint",
@@ -261,6 +263,22 @@ def accelerate_state_exists() -> bool:
     except ImportError:  # pragma: no cover - accelerate is a dependency
         return False
     return bool(PartialState._shared_state)
+
+
+def _restore_indexed_cpu(storage: Any, location: str) -> Any:
+    return storage if location.startswith("cpu:") else None
+
+
+@functools.cache
+def accept_indexed_cpu_locations() -> None:
+    """Let ``torch.load(map_location=torch.device("cpu", 0))`` load, as torch's own CPU deserializer loads ``"cpu"``
+    only (hook: the public ``torch.serialization.register_package``; idempotent). transformers 5.17 (the GPU
+    machine's release) resumes a multi-process CPU run by loading the optimizer state onto ``args.device``, which is
+    ``cpu:<rank>`` there, and failed with "don't know how to restore data location"; 5.23 loads it onto ``"cpu"``.
+    Checked on torch 2.11 and 2.13 with transformers 5.17 and 5.23."""
+    import torch.serialization
+
+    torch.serialization.register_package(100, lambda storage: None, _restore_indexed_cpu)
 
 
 def dataset_fingerprint(dataset: Any) -> str | None:

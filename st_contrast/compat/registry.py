@@ -13,13 +13,13 @@ __all__ = ["CHECKED_ON", "HOOKS", "Hook", "hook_problem"]
 
 
 CHECKED_ON: dict[str, tuple[str, ...]] = {
-    "sentence-transformers": ("6.0.1", "6.2.0"),
-    "transformers": ("5.17.0", "5.23.0"),
-    "accelerate": ("1.15.0", "1.16.0"),
-    "mteb": ("2.26.24",),
-    "peft": ("0.21.2",),
-    "datasets": ("5.2.0",),
-    "torch": ("2.13.0",),
+    "sentence-transformers": ("6.0.0", "6.3.0"),
+    "transformers": ("5.7.0", "5.23.0"),
+    "accelerate": ("1.3.0", "1.16.0"),
+    "mteb": ("2.16.0", "2.26.24"),
+    "peft": ("0.19.0", "0.21.2"),
+    "datasets": ("4.3.0", "5.2.0"),
+    "torch": ("2.11.0", "2.13.0"),
 }
 """Distribution -> the releases the hooks in :data:`HOOKS` were checked on (the oldest and newest where two)."""
 

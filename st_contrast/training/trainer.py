@@ -16,7 +16,12 @@ from transformers.trainer_callback import ProgressCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, TrainOutput
 
 from st_contrast.callbacks.trainer_mixin import MonitoringMixin, enable_monitoring, with_geometry_probe
-from st_contrast.compat import load_checkpoint_weights, trainer_output_dir, training_progress_bar
+from st_contrast.compat import (
+    accept_indexed_cpu_locations,
+    load_checkpoint_weights,
+    trainer_output_dir,
+    training_progress_bar,
+)
 from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.data.streaming import StreamingDataset
@@ -245,6 +250,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
         # Called on every resume path (plain, DeepSpeed, FSDP), unlike _load_from_checkpoint.
+        accept_indexed_cpu_locations()  # transformers 5.17 loads a multi-process CPU run's optimizer onto "cpu:<rank>"
         super()._load_optimizer_and_scheduler(checkpoint)
         if checkpoint is not None:
             self._restore_loss_state(checkpoint)
