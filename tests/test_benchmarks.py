@@ -100,8 +100,8 @@ def test_bench_streaming_small_run():
     assert stream["local_disk_bytes"] == 0 < arrow["local_disk_bytes"]  # the stream copies nothing to disk
     assert 0 < stream["seconds_to_first_batch"] <= stream["seconds"]
     assert report["stream_vs_training"] == pytest.approx(
-        stream["rows_per_s"] / report["train_packed_minilm"]["rows_per_s"], rel=0.01
-    )
+        stream["rows_per_s"] / report["train_packed_minilm"]["rows_per_s"], rel=0.01, abs=0.051
+    )  # printed to 1 decimal
 
 
 @pytest.mark.slow
@@ -112,8 +112,9 @@ def test_bench_image_streaming_small_run():
     readers = [report[name] for name in ("stream", "indexed", "hf_local")]
     assert [reader["rows"] for reader in readers] == [112, 112, 112]  # one epoch of whole batches: 7 of 16
     assert all(0 < reader["seconds_to_first_batch"] <= reader["seconds"] for reader in readers)
-    assert report["stream_vs_indexed"] == pytest.approx(readers[0]["rows_per_s"] / readers[1]["rows_per_s"], rel=0.01)
+    # the ratios are printed to 2 decimals: equal to the quotient of the printed figures up to that rounding
+    assert report["stream_vs_indexed"] == pytest.approx(readers[0]["rows_per_s"] / readers[1]["rows_per_s"], abs=0.006)
     decode = report["decode"]["images_per_s"]
     assert decode["one_thread"] > 0 and report["decode_threads_vs_one"] == pytest.approx(
-        decode["default_threads"] / decode["one_thread"], rel=0.01
+        decode["default_threads"] / decode["one_thread"], abs=0.006
     )
