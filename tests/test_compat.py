@@ -101,10 +101,10 @@ def test_a_changed_or_removed_hook_is_named_with_the_versions(monkeypatch):
     assert "(model, trial, metrics)" in problem and "st_contrast/compat/" in problem
     assert "st_contrast/training/trainer.py" in problem and "tests/test_training_resume.py" in problem
 
-    forward_padded = next(hook for hook in HOOKS if hook.attribute == "_forward_padded")
-    monkeypatch.delattr(Pooling, "_forward_padded")
-    assert "Pooling._forward_padded(token_embeddings, attention_mask, features)" in hook_problem(forward_padded)
-    assert "it is gone" in hook_problem(forward_padded)
+    forward_flattened = next(hook for hook in HOOKS if hook.attribute == "_forward_flattened")
+    monkeypatch.delattr(Pooling, "_forward_flattened")
+    assert "Pooling._forward_flattened(token_embeddings, features)" in hook_problem(forward_flattened)
+    assert "it is gone" in hook_problem(forward_flattened)
 
     a_new_required_parameter = next(hook for hook in HOOKS if hook.attribute == "_get_prompt_length")
     monkeypatch.setattr(Transformer, "_get_prompt_length", lambda self, prompt, task: 0)
@@ -164,16 +164,14 @@ def test_sentence_transformers_flattens_what_compat_switches_on(minilm_path):
     assert module.preprocess(texts)["input_ids"].shape == (2, max(lengths))
 
 
-def test_pooling_internals_pool_padded_and_flattened_rows_alike(minilm_path):
-    pooling = Pooling(4, pooling_mode="mean")
-    embeddings = torch.randn(2, 3, 4)
-    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
-    expected = torch.stack([embeddings[0].mean(0), embeddings[1, :2].mean(0)])
-    (padded,) = compat.pool_padded(pooling, embeddings, mask, {})
-    flat = torch.cat([embeddings[0], embeddings[1, :2]]).unsqueeze(0)
-    (flattened,) = compat.pool_flattened(pooling, flat, {"cu_seq_lens_q": torch.tensor([0, 3, 5])})
-    torch.testing.assert_close(padded, expected)
-    torch.testing.assert_close(flattened, expected)
+def test_pooling_internals_pool_flattened_rows_from_their_own_first_token(minilm_path):
+    pooling = Pooling(4, pooling_mode=("mean", "weightedmean"))
+    embeddings = torch.randn(5, 4)
+    rows = (embeddings[:3], embeddings[3:])
+    weighted = [(row * torch.arange(1.0, len(row) + 1)[:, None]).sum(0) / sum(range(1, len(row) + 1)) for row in rows]
+    mean, weightedmean = compat.pool_flattened(pooling, embeddings[None], {"cu_seq_lens_q": torch.tensor([0, 3, 5])})
+    torch.testing.assert_close(mean, torch.stack([row.mean(0) for row in rows]))
+    torch.testing.assert_close(weightedmean, torch.stack(weighted))
 
     module = Transformer(minilm_path)
     prompt = "query: "

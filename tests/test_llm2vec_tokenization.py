@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 from llm2vec_helpers import build_backbone
+from packaging.version import Version
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from st_contrast.compat import installed_version
 from st_contrast.modules import BidirectionalTransformer, EmbeddingTokenizer, InstructionPooling
 
 LONG = "A man in a red shirt is playing a guitar on a crowded street corner while people walk by. " * 3
@@ -98,14 +100,24 @@ def test_pooling_with_per_row_instructions_matches_hand_computation(implementati
         torch.testing.assert_close(actual, torch.stack(expected), atol=2e-5, rtol=1e-4)
 
 
+# Sentence Transformers < 6.2 counts weightedmean weights from the padded row's start: left padding shifts them.
+STOCK_WEIGHTS_FOLLOW_LEFT_PADDING = installed_version("sentence-transformers") < Version("6.2")
+
+
 @pytest.mark.parametrize("implementation", ["sdpa", "packed_sdpa"])
 @pytest.mark.parametrize("side", ["right", "left"])
-def test_stock_pooling_is_right_for_both_paddings_and_packing(implementation, side, tiny_model_factory):
-    """Sentence Transformers' own weightedmean / lasttoken, reused as is, match the hand computation."""
+@pytest.mark.parametrize("pooling_class", [Pooling, InstructionPooling])
+def test_stock_pooling_is_right_for_both_paddings_and_packing(
+    implementation, side, pooling_class, tiny_model_factory, request
+):
+    """ST's own weightedmean / lasttoken, and InstructionPooling without an instruction, match the hand computation."""
+    if pooling_class is Pooling and side == "left" and implementation == "sdpa" and STOCK_WEIGHTS_FOLLOW_LEFT_PADDING:
+        reason = "sentence-transformers < 6.2 weights left-padded rows from the padding's start (fixed in 6.2)"
+        request.applymarker(pytest.mark.xfail(reason=reason, strict=True))
     backbone = build_backbone(tiny_model_factory("llama"), implementation, max_seq_length=40).eval()
     backbone.tokenizer.padding_side = side
     modes = ("weightedmean", "lasttoken")
-    model = SentenceTransformer(modules=[backbone, Pooling(32, modes)], device="cpu").eval()
+    model = SentenceTransformer(modules=[backbone, pooling_class(32, modes)], device="cpu").eval()
     rows = backbone._embedding_tokenizer(TEXTS, max_length=40).input_ids
     expected = [torch.cat([reference_pool(single_row_tokens(backbone, ids), m) for m in modes]) for ids in rows]
     actual = model.encode(TEXTS, convert_to_tensor=True, batch_size=len(TEXTS))

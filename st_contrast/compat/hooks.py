@@ -33,7 +33,6 @@ __all__ = [
     "model_position_offset",
     "peft_configs",
     "pool_flattened",
-    "pool_padded",
     "prompt_length",
     "register_attention_function",
     "restore_padded_inputs",
@@ -170,17 +169,11 @@ def in_encode() -> bool:
     return torch.is_inference_mode_enabled()
 
 
-def pool_padded(pooling: Any, token_embeddings: Any, attention_mask: Any, features: dict[str, Any]) -> list[Any]:
-    """ST ``Pooling``'s own pooling of a padded batch under ``attention_mask`` (hook: ``Pooling._forward_padded``;
-    :class:`~st_contrast.modules.InstructionPooling` masks out per-row instructions first). Checked on
-    sentence-transformers 6.0.1 and 6.2.0."""
-    return pooling._forward_padded(token_embeddings, attention_mask, features)
-
-
 def pool_flattened(pooling: Any, token_embeddings: Any, features: dict[str, Any]) -> list[Any]:
     """ST ``Pooling``'s own pooling of a flattened batch (``features["cu_seq_lens_q"]``) (hook:
-    ``Pooling._forward_flattened``; used by :class:`~st_contrast.modules.InstructionPooling`). Checked on
-    sentence-transformers 6.0.1 and 6.2.0."""
+    ``Pooling._forward_flattened``; used by :class:`~st_contrast.modules.InstructionPooling`, padded rows too: its
+    ``weightedmean`` weights count from each row's first token on every release, the padded path's only from 6.2).
+    Checked on sentence-transformers 6.0.0-6.3.0."""
     return pooling._forward_flattened(token_embeddings, features)
 
 

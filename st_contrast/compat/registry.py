@@ -118,11 +118,7 @@ HOOKS: tuple[Hook, ...] = (
          "ST's prompt-length cache, cleared when export_model changes a module's tokenization",
          used_in=("st_contrast/model_io.py",), covered_by=("tests/test_compat.py", "tests/test_model_export.py")),
     # sentence-transformers: pooling, model loading, losses, trainer, samplers
-    Hook(_ST, _ST_POOLING, "_forward_padded", "method", "InstructionPooling pools with ST's own code",
-         params=("token_embeddings", "attention_mask", "features"),
-         used_in=("st_contrast/modules/instruction_pooling.py",),
-         covered_by=("tests/test_compat.py", "tests/test_llm2vec_tokenization.py")),
-    Hook(_ST, _ST_POOLING, "_forward_flattened", "method", "InstructionPooling pools packed rows with ST's own code",
+    Hook(_ST, _ST_POOLING, "_forward_flattened", "method", "InstructionPooling pools kept tokens with ST's code",
          params=("token_embeddings", "features"), used_in=("st_contrast/modules/instruction_pooling.py",),
          covered_by=("tests/test_compat.py", "tests/test_llm2vec_tokenization.py")),
     Hook(_ST, "sentence_transformers.base.model:BaseModel", "_load_with_module_classes", "method",
