@@ -11,7 +11,7 @@ import pytest
 import torch
 from accelerate.data_loader import BatchSamplerShard, prepare_data_loader, skip_first_batches
 from datasets import Dataset
-from sentence_transformers.base.sampler import DefaultBatchSampler
+from sentence_transformers.base.sampler import DefaultBatchSampler, NoDuplicatesBatchSampler
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 
 from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler, set_sampler_epoch
@@ -107,6 +107,20 @@ def test_set_sampler_epoch_reaches_the_sampler_behind_accelerate_and_skip_wrappe
     expected = list(sampler)[1::2][3:]
     got = [[row["anchor"] for row in batch] for batch in resumed]
     assert got == [[sampler.dataset[i]["anchor"] for i in batch] for batch in expected]
+
+
+def test_seeded_per_dataset_samplers_shuffle_anew_every_epoch():
+    """ST's NoDuplicatesBatchSampler reseeds the shared generator from its own epoch: set_epoch must reach it."""
+    sampler = _multi(sub=lambda part: NoDuplicatesBatchSampler(part, 8, drop_last=False, generator=torch.Generator()))
+
+    def rows_per_dataset(epoch: int) -> list[list[int]]:
+        set_sampler_epoch(sampler, epoch)
+        rows = list(itertools.chain(*sampler))
+        return [[row for row in rows if low <= row < high] for low, high in ((0, 50), (50, 180), (180, 200))]
+
+    first, second = rows_per_dataset(0), rows_per_dataset(1)
+    assert all(a != b for a, b in zip(first, second, strict=True)), "a dataset repeated its row order"
+    assert rows_per_dataset(0) == first, "an epoch's order must depend on the epoch only"
 
 
 # --- TokenBudgetBatchSampler on the shared NLI triplets, measured with MiniLM's tokenizer -------------------------

@@ -124,6 +124,14 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
             )
         self.groups_per_dataset = self._groups if weights is None else allocate_batches(sum(self._groups), weights)
 
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch here and on every per-dataset sampler (ST's seeded samplers reseed from their own epoch;
+        sentence-transformers < 6.2 did not pass it on, so each dataset repeated its first epoch's order)."""
+        self.epoch = epoch
+        for sampler in self.batch_samplers:
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
+
     def __len__(self) -> int:
         return sum(self.groups_per_dataset) * self.world_size
 
