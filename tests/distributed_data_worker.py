@@ -15,6 +15,8 @@ from loss_helpers import tiny_model
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 from test_data_training import make_trainer, mixture
 
+from st_contrast.compat import accept_indexed_cpu_locations
+
 
 def run(model_path: str, data, out: Path, resume: str | None = None, epoch_callback: bool = True):
     model = tiny_model(model_path)
@@ -31,6 +33,9 @@ def run(model_path: str, data, out: Path, resume: str | None = None, epoch_callb
 
 def main() -> None:
     model_path, shared, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    # The stock trainer of transformers 5.17 resumes a multi-process CPU run onto "cpu:<rank>", which torch refuses;
+    # ContrastiveTrainer registers this itself, the stock trainer used here needs it done by hand.
+    accept_indexed_cpu_locations()
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     data = mixture(shared, out / f"data-rank{rank}", add_sample_index=True, rows=(48, 32))  # label = global row
