@@ -120,6 +120,27 @@ def test_temperature_is_not_weight_decayed(model, tmp_path):
     assert not torch.equal(weight.detach(), before["weight"])  # the control: decayed weights shrink
 
 
+def test_each_step_gets_the_temperature_gradient_of_its_own_batch_only(model, tmp_path):
+    """The trainer clears loss-owned gradients after every step (sentence-transformers < 6.2 left them to pile up)."""
+    from transformers import TrainerCallback
+
+    class RecordGradient(TrainerCallback):
+        gradients: list[float] = []
+
+        def on_pre_optimizer_step(self, args, state, control, **kwargs):
+            self.gradients.append(float(loss.learned_temperature.logit_scale.grad))
+
+    loss = InfoNCELoss(model, temperature=0.05)
+    trainer = trainer_for(model, loss, tmp_path, learning_rate=0.0, max_steps=3)  # one unchanged batch every step
+    for callback in list(trainer.callback_handler.callbacks):
+        if type(callback).__name__ == "_OptimizerZeroGradCallback":  # sentence-transformers' own fix (>= 6.2): out
+            trainer.remove_callback(callback)
+    trainer.add_callback(RecordGradient())
+    trainer.train()
+    first = RecordGradient.gradients[0]
+    assert first != 0.0 and RecordGradient.gradients == pytest.approx([first] * 3, rel=1e-4)
+
+
 def test_temperature_lr_gets_its_own_group_and_the_scale_is_clamped(model, tmp_path):
     loss = SigLIPLoss(model, temperature_lr=1e-4)
     trainer = trainer_for(model, loss, tmp_path, learning_rate=1e-3, max_steps=1)

@@ -123,6 +123,7 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         if isinstance(self.train_dataset, StreamingDataset):
             self.add_callback(StreamEpochCallback(len(self.train_dataset)))
         self.add_callback(_ClampTemperatures(self))
+        self.add_callback(_ClearLossGradients(self))
         if monitoring is not False:
             enable_monitoring(self, **options)
 
@@ -307,6 +308,30 @@ class _ClampTemperatures(TrainerCallback):
     def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         for temperature in learned_temperatures(self.trainer.loss):
             temperature.clamp_()
+
+
+class _ClearLossGradients(TrainerCallback):
+    """Clear the gradients of the parameters a loss owns outside the model (a learned temperature) before training
+    and after every optimizer step: transformers' Trainer clears only the model's (``model.zero_grad()``), so on
+    sentence-transformers < 6.2, which does not clear the rest, a temperature's gradient summed over all steps so far.
+    """
+
+    def __init__(self, trainer: ContrastiveTrainer) -> None:
+        self.trainer = trainer
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._clear()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        in_model = {id(parameter) for parameter in self.trainer.model.parameters()}
+        losses = self.trainer.loss.values() if isinstance(self.trainer.loss, dict) else [self.trainer.loss]
+        for loss in losses:
+            for parameter in loss.parameters():
+                if id(parameter) not in in_model:
+                    parameter.grad = None
 
 
 MonitoredTrainer = ContrastiveTrainer
