@@ -45,6 +45,14 @@ def test_sgpt_bitfit_decoder_with_linear_stacks(tiny_model_factory, snli_sentenc
     torch.testing.assert_close(embed(reloaded, texts), embed(model, texts))
 
 
+def test_sgpt_weighted_mean_of_a_batch_is_each_text_alone_for_a_left_padding_tokenizer(tiny_model_factory):
+    texts = ["A dog.", "A man plays a guitar on a crowded street corner.", "Two women talk."]
+    model = sgpt_bitfit_model(tiny_model_factory("qwen2"), processor_kwargs={"padding_side": "left"}, device="cpu")
+    assert model[0].tokenizer.padding_side == "right"
+    alone = torch.cat([embed(model, [text]) for text in texts])  # one text: no padding at all
+    torch.testing.assert_close(embed(model, texts), alone, atol=1e-5, rtol=1e-4)
+
+
 def test_linear_stack_before_pooling_acts_on_tokens():
     (dense,) = linear_stack(8, 1, before_pooling=True)
     tokens = torch.randn(2, 5, 8)

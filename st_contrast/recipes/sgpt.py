@@ -68,7 +68,9 @@ def sgpt_bitfit_model(
 
     Weighted mean pooling weighs later tokens more, since in a causal decoder they have seen more
     of the text. Biases and the optional linear stacks train; all other weights are frozen
-    (see :func:`apply_bitfit`).
+    (see :func:`apply_bitfit`). With ``weightedmean`` the tokenizer pads on the right: the weights
+    then count from each text's first token on every sentence-transformers release (before 6.2,
+    ST's padded pooling counted them from the padded row's start, which left padding shifts).
 
     Args:
         model_name_or_path: Decoder id or path (needs bias terms, e.g. GPT-Neo or Qwen2).
@@ -93,6 +95,10 @@ def sgpt_bitfit_model(
             print(count_parameters(model))
     """
     backbone = _backbone(model_name_or_path, packed, attention_backend, backbone_kwargs)
+    modes = (pooling_mode,) if isinstance(pooling_mode, str) else tuple(pooling_mode)
+    if "weightedmean" in modes:
+        # sentence-transformers < 6.2 counts the weights from a padded row's start: left padding would shift them.
+        backbone.tokenizer.padding_side = "right"
     dimension = backbone.get_embedding_dimension()
     modules = [backbone]
     if linear_before:
