@@ -58,9 +58,11 @@ def compare_with_single_process(model_path: str, columns: list[list[str]], name:
 
     model = tiny_model(model_path)
     loss_fn = LOSSES[name](model, True)
-    # find_unused_parameters=True as SentenceTransformerTrainer wraps it: ST embeds the anchor column in a forward
-    # pass of its own, and DDP with the default False silently skips the gradient sync of two forward passes.
-    ddp = DistributedDataParallel(model, find_unused_parameters=True)
+    # Wrapped as SentenceTransformerTrainer wraps it. find_unused_parameters=True: ST embeds the anchor column in a
+    # forward pass of its own, and DDP with the default False silently skips the gradient sync of two forward passes.
+    # broadcast_buffers=False (ST's default): a broadcast before the second forward rewrites BERT's position_ids
+    # buffer in place, which the first forward's graph still needs (torch 2.11 then refuses the backward).
+    ddp = DistributedDataParallel(model, find_unused_parameters=True, broadcast_buffers=False)
     for module in list(loss_fn.modules()):  # nested losses (SimCSE's inner loss) too, as ST's trainer does
         if getattr(module, "model", None) is model:
             module.model = ddp
