@@ -76,4 +76,4 @@ def test_image_text_shards_config_streams_tar_shards_and_learns_retrieval(tmp_pa
     images = model.encode([Image.open(data / "shapes" / row["image"]).convert("RGB") for row in rows])
     captions = model.encode([row["caption"] for row in rows])
     hits = np.mean((captions @ images.T).argmax(axis=1) == np.arange(len(rows)))
-    assert after == pytest.approx(hits, abs=1e-6)
+    assert after == pytest.approx(hits, abs=1e-5)  # mteb 2.16 rounds scores to 5 decimals; one hit is 1/64
