@@ -59,6 +59,8 @@ def main(model_path: str, output_dir: str) -> None:
     trainer.seen = []
     trainer.train()
     Path(output_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(trainer.seen))
+    dist.barrier()  # no rank exits while the other may still be in a collective with it
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":

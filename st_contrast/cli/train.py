@@ -21,8 +21,13 @@ def _train(args: argparse.Namespace) -> int:
     metrics = train_from_config(config, restart=args.restart)
     from accelerate import PartialState
 
-    if PartialState().is_main_process:
+    state = PartialState()
+    if state.is_main_process:
         _print_summary(config, metrics)
+    # Under torchrun / accelerate launch: no rank exits while another may still be in a collective with it, and the
+    # process group is torn down before the interpreter exits (as torch asks).
+    state.wait_for_everyone()
+    state.destroy_process_group()
     return 0
 
 
