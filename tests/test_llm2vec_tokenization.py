@@ -124,6 +124,24 @@ def test_stock_pooling_is_right_for_both_paddings_and_packing(
     torch.testing.assert_close(actual, torch.stack(expected), atol=2e-5, rtol=1e-4)
 
 
+def test_without_an_instruction_mask_a_stock_prompt_length_is_left_out_as_pooling_does():
+    torch.manual_seed(0)
+    tokens, mask = torch.randn(2, 6, 8), torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    modes = ("mean", "weightedmean", "lasttoken")
+    for extra in ({"prompt_length": 2}, {}):
+        expected = Pooling(8, modes, include_prompt=False)(
+            {"token_embeddings": tokens, "attention_mask": mask, **extra}
+        )
+        actual = InstructionPooling(8, modes)({"token_embeddings": tokens, "attention_mask": mask, **extra})
+        torch.testing.assert_close(actual["sentence_embedding"], expected["sentence_embedding"])
+    without_prompt = InstructionPooling(8, "mean")({"token_embeddings": tokens, "attention_mask": mask})
+    prompt_left_out = InstructionPooling(8, "mean")(
+        {"token_embeddings": tokens, "attention_mask": mask, "prompt_length": 2}
+    )
+    torch.testing.assert_close(prompt_left_out["sentence_embedding"][1], tokens[1, 2:4].mean(0))
+    assert not torch.allclose(without_prompt["sentence_embedding"], prompt_left_out["sentence_embedding"])
+
+
 def test_sgpt_brackets_are_inserted_as_token_ids(tiny_model_factory, tmp_path):
     import sys
     from pathlib import Path

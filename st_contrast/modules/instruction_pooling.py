@@ -23,7 +23,8 @@ class InstructionPooling(Pooling):
     row's instruction tokens in ``instruction_mask``; this module removes them and then runs
     Sentence Transformers' own pooling code (its packed-rows path) on what is left, for padded (left
     or right) and packed (``cu_seq_lens_q``) inputs alike. Without ``instruction_mask`` (or with
-    ``include_prompt=True``) it pools every real token, as ``Pooling`` does.
+    ``include_prompt=True``) it pools every real token, as ``Pooling`` does; a stock backbone's
+    ``prompt_length`` is left out as ``Pooling`` leaves it out.
 
     ``weightedmean`` weights count from each row's first pooled token (1, 2, ...) whatever the
     padding side: the first text token when the instruction is excluded. (Sentence Transformers'
@@ -50,9 +51,11 @@ class InstructionPooling(Pooling):
         super().__init__(embedding_dimension, pooling_mode=pooling_mode, include_prompt=include_prompt, **kwargs)
 
     def forward(self, features: dict[str, Tensor | Any], **kwargs) -> dict[str, Tensor | Any]:
+        instruction_mask = features.get("instruction_mask")
+        if instruction_mask is None and not self.include_prompt and "prompt_length" in features:
+            return super().forward(features, **kwargs)  # a stock backbone's prompt: ST's own count of its tokens
         token_embeddings = features["token_embeddings"]
         keep = torch.ones(token_embeddings.shape[:-1], dtype=torch.bool, device=token_embeddings.device)
-        instruction_mask = features.get("instruction_mask")
         if instruction_mask is not None and not self.include_prompt:
             keep = instruction_mask.to(keep.device).reshape(keep.shape) == 0
         if "cu_seq_lens_q" in features:
