@@ -318,20 +318,21 @@ class _ClearLossGradients(TrainerCallback):
 
     def __init__(self, trainer: ContrastiveTrainer) -> None:
         self.trainer = trainer
+        self.parameters: list[torch.nn.Parameter] = []
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        in_model = {id(parameter) for parameter in self.trainer.model.parameters()}
+        losses = self.trainer.loss.values() if isinstance(self.trainer.loss, dict) else [self.trainer.loss]
+        owned = {id(p): p for loss in losses for p in loss.parameters() if id(p) not in in_model}
+        self.parameters = list(owned.values())
         self._clear()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._clear()
 
     def _clear(self) -> None:
-        in_model = {id(parameter) for parameter in self.trainer.model.parameters()}
-        losses = self.trainer.loss.values() if isinstance(self.trainer.loss, dict) else [self.trainer.loss]
-        for loss in losses:
-            for parameter in loss.parameters():
-                if id(parameter) not in in_model:
-                    parameter.grad = None
+        for parameter in self.parameters:
+            parameter.grad = None
 
 
 MonitoredTrainer = ContrastiveTrainer
