@@ -237,15 +237,9 @@ def reference_image_columns(
         where: Row index -> ``"file, row N"`` for messages.
         name: The dataset's name, for the progress bar.
     """
-    if any(isinstance(dataset.features[column], datasets.Image) for column in columns):
-        dataset = dataset.cast(
-            datasets.Features(
-                {
-                    key: datasets.Image(decode=False) if key in columns else feature
-                    for key, feature in dataset.features.items()
-                }
-            )
-        )
+    for column in columns:
+        if isinstance(dataset.features[column], datasets.Image):  # a schema change: nothing is rewritten
+            dataset = dataset.cast_column(column, datasets.Image(decode=False))
     features = datasets.Features(
         {key: IMAGE_REFERENCE if key in columns else feature for key, feature in dataset.features.items()}
     )

@@ -8,7 +8,6 @@ import gzip
 import logging
 import os
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +18,11 @@ import pyarrow.compute as pc
 
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import BadRowError, ColumnPlan, DataError, plan_columns
+from st_contrast.data.image_checks import bad_image_rows
 from st_contrast.data.images import (
     IMAGE_REFERENCE,
     reference_image_columns,
     register_image_storage,
-    usable_image,
 )
 from st_contrast.data.quiet import quiet_datasets
 from st_contrast.data.records import scan_text_records, text_format
@@ -141,7 +140,7 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
         files = expand_shard_urls(paths)
         dataset, counts = load_image_shards(files, spec.name, spec.max_rows)
         shown = files[0] if len(files) == 1 else f"{files[0]} and {len(files) - 1} more shard(s)"
-        return _prepare(dataset, spec, _Source(shown, counts), bad_rows)
+        return _prepare(dataset, spec, _Source(shown, counts), bad_rows, cache_dir)
     if is_url(first) or (shards and bad_rows is not None):  # read line by line: the stream reader does that
         from st_contrast.data.stream_cache import load_stream_into_cache
 
@@ -181,7 +180,7 @@ def _load(spec: DatasetSpec, cache_dir: str | None, bad_rows: BadRows | None) ->
     else:
         dataset, source = _load_hub(paths[0], spec, cache_dir), _Source(f"hub dataset {paths[0]!r}")
     try:
-        return _prepare(dataset, spec, source, bad_rows)
+        return _prepare(dataset, spec, source, bad_rows, cache_dir)
     except (pa.ArrowInvalid, UnicodeDecodeError) as error:  # e.g. bytes that are not UTF-8 inside JSON strings
         problems = [problem for file, _ in source.files if (problem := _scan(file))]
         raise DataError(f"Dataset {spec.name!r}: {problems[0] if problems else error}") from error
@@ -280,7 +279,11 @@ def _describe_file_error(file: str, builder: str, error: Exception) -> str:
 
 
 def _prepare(
-    dataset: datasets.Dataset, spec: DatasetSpec, source: _Source, bad_rows: BadRows | None = None
+    dataset: datasets.Dataset,
+    spec: DatasetSpec,
+    source: _Source,
+    bad_rows: BadRows | None = None,
+    cache_dir: str | None = None,
 ) -> datasets.Dataset:
     if spec.max_rows is not None and len(dataset) > spec.max_rows:
         dataset = dataset.select(range(spec.max_rows))
@@ -308,7 +311,7 @@ def _prepare(
         if bad and bad_rows is None:
             raise bad[0][1]
         if images and bad_rows is not None:
-            bad += _bad_image_rows(dataset, images, source)
+            bad += bad_image_rows(dataset, images, source.base_dir, source.where, spec.name, cache_dir)
         kept = np.arange(len(dataset))
         if bad:
             first_errors = dict(reversed(bad))  # one error a row (its first), in row order
@@ -325,32 +328,6 @@ def _prepare(
     if len(dataset) == 0:
         raise DataError(f"Dataset {spec.name!r} ({source.description}) has no good rows: every row was skipped.")
     return dataset
-
-
-def _bad_image_rows(dataset: datasets.Dataset, columns: list[str], source: _Source) -> list[tuple[int, BadRowError]]:
-    """Rows with an image that is missing, no image or not decodable (``on_bad_rows: skip``): every image is decoded
-    once here (on a few threads: decoding releases the GIL), so that no bad one is left to stop the run when its batch
-    is built."""
-
-    def problem(row: int, values: dict[str, Any]) -> BadRowError | None:
-        for column in columns:
-            try:
-                usable_image(values[column], source.base_dir(row), source.where(row), column, decode=True)
-            except BadRowError as error:
-                return error
-        return None
-
-    found: list[tuple[int, BadRowError]] = []
-    first = 0
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        for batch in dataset.select_columns(columns).iter(batch_size=256):
-            size = len(batch[columns[0]])
-            rows = [{column: batch[column][offset] for column in columns} for offset in range(size)]
-            for row, error in enumerate(pool.map(problem, range(first, first + size), rows), start=first):
-                if error is not None:
-                    found.append((row, error))
-            first += size
-    return found
 
 
 def _image_targets(spec: DatasetSpec, plan: ColumnPlan, source: _Source, features: datasets.Features) -> list[str]:
