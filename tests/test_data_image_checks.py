@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import tarfile
 
 import datasets
 import pytest
@@ -115,22 +116,40 @@ def test_images_at_urls_are_checked_on_every_load(tmp_path, decodes):
     assert not (tmp_path / "cache" / "st_contrast_image_checks").exists()
 
 
+def _write_shard(path, corrupt: bool) -> None:
+    """Two samples; with ``corrupt`` the second image's data is zeroed, its size (and the shard's) unchanged."""
+    with tarfile.open(path, "w") as archive:
+        for number, image in enumerate(random_images(2)):
+            png = _png(image)
+            png = png[:40] + bytes(len(png) - 40) if corrupt and number == 1 else png
+            for name, payload in ((f"{number:04d}.png", png), (f"{number:04d}.txt", f"caption {number}".encode())):
+                member = tarfile.TarInfo(name)
+                member.size = len(payload)
+                archive.addfile(member, io.BytesIO(payload))
+
+
 def test_a_tar_shard_member_that_changes_is_checked_again(tmp_path, decodes):
-    import tarfile
-
-    def write_shard(corrupt: bool) -> None:
-        with tarfile.open(tmp_path / "shard.tar", "w") as archive:
-            for number, image in enumerate(random_images(2)):
-                png = _png(image)[:40] if corrupt and number == 1 else _png(image)
-                for name, payload in ((f"{number:04d}.png", png), (f"{number:04d}.txt", f"caption {number}".encode())):
-                    member = tarfile.TarInfo(name)
-                    member.size = len(payload)
-                    archive.addfile(member, io.BytesIO(payload))
-
-    write_shard(corrupt=False)
+    _write_shard(tmp_path / "shard.tar", corrupt=False)
     spec = {"name": "web", "path": str(tmp_path / "shard.tar")}
     assert _load(spec, tmp_path / "cache")[0]["text"] == ["caption 0", "caption 1"] and len(decodes) == 2
     assert _load(spec, tmp_path / "cache")[0]["text"] == ["caption 0", "caption 1"] and len(decodes) == 2
-    write_shard(corrupt=True)
+    _write_shard(tmp_path / "shard.tar", corrupt=True)
+    data, bad = _load(spec, tmp_path / "cache")
+    assert data["text"] == ["caption 0"] and dict(bad.counts) == {"undecodable image": 1} and len(decodes) == 4
+
+
+def test_tar_shards_at_a_url_are_identified_by_their_version(tmp_path, s3_server, decodes):
+    """Indexed shards on S3 (``stream: false``): one ranged read per image to check them, so the kept check matters
+    most; a shard uploaded again (another ETag) is checked again."""
+    (tmp_path / "shards").mkdir()
+    _write_shard(tmp_path / "shards" / "shard-0000.tar", corrupt=False)
+    s3_server.upload(tmp_path / "shards", "s3://checks/web")
+    spec = {"name": "web", "path": "s3://checks/web/shard-0000.tar", "stream": False}
+    for _ in range(2):
+        data, bad = _load(spec, tmp_path / "cache")
+        assert data["text"] == ["caption 0", "caption 1"] and bad.total == 0
+    assert len(decodes) == 2
+    _write_shard(tmp_path / "shards" / "shard-0000.tar", corrupt=True)
+    s3_server.upload(tmp_path / "shards", "s3://checks/web")
     data, bad = _load(spec, tmp_path / "cache")
     assert data["text"] == ["caption 0"] and dict(bad.counts) == {"undecodable image": 1} and len(decodes) == 4

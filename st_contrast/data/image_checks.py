@@ -4,11 +4,12 @@ A bad image must not stop a run when its batch is built, so with ``skip`` every 
 when the data loads (on a few threads: decoding releases the GIL) and the rows with a missing, non-image or
 undecodable image are left out. Decoding a large image set takes minutes, and a rerun, or a run resumed from its
 checkpoint, would pay it again: the result is therefore kept in the ``datasets`` cache folder, under a key made of
-every image's identity, row by row: a file's path, byte offset, size and modification time (a tar shard's for its
-members), a digest of encoded bytes held in the table, the error of a cell that names no image. Loading the same
-images again reuses the result without decoding any; touching, replacing, adding or removing an image checks them all
-again. Images at URLs (``s3://``, ``https://``...) cannot be identified without a request each, so such datasets are
-checked on every load.
+every image's identity, row by row: a file's path, byte range, size and modification time (a tar shard's for its
+members), a digest of encoded bytes held in the table, the error of a cell that names no image. A byte range of a tar
+shard at a URL is identified by the shard's size and version (ETag, modification time): one request per shard.
+Loading the same images again reuses the result without decoding any; touching, replacing, adding or removing an
+image (or a shard) checks them all again. An image that is an object of its own at a URL would need a request each
+to be identified, so a dataset with such images is checked on every load.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import datasets
 
 from st_contrast.data.columns import BadRowError
 from st_contrast.data.images import usable_image
-from st_contrast.data.urls import is_url
+from st_contrast.data.urls import is_url, reading, url_filesystem
 
 __all__ = ["bad_image_rows"]
 
@@ -101,12 +102,13 @@ def _result_file(
     an image is at a URL."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([_FORMAT, columns]).encode())
+    shard_versions: dict[str, str] = {}
     first = 0
     for batch in _undecoded(dataset, columns).iter(batch_size=_BATCH):
         for offset in range(len(batch[columns[0]])):
             row = first + offset
             for column in columns:
-                identity = _identity(batch[column][offset], base_dir(row), where(row), column)
+                identity = _identity(batch[column][offset], base_dir(row), where(row), column, shard_versions)
                 if identity is None:
                     return None
                 digest.update(f"{where(row)}\0{column}\0{identity}\n".encode())  # the messages name the row
@@ -115,9 +117,11 @@ def _result_file(
     return root / "st_contrast_image_checks" / f"{digest.hexdigest()}.json"
 
 
-def _identity(value: Any, base_dir: str | Path | None, where: str, column: str) -> str | None:
-    """What decides whether one image cell is good: where its image is and the file's size and modification time, a
-    digest of its encoded bytes, or why it names no image; None for an image at a URL."""
+def _identity(
+    value: Any, base_dir: str | Path | None, where: str, column: str, shard_versions: dict[str, str]
+) -> str | None:
+    """What decides whether one image cell is good: where its image is and the file's (or URL shard's) size and
+    version, a digest of its encoded bytes, or why it names no image; None for an image that is an object at a URL."""
     try:
         reference = usable_image(value, base_dir, where, column, decode=False)
     except BadRowError as error:  # missing or not an image: the same unless the file appears
@@ -126,12 +130,26 @@ def _identity(value: Any, base_dir: str | Path | None, where: str, column: str) 
     if path is None:
         return f"bytes\0{hashlib.blake2b(reference['image_bytes'], digest_size=16).hexdigest()}"
     if is_url(path):
-        return None
+        if reference["offset"] is None:
+            return None
+        if path not in shard_versions:
+            shard_versions[path] = _url_version(path)
+        return f"url\0{path}\0{reference['offset']}\0{reference['size']}\0{shard_versions[path]}"
     try:
         stat = os.stat(path)
     except OSError as error:  # gone since it was found: checked (and named) like a missing one
         return f"bad\0{error}"
     return f"file\0{path}\0{reference['offset']}\0{reference['size']}\0{stat.st_size}\0{stat.st_mtime_ns}"
+
+
+def _url_version(url: str) -> str:
+    """The size and version stamps (ETag, modification time) of the object at ``url``: one request."""
+    fs, inner = url_filesystem(url)
+    with reading(url):
+        info = fs.info(inner)
+    return json.dumps(
+        [info.get(key) for key in ("size", "ETag", "LastModified", "mtime", "last_modified")], default=str
+    )
 
 
 def _undecoded(dataset: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
