@@ -77,6 +77,14 @@ def test_info_lists_versions_and_a_working_pair(capsys):
     assert report["transformers"] == metadata.version("transformers")
     assert report["peft"] == metadata.version("peft")
     assert report["lora_adapters"] == "available"
+    try:
+        import timm  # noqa: F401
+
+        assert report["timm_towers"] == "available" and report["timm"] == metadata.version("timm")
+    except Exception as error:  # noqa: BLE001 - a torchvision built for another torch fails with a RuntimeError
+        assert (
+            report["timm_towers"].startswith("A timm vision tower needs timm") and repr(error) in report["timm_towers"]
+        )
 
 
 # --- Upstream hooks (st_contrast/compat/) ----------------------------------------------------------------------------

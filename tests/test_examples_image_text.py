@@ -1,6 +1,7 @@
 """examples/configs/image_text.yaml end to end in a small form: data written offline, LiT training, zero-shot and
 retrieval scores before and after, and the saved model's score recomputed by hand with plain Sentence Transformers;
-examples/configs/image_text_shards.yaml in full: the same LiT streamed from webdataset tar shards."""
+examples/configs/image_text_shards.yaml in full: the same LiT streamed from webdataset tar shards;
+examples/configs/image_text_timm.yaml in a small form: a timm tower, reloaded by plain Sentence Transformers."""
 
 from __future__ import annotations
 
@@ -77,3 +78,35 @@ def test_image_text_shards_config_streams_tar_shards_and_learns_retrieval(tmp_pa
     captions = model.encode([row["caption"] for row in rows])
     hits = np.mean((captions @ images.T).argmax(axis=1) == np.arange(len(rows)))
     assert after == pytest.approx(hits, abs=1e-5)  # mteb 2.16 rounds scores to 5 decimals; one hit is 1/64
+
+
+@pytest.mark.slow
+def test_image_text_timm_config_trains_a_timm_tower_that_plain_sentence_transformers_reloads(tmp_path):
+    try:
+        import timm  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - a torchvision built for another torch fails with a RuntimeError
+        pytest.skip(f"timm cannot be imported here: {error!r}")
+    data = tmp_path / "data"
+    sets = [
+        f"output_dir={tmp_path / 'run'}",
+        f"data.prepare.kwargs.directory={data}",
+        f"data.datasets.0.path={data / 'digits' / 'train.jsonl'}",
+        f"data.datasets.1.path={data / 'shapes' / 'train.jsonl'}",
+        f"evaluation.tasks.0.path={data / 'digits' / 'test.jsonl'}",
+        f"evaluation.tasks.1.path={data / 'shapes' / 'test.jsonl'}",
+        "training.max_steps=4",
+        "training.save_steps=2",
+    ]
+    config = str(ROOT / "examples" / "configs" / "image_text_timm.yaml")
+    run_cli("train", config, *(item for value in sets for item in ("--set", value)))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    image_tower = json.loads((tmp_path / "run" / "model" / "image_0_Transformer" / "config.json").read_text())
+    assert image_tower["model_type"] == "timm_wrapper" and image_tower["architecture"] == "convnext_atto"
+
+    model = SentenceTransformer(str(tmp_path / "run" / "model"), device="cpu")
+    rows = [json.loads(line) for line in open(data / "digits" / "test.jsonl")]
+    images = [Image.open(data / "digits" / row["image"]).convert("RGB") for row in rows]
+    prompts = model.encode([f"a handwritten digit {name}" for name in DIGIT_NAMES])
+    predicted = (model.encode(images) @ prompts.T).argmax(axis=1)
+    accuracy = np.mean([DIGIT_NAMES[p] == row["label"] for p, row in zip(predicted, rows, strict=True)])
+    assert metrics["after"]["digits-test"]["main_score"] == pytest.approx(accuracy, abs=1e-6)

@@ -11,11 +11,14 @@ from st_contrast.cli import describe, evaluate, export, train
 __all__ = ["main"]
 
 
-_VERSIONED = ("sentence-transformers", "transformers", "peft", "accelerate", "datasets", "mteb", "torch")
+_VERSIONED = (
+    "sentence-transformers", "transformers", "peft", "accelerate", "datasets", "mteb", "torch", "torchvision", "timm"
+)  # fmt: skip
 
 
 def _info(_: argparse.Namespace) -> int:
-    """Print versions, known-broken version combinations, and which attention backends can run here."""
+    """Print versions, known-broken version combinations, which attention backends can run here and whether timm
+    image towers can."""
     from importlib import metadata
 
     import torch
@@ -23,6 +26,7 @@ def _info(_: argparse.Namespace) -> int:
     import st_contrast
     from st_contrast.attention import available_backends
     from st_contrast.compat import adapter_support_problem
+    from st_contrast.recipes.timm_tower import require_timm
 
     versions = {}
     for package in _VERSIONED:
@@ -31,12 +35,18 @@ def _info(_: argparse.Namespace) -> int:
         except metadata.PackageNotFoundError:
             versions[package] = None
     problem = adapter_support_problem()
+    try:
+        require_timm()
+        timm_towers = "available"
+    except ImportError as error:
+        timm_towers = str(error)
     report = {
         "st_contrast": st_contrast.__version__,
         **versions,
         "cuda": torch.cuda.is_available(),
         "lora_adapters": problem or "available",
         "attention_backends": {name: reason or "available" for name, reason in available_backends().items()},
+        "timm_towers": timm_towers,
     }
     print(json.dumps(report, indent=2))
     if problem:

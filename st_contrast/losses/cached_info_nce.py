@@ -14,6 +14,7 @@ from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
 
 from st_contrast.compat import sequences_in
+from st_contrast.losses.batch_norm import warn_batch_norm_in_mini_batches
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import Direction, InfoNCELoss
 from st_contrast.losses.temperature import LearnedTemperature
@@ -145,6 +146,8 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         if grad and not decorated and self._fits_one_mini_batch(sentence_features):
             reps = [[self.model(features)["sentence_embedding"]] for features in sentence_features]
             return self.calculate_loss(reps, labels)
+        if grad:
+            warn_batch_norm_in_mini_batches(self)
         ddp = isinstance(getattr(self.model, "_orig_mod", self.model), DistributedDataParallel)  # as ST's hook looks
         self._kept = "pending" if grad and not ddp else None
         return super().forward(sentence_features, labels)

@@ -8,6 +8,8 @@ from typing import Any
 from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
+from st_contrast.losses.batch_norm import warn_batch_norm_in_mini_batches
+
 __all__ = ["GradCacheLoss"]
 
 
@@ -78,6 +80,10 @@ class GradCacheLoss(CachedLossMixin, nn.Module):
         return bool(getattr(self.loss, "needs_sample_index", False))
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None = None) -> Tensor:
+        import torch
+
+        if torch.is_grad_enabled():
+            warn_batch_norm_in_mini_batches(self)
         return self.forward_cached(sentence_features, labels)
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):

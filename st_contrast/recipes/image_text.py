@@ -15,6 +15,13 @@ from sentence_transformers.sentence_transformer.modules import Normalize, Poolin
 
 from st_contrast.adapters.freezing import lock
 from st_contrast.adapters.locked_cache import cache_locked_embeddings
+from st_contrast.recipes.timm_tower import (
+    TIMM_MODEL_TYPE,
+    require_timm,
+    timm_config_kwargs,
+    timm_pooling,
+    write_random_timm_model,
+)
 
 __all__ = [
     "POOLER_VISION_TYPES",
@@ -39,7 +46,8 @@ def write_random_vision_model(config: Mapping[str, Any], output_dir: str | Path,
 
     Args:
         config: ``model_type`` (``"vit"``, ``"dinov2"``, ``"clip_vision_model"``, ``"siglip_vision_model"``...) and
-            the config's other values (``image_size``, ``patch_size``, ``hidden_size``, ``num_hidden_layers``...).
+            the config's other values (``image_size``, ``patch_size``, ``hidden_size``, ``num_hidden_layers``...);
+            or ``model_type: "timm_wrapper"`` and a timm ``architecture`` (:func:`write_random_timm_model`).
         output_dir: Where to write it.
         seed: Initialisation seed.
 
@@ -56,6 +64,8 @@ def write_random_vision_model(config: Mapping[str, Any], output_dir: str | Path,
 
     values = dict(config)
     model_type = str(values.pop("model_type", None))
+    if model_type == TIMM_MODEL_TYPE:
+        return write_random_timm_model(config, output_dir, seed=seed)
     processors = IMAGE_PROCESSOR_MAPPING_NAMES.get(model_type.removesuffix("_vision_model"))
     if not processors:
         raise ValueError(
@@ -85,13 +95,16 @@ def text_tower(model_name_or_path: str, *, pooling: str = "mean", **transformer_
 
 def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed: int = 0) -> list[Any]:
     """The modules of a vision tower: a transformers vision model (ViT, DINOv2, CLIP / SigLIP vision...) with its
-    image processor, and its pooling.
+    image processor, or a timm model (``timm/...``, through transformers' ``TimmWrapperModel``, with timm's own
+    preprocessing and head pooling), and its pooling.
 
     Args:
-        model: A path or hub id, or a config mapping (``{"model_type": "vit", "image_size": 32, ...}``) for a randomly
-            initialised tower (:func:`write_random_vision_model`).
-        pooling: ``"auto"`` (``"pooler"`` for :data:`POOLER_VISION_TYPES`, else ``"cls"``), ``"pooler"`` (the
-            model's ``pooler_output``) or a ``Pooling`` mode over the patch tokens (``"cls"``, ``"mean"``...).
+        model: A path or hub id, or a config mapping (``{"model_type": "vit", "image_size": 32, ...}``, or
+            ``{"model_type": "timm_wrapper", "architecture": "convnext_atto", ...}``) for a randomly initialised
+            tower (:func:`write_random_vision_model`).
+        pooling: ``"auto"`` (``"pooler"`` for :data:`POOLER_VISION_TYPES` and timm towers, else ``"cls"``),
+            ``"pooler"`` (the model's ``pooler_output``) or a ``Pooling`` mode over the patch tokens (``"cls"``,
+            ``"mean"``...; not for timm towers, see :func:`~st_contrast.recipes.timm_tower.timm_pooling`).
         seed: Initialisation seed of a random tower.
     """
     if isinstance(model, Mapping):
@@ -99,13 +112,18 @@ def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed:
             return vision_tower(write_random_vision_model(model, directory, seed=seed), pooling=pooling)
     from transformers import AutoConfig
 
-    model_type = AutoConfig.from_pretrained(model).model_type
+    config = AutoConfig.from_pretrained(model)
+    model_type, config_kwargs = config.model_type, {}
+    if model_type == TIMM_MODEL_TYPE:
+        require_timm()
+        pooling, config_kwargs = timm_pooling(pooling), timm_config_kwargs(config)
     if pooling == "auto":
         pooling = "pooler" if model_type in POOLER_VISION_TYPES else "cls"
     if pooling == "pooler":
         method = "get_image_features" if model_type in ("clip", "siglip") else "forward"
         backbone = Transformer(
             model,
+            config_kwargs=config_kwargs,
             modality_config={"image": {"method": method, "method_output_name": "pooler_output"}},
             module_output_name="sentence_embedding",
         )

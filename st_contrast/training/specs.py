@@ -57,7 +57,8 @@ class ModelSpec:
         device: Where to load the model.
         vision: Makes an image-text two-tower model (:func:`~st_contrast.recipes.two_tower_model`) whose text tower is
             ``name_or_path``: a vision model path / hub id, or a mapping with ``name_or_path`` or ``config`` (a
-            transformers config for a tower trained from scratch, e.g. ``{model_type: vit, image_size: 32, ...}``)
+            transformers config for a tower trained from scratch, e.g. ``{model_type: vit, image_size: 32, ...}``, or a
+            timm architecture, ``{model_type: timm_wrapper, architecture: convnext_atto, model_args: {...}}``)
             and ``pooling`` (``auto``, ``pooler``, ``cls``, ``mean``...). ``packed`` then applies to the text tower.
             A single CLIP / SigLIP checkpoint needs no ``vision``: give it as ``name_or_path`` (``packed: false``).
         lock: LiT: ``text`` or ``image`` locks that tower (frozen, eval mode, not in the optimizer).
