@@ -1,6 +1,7 @@
 """timm vision towers: a checkpoint in timm's own format embeds exactly as timm itself computes (its preprocessing,
 features and head pooling), random towers are timm checkpoints, a two-tower model with one trains (GradCache
-included) and reloads as plain Sentence Transformers, and the settings timm cannot take are refused."""
+included, stochastic depth replayed) and reloads as plain Sentence Transformers, GradCache over BatchNorm warns, and
+the settings timm cannot take are refused."""
 
 from __future__ import annotations
 
@@ -198,3 +199,47 @@ def test_gradcache_over_batch_norm_layers_in_training_warns_once(tiny_model_fact
     uncached = CLIPLoss(model, temperature=0.07)
     whole_batch_loss = uncached(image_text_columns(model, images[:8], CAPTIONS[:8]), None).item()
     assert abs(whole_batch_loss - cached_loss) > 1e-3  # what the warning says: per mini-batch statistics
+
+
+def test_gradcache_replays_timm_stochastic_depth(tiny_model_factory):
+    """timm's stochastic depth drops whole residual branches per sample at random: GradCache must draw the same in
+    both of its passes. Reference: the uncached loss on embeddings made one mini-batch at a time from the same seed
+    (GradCache's draws, in its order), back-propagated directly."""
+    from sentence_transformers.base.losses.gradcache import _create_minibatch
+
+    from st_contrast.losses import InfoNCELoss
+
+    vit = {**TOWERS["vit"], "model_args": {**TOWERS["vit"]["model_args"], "drop_path_rate": 0.5}}
+    base = two_tower_model(
+        tiny_model_factory("bert"), {"model_type": "timm_wrapper", **vit}, embedding_dim=16, seed=1, device="cpu"
+    )
+    base.train()
+    images, mini_batch_size = random_images(len(CAPTIONS), size=32), 4
+    features = image_text_columns(base, images, CAPTIONS)
+    with torch.no_grad():
+        assert not torch.equal(
+            base(dict(features[0]))["sentence_embedding"], base(dict(features[0]))["sentence_embedding"]
+        )
+    clip = {"temperature": 0.07, "directions": ("query_to_doc", "doc_to_query"), "partition_mode": "per_direction"}
+
+    cached_model = copy.deepcopy(base)
+    torch.manual_seed(5)
+    CachedInfoNCELoss(cached_model, mini_batch_size=mini_batch_size, **clip)(
+        [dict(f) for f in features], None
+    ).backward()
+
+    reference_model = copy.deepcopy(base)
+    torch.manual_seed(5)
+    columns = [
+        torch.cat([
+            reference_model(_create_minibatch(dict(feature), begin, begin + mini_batch_size))["sentence_embedding"]
+            for begin in range(0, len(CAPTIONS), mini_batch_size)
+        ])
+        for feature in features
+    ]  # fmt: skip
+    InfoNCELoss(reference_model, **clip).compute_loss_from_embeddings(columns, None).backward()
+
+    expected, actual = gradients(reference_model), gradients(cached_model)
+    assert any("timm_model.blocks" in name for name in expected) and actual.keys() == expected.keys()
+    for name, gradient in expected.items():
+        torch.testing.assert_close(actual[name], gradient, atol=1e-5, rtol=1e-4, msg=f"{name} differs")
