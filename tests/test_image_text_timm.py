@@ -6,13 +6,10 @@ the settings timm cannot take are refused."""
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 
 import pytest
 import torch
-from image_text_helpers import image_text_columns, parameters_of, random_images
+from image_text_helpers import encode_without_st_contrast, image_text_columns, parameters_of, random_images
 from loss_helpers import gradients
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
@@ -87,17 +84,6 @@ def test_a_random_timm_tower_is_a_timm_checkpoint_that_timm_loads(tmp_path):
     )
 
 
-RELOAD_WITHOUT_ST_CONTRAST = """
-import sys, json, numpy as np
-from PIL import Image
-sys.modules["st_contrast"] = None
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer(sys.argv[1], device="cpu")
-images = [Image.fromarray(a) for a in np.load(sys.argv[2])]
-np.save(sys.argv[3], np.concatenate([model.encode(json.loads(sys.argv[4])), model.encode(images)]))
-"""
-
-
 def test_lit_with_a_timm_tower_trains_and_reloads_as_plain_sentence_transformers(minilm_path, tmp_path):
     import numpy as np
     from datasets import Dataset
@@ -125,13 +111,7 @@ def test_lit_with_a_timm_tower_trains_and_reloads_as_plain_sentence_transformers
     texts = CAPTIONS[:3]
     expected = np.concatenate([model.encode(texts), model.encode(images)])
     model.save(str(tmp_path / "model"))
-    np.save(tmp_path / "images.npy", np.stack([np.asarray(image) for image in images]))
-    subprocess.run(
-        [sys.executable, "-c", RELOAD_WITHOUT_ST_CONTRAST, str(tmp_path / "model"), str(tmp_path / "images.npy"),
-         str(tmp_path / "out.npy"), json.dumps(texts)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), expected, atol=1e-6)
+    np.testing.assert_allclose(encode_without_st_contrast(tmp_path / "model", texts, images), expected, atol=1e-6)
 
 
 def test_gradcache_over_a_timm_tower_gives_the_uncached_gradients(tiny_model_factory):
