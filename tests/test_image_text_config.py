@@ -60,3 +60,13 @@ def test_two_tower_model_and_cached_loss_from_the_config(tmp_path, minilm_path):
     assert all(parameter.requires_grad for parameter in router.sub_modules["text"][0].parameters())
     loss = build_loss(model, config.loss)
     assert isinstance(loss, GradCacheLoss) and isinstance(loss.loss, SigLIPLoss) and loss.mini_batch_size == 4
+
+
+def test_a_vision_tower_the_config_cannot_build_is_a_config_error_naming_the_key(tmp_path, minilm_path):
+    """Found when the model is built (the tower's own checks), reported as the config's error (one line, exit 2)."""
+    vision = {"config": {"model_type": "bert"}}
+    config = load_config(
+        write(tmp_path, {**BASE, "model": {"name_or_path": minilm_path, "packed": False, "vision": vision}})
+    )
+    with pytest.raises(ConfigError, match="model.vision: A random vision tower needs a 'model_type' with an image"):
+        build_model(config.model)

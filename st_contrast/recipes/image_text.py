@@ -163,7 +163,7 @@ def lock_tower(model: SentenceTransformer, tower: str, *, cache: bool = True) ->
 
 def two_tower_model(
     text_model: str,
-    vision_model: str | Mapping[str, Any],
+    vision_model: str | Mapping[str, Any] | list[Any],
     *,
     embedding_dim: int | None = None,
     text_pooling: str = "mean",
@@ -189,7 +189,7 @@ def two_tower_model(
         text_model: A saved Sentence Transformers model (its modules are used as they are) or a transformers text
             model (``Transformer`` + ``Pooling(text_pooling)``); ``"minilm"`` is not resolved here (use a path).
         vision_model: A vision model path / hub id, or a config mapping for a tower trained from scratch
-            (see :func:`vision_tower`).
+            (see :func:`vision_tower`), or the modules of a tower already built (``vision_tower(...)``).
         embedding_dim: The shared size. Default: the text tower's; a tower of another size gets a ``Dense``
             projection (both do when ``embedding_dim`` differs from both).
         text_pooling: ``Pooling`` mode of a plain transformers text model.
@@ -230,7 +230,10 @@ def two_tower_model(
         enable_packing(text[0], attention_backend)
     if max_seq_length is not None:
         text[0].max_seq_length = max_seq_length
-    vision = vision_tower(vision_model, pooling=vision_pooling, seed=seed)
+    if isinstance(vision_model, list):
+        vision = list(vision_model)
+    else:
+        vision = vision_tower(vision_model, pooling=vision_pooling, seed=seed)
     size = embedding_dim or _output_dimension(text)
     torch.manual_seed(seed)
     for tower in (text, vision):

@@ -75,15 +75,21 @@ def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
 
 
 def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:
-    from st_contrast.recipes.image_text import two_tower_model
+    from st_contrast.recipes.image_text import two_tower_model, vision_tower
 
     vision = spec.vision.get("name_or_path") or spec.vision["config"]
+    try:  # the vision tower first: a setting it cannot take is the config's error, named by its key
+        vision_modules = vision_tower(
+            resolve_model_path(vision) if isinstance(vision, str) else vision,
+            pooling=spec.vision.get("pooling", "auto"),
+        )
+    except (ValueError, ImportError) as error:
+        raise ConfigError(f"model.vision: {error}") from error
     return two_tower_model(
         resolve_model_path(spec.name_or_path),
-        resolve_model_path(vision) if isinstance(vision, str) else vision,
+        vision_modules,
         embedding_dim=spec.embedding_dim,
         text_pooling=spec.pooling or "mean",
-        vision_pooling=spec.vision.get("pooling", "auto"),
         lock=spec.lock,
         packed=spec.packed,
         attention_backend=spec.attention_backend,
