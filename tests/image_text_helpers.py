@@ -51,7 +51,8 @@ from PIL import Image
 sys.modules["st_contrast"] = None
 from sentence_transformers import SentenceTransformer
 model = SentenceTransformer(sys.argv[1], device="cpu")
-images = [Image.fromarray(a) for a in np.load(sys.argv[2])]
+archive = np.load(sys.argv[2])
+images = [Image.fromarray(archive[name]) for name in archive.files]
 np.save(sys.argv[3], np.concatenate([model.encode(json.loads(sys.argv[4])), model.encode(images)]))
 """
 
@@ -60,9 +61,9 @@ def encode_without_st_contrast(model_dir: Path, texts: list[str], images: list[I
     """The text then image embeddings of the model saved at ``model_dir``, loaded by plain Sentence Transformers in
     a fresh interpreter where ``import st_contrast`` fails."""
     work = Path(model_dir).parent
-    np.save(work / "images.npy", np.stack([np.asarray(image) for image in images]))
+    np.savez(work / "images.npz", *(np.asarray(image) for image in images))  # sizes may differ
     subprocess.run(
-        [sys.executable, "-c", _RELOAD_WITHOUT_ST_CONTRAST, str(model_dir), str(work / "images.npy"),
+        [sys.executable, "-c", _RELOAD_WITHOUT_ST_CONTRAST, str(model_dir), str(work / "images.npz"),
          str(work / "reloaded.npy"), json.dumps(texts)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip

@@ -6,13 +6,14 @@ import argparse
 import json
 import sys
 
-from st_contrast.cli import describe, evaluate, export, train
+from st_contrast.cli import convert, describe, evaluate, export, train
 
 __all__ = ["main"]
 
 
 _VERSIONED = (
-    "sentence-transformers", "transformers", "peft", "accelerate", "datasets", "mteb", "torch", "torchvision", "timm"
+    "sentence-transformers", "transformers", "peft", "accelerate", "datasets", "mteb", "torch", "torchvision", "timm",
+    "open_clip_torch",
 )  # fmt: skip
 
 
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_parser(commands)
     evaluate.add_parser(commands)
     export.add_parser(commands)
+    convert.add_parser(commands)
     describe.add_parser(commands)
     return parser
 

@@ -11,6 +11,7 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from torch import nn
 
+from st_contrast.recipes.open_clip_checkpoint import is_open_clip_checkpoint
 from st_contrast.training.specs import AdaptersSpec, LossSpec, ModelSpec
 from st_contrast.training.validation import ConfigError
 
@@ -46,7 +47,11 @@ def build_model(spec: ModelSpec | dict[str, Any]) -> SentenceTransformer:
         return _build_two_tower(spec)
     keys = ("model_kwargs", "tokenizer_kwargs", "config_kwargs", "device")
     kwargs = {key: getattr(spec, key) for key in keys if getattr(spec, key)}
-    model = load_model(resolve_model_path(spec.name_or_path), packed=False, **kwargs)
+    path = resolve_model_path(spec.name_or_path)
+    if is_open_clip_checkpoint(path):
+        model = _load_open_clip(path, kwargs)
+    else:
+        model = load_model(path, packed=False, **kwargs)
     if spec.packed:
         for module in model.modules():
             if isinstance(module, Transformer):
@@ -72,6 +77,21 @@ def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
         for module in model.modules():
             if is_packed(module):
                 compile_backbone(module)
+
+
+def _load_open_clip(path: str, kwargs: dict[str, Any]) -> SentenceTransformer:
+    """An open_clip checkpoint, converted (and checked against open_clip) into a plain model, then loaded."""
+    import tempfile
+
+    from st_contrast.model_io import load_model
+    from st_contrast.recipes.open_clip_checkpoint import convert_open_clip
+
+    with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
+        try:
+            convert_open_clip(path, directory)
+        except (ValueError, ImportError) as error:
+            raise ConfigError(f"model.name_or_path: {error}") from error
+        return load_model(directory, packed=False, **kwargs)
 
 
 def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:

@@ -60,7 +60,9 @@ class ModelSpec:
             transformers config for a tower trained from scratch, e.g. ``{model_type: vit, image_size: 32, ...}``, or a
             timm architecture, ``{model_type: timm_wrapper, architecture: convnext_atto, model_args: {...}}``)
             and ``pooling`` (``auto``, ``pooler``, ``cls``, ``mean``...). ``packed`` then applies to the text tower.
-            A single CLIP / SigLIP checkpoint needs no ``vision``: give it as ``name_or_path`` (``packed: false``).
+            A single CLIP / SigLIP checkpoint needs no ``vision``: give it as ``name_or_path`` (``packed: false``);
+            so does an open_clip checkpoint (a folder with ``open_clip_config.json``, or ``hf-hub:org/name``),
+            converted on load (:func:`~st_contrast.recipes.convert_open_clip`, needs ``open_clip_torch``).
         lock: LiT: ``text`` or ``image`` locks that tower (frozen, eval mode, not in the optimizer).
         embedding_dim: The two-tower model's shared embedding size (default: the text tower's).
     """
