@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer, SentenceTransformerTraini
 from st_contrast import ContrastiveTrainer
 from st_contrast.losses import CLIPLoss
 from st_contrast.recipes import clip_model, two_tower_model, vision_tower
+from st_contrast.recipes.image_text import write_random_vision_model
 
 TEXTS = ["a red circle on the left", "a handwritten digit seven", "a blue square at the top"]
 
@@ -126,3 +127,34 @@ def test_vision_towers_from_transformers(config, pooling, expected_modules):
     model = SentenceTransformer(modules=modules, device="cpu")
     embeddings = model.encode(random_images(2), convert_to_tensor=True)
     assert embeddings.shape == (2, 32) and not torch.allclose(embeddings[0], embeddings[1])
+
+
+@pytest.mark.parametrize("model_type", ["clip", "siglip"])
+def test_image_half_of_a_dual_encoder_checkpoint_is_a_tower_with_its_image_features(tmp_path, model_type):
+    """Only the vision model (and CLIP's projection, as a Dense) is loaded; the embeddings are the checkpoint's own
+    get_image_features."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel
+
+    settings = {key: value for key, value in TINY_VIT.items() if key != "model_type"}
+    text = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64}  # fmt: skip
+    extra = {"projection_dim": 8} if model_type == "clip" else {}
+    torch.manual_seed(0)
+    reference = AutoModel.from_config(
+        AutoConfig.for_model(model_type, text_config=text, vision_config=settings, **extra)
+    ).eval()
+    reference.save_pretrained(tmp_path / model_type)
+    write_random_vision_model({"model_type": f"{model_type}_vision_model", **settings}, tmp_path / "processor")
+    AutoImageProcessor.from_pretrained(tmp_path / "processor").save_pretrained(tmp_path / model_type)
+
+    modules = vision_tower(str(tmp_path / model_type))
+    expected_modules = ["Transformer", "Dense"] if model_type == "clip" else ["Transformer"]
+    assert [type(module).__name__ for module in modules] == expected_modules
+    assert not any("text" in name for name, _ in modules[0].named_parameters())
+    tower = SentenceTransformer(modules=modules, device="cpu")
+    images = random_images(3)
+    pixels = AutoImageProcessor.from_pretrained(tmp_path / model_type)(images, return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        features = reference.get_image_features(pixel_values=pixels)
+    expected = getattr(features, "pooler_output", features)
+    torch.testing.assert_close(tower.encode(images, convert_to_tensor=True), expected, atol=1e-5, rtol=0)

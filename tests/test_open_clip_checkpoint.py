@@ -220,3 +220,21 @@ def test_st_contrast_train_fine_tunes_an_open_clip_folder_into_a_plain_model(tmp
     start = SentenceTransformer(str(convert_open_clip(str(folder), tmp_path / "start").output_dir), device="cpu")
     assert [type(module).__name__ for module in trained] == ["Transformer", "Normalize"]
     assert not np.allclose(trained.encode(CAPTIONS), start.encode(CAPTIONS), atol=1e-4)  # it trained
+
+
+def test_open_clip_image_tower_locked_under_a_new_text_tower_embeds_as_open_clip(tmp_path, minilm_path):
+    """LiT with open_clip's image half: ``model.vision`` names the open_clip folder, only its image tower is loaded,
+    locked, and embeds images as open_clip does; MiniLM is projected to its 16 dimensions."""
+    from st_contrast.training.builders import build_model
+    from st_contrast.training.specs import ModelSpec
+
+    folder = _write_open_clip_folder(_tiny_clip(), tmp_path / "open_clip")
+    spec = {"name_or_path": minilm_path, "packed": False, "vision": str(folder), "lock": "image", "embedding_dim": 16}
+    model = build_model(ModelSpec.from_dict(spec))
+    image_tower = model[0].sub_modules["image"]
+    assert [type(module).__name__ for module in image_tower] == ["Transformer", "Dense"]
+    assert not any(parameter.requires_grad for parameter in image_tower.parameters())
+    assert type(model[0].sub_modules["text"][-1]).__name__ == "Dense"
+    images = _images(32)
+    reference = _open_clip_embeddings(f"local-dir:{folder}", [], images)
+    np.testing.assert_allclose(model.encode(images), reference, atol=2e-5)

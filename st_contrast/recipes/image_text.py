@@ -38,6 +38,7 @@ POOLER_VISION_TYPES = ("clip_vision_model", "siglip_vision_model", "dinov2", "cl
 token, DINOv2's normalised CLS); ``vision_pooling="auto"`` uses it for them and CLS pooling for the others (ViT)."""
 
 _TOWERS = ("text", "image")
+_DUAL_ENCODER_TYPES = ("clip", "siglip")  # whole image-text checkpoints: their image half becomes the tower
 
 
 def write_random_vision_model(config: Mapping[str, Any], output_dir: str | Path, *, seed: int = 0) -> str:
@@ -96,12 +97,14 @@ def text_tower(model_name_or_path: str, *, pooling: str = "mean", **transformer_
 def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed: int = 0) -> list[Any]:
     """The modules of a vision tower: a transformers vision model (ViT, DINOv2, CLIP / SigLIP vision...) with its
     image processor, or a timm model (``timm/...``, through transformers' ``TimmWrapperModel``, with timm's own
-    preprocessing and head pooling), and its pooling.
+    preprocessing and head pooling), and its pooling. Of a whole CLIP / SigLIP checkpoint only the image half is
+    loaded (vision model + CLIP's projection as a ``Dense``: its ``get_image_features``); an open_clip checkpoint is
+    converted first (:func:`~st_contrast.recipes.convert_open_clip`).
 
     Args:
-        model: A path or hub id, or a config mapping (``{"model_type": "vit", "image_size": 32, ...}``, or
-            ``{"model_type": "timm_wrapper", "architecture": "convnext_atto", ...}``) for a randomly initialised
-            tower (:func:`write_random_vision_model`).
+        model: A path or hub id (an open_clip folder or ``hf-hub:`` id too), or a config mapping
+            (``{"model_type": "vit", "image_size": 32, ...}``, or ``{"model_type": "timm_wrapper", "architecture":
+            "convnext_atto", ...}``) for a randomly initialised tower (:func:`write_random_vision_model`).
         pooling: ``"auto"`` (``"pooler"`` for :data:`POOLER_VISION_TYPES` and timm towers, else ``"cls"``),
             ``"pooler"`` (the model's ``pooler_output``) or a ``Pooling`` mode over the patch tokens (``"cls"``,
             ``"mean"``...; not for timm towers, see :func:`~st_contrast.recipes.timm_tower.timm_pooling`).
@@ -112,19 +115,25 @@ def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed:
             return vision_tower(write_random_vision_model(model, directory, seed=seed), pooling=pooling)
     from transformers import AutoConfig
 
+    from st_contrast.recipes.open_clip_checkpoint import convert_open_clip, is_open_clip_checkpoint
+
+    if is_open_clip_checkpoint(model):
+        with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
+            return vision_tower(convert_open_clip(model, directory).output_dir, pooling=pooling)
     config = AutoConfig.from_pretrained(model)
     model_type, config_kwargs = config.model_type, {}
+    if model_type in _DUAL_ENCODER_TYPES and pooling in ("auto", "pooler"):
+        return _image_half(model)
     if model_type == TIMM_MODEL_TYPE:
         require_timm()
         pooling, config_kwargs = timm_pooling(pooling), timm_config_kwargs(config)
     if pooling == "auto":
         pooling = "pooler" if model_type in POOLER_VISION_TYPES else "cls"
     if pooling == "pooler":
-        method = "get_image_features" if model_type in ("clip", "siglip") else "forward"
         backbone = Transformer(
             model,
             config_kwargs=config_kwargs,
-            modality_config={"image": {"method": method, "method_output_name": "pooler_output"}},
+            modality_config={"image": {"method": "forward", "method_output_name": "pooler_output"}},
             module_output_name="sentence_embedding",
         )
         return [backbone]
@@ -134,6 +143,27 @@ def vision_tower(model: str | Mapping[str, Any], *, pooling: str = "auto", seed:
     if "image" not in backbone.modalities:
         raise ValueError(f"{model!r} ({model_type}) takes no images: its modalities are {backbone.modalities}.")
     return [backbone, Pooling(backbone.get_embedding_dimension(), pooling_mode=pooling)]
+
+
+def _image_half(model: str) -> list[Any]:
+    """The image half of a CLIP / SigLIP checkpoint as a tower of its own: its vision model (``clip_vision_model``,
+    ``siglip_vision_model``: pooled, post-norm) with its image processor, then CLIP's ``visual_projection`` as a
+    bias-free ``Dense``; embeddings equal the checkpoint's ``get_image_features``, and the text half is not
+    loaded (DDP would find its parameters unused)."""
+    from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
+
+    full = AutoModel.from_pretrained(model)
+    vision_class = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[full.config.model_type]
+    vision = vision_class.from_pretrained(model)  # transformers maps the checkpoint's vision_model.* weights
+    with tempfile.TemporaryDirectory(prefix="st-contrast-vision-") as directory:
+        vision.save_pretrained(directory)
+        AutoImageProcessor.from_pretrained(model).save_pretrained(directory)
+        modules = vision_tower(directory, pooling="pooler")
+    projection = getattr(full, "visual_projection", None)  # SigLIP's head is part of its vision model
+    if projection is not None:
+        weight = projection.weight.detach().clone()
+        modules.append(Dense(*reversed(weight.shape), bias=False, activation_function=None, init_weight=weight))
+    return modules
 
 
 def _output_dimension(modules: list[Any]) -> int:
