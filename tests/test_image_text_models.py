@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from datasets import Dataset
@@ -158,3 +160,28 @@ def test_image_half_of_a_dual_encoder_checkpoint_is_a_tower_with_its_image_featu
         features = reference.get_image_features(pixel_values=pixels)
     expected = getattr(features, "pooler_output", features)
     torch.testing.assert_close(tower.encode(images, convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+
+
+def test_siglip_loss_continues_from_the_checkpoints_scale_and_bias(minilm_path, tmp_path):
+    """``temperature: checkpoint`` and ``bias: checkpoint`` read SigLIP's learned logit scale and bias."""
+    from transformers import AutoImageProcessor, AutoTokenizer, SiglipConfig, SiglipModel, SiglipProcessor
+
+    from st_contrast.training.builders import build_loss, build_model
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_path)
+    settings = {key: value for key, value in TINY_VIT.items() if key != "model_type"}
+    text = {"vocab_size": len(tokenizer), "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 64, "max_position_embeddings": 64}  # fmt: skip
+    checkpoint = SiglipModel(SiglipConfig(text_config=text, vision_config=settings))
+    with torch.no_grad():
+        checkpoint.logit_scale.fill_(math.log(20.0))
+        checkpoint.logit_bias.fill_(-7.5)
+    checkpoint.save_pretrained(tmp_path / "siglip")
+    write_random_vision_model({"model_type": "siglip_vision_model", **settings}, tmp_path / "processor")
+    SiglipProcessor(AutoImageProcessor.from_pretrained(tmp_path / "processor"), tokenizer).save_pretrained(
+        tmp_path / "siglip"
+    )
+    model = build_model({"name_or_path": str(tmp_path / "siglip"), "packed": False})
+    loss = build_loss(model, {"name": "SigLIPLoss", "kwargs": {"temperature": "checkpoint", "bias": "checkpoint"}})
+    assert loss.learned_temperature.temperature == pytest.approx(1 / 20, rel=1e-6)
+    assert loss.learned_temperature.logit_bias.item() == pytest.approx(-7.5)

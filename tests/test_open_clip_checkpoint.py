@@ -238,3 +238,20 @@ def test_open_clip_image_tower_locked_under_a_new_text_tower_embeds_as_open_clip
     images = _images(32)
     reference = _open_clip_embeddings(f"local-dir:{folder}", [], images)
     np.testing.assert_allclose(model.encode(images), reference, atol=2e-5)
+
+
+def test_loss_temperature_continues_from_the_checkpoints_logit_scale(tmp_path, minilm_path):
+    """``temperature: checkpoint``: the loss starts at open_clip's learned temperature (1 / exp(logit_scale)), read
+    from the open_clip model itself; a model without one is a config error naming the key."""
+    from st_contrast.training.builders import build_loss, build_model
+    from st_contrast.training.validation import ConfigError
+
+    trained = _tiny_clip()
+    with torch.no_grad():
+        trained.logit_scale.fill_(np.log(50.0))  # what a finished open_clip run leaves (CLIP starts at log(1/0.07))
+    folder = _write_open_clip_folder(trained, tmp_path / "open_clip")
+    model = build_model({"name_or_path": str(folder), "packed": False})
+    spec = {"name": "CLIPLoss", "kwargs": {"temperature": "checkpoint"}}
+    assert build_loss(model, spec).learned_temperature.temperature == pytest.approx(0.02, rel=1e-5)
+    with pytest.raises(ConfigError, match="'checkpoint' takes the model's learned logit_scale"):
+        build_loss(build_model({"name_or_path": minilm_path}), spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer import losses as st_losses
@@ -15,7 +16,15 @@ from st_contrast.recipes.open_clip_checkpoint import is_open_clip_checkpoint
 from st_contrast.training.specs import AdaptersSpec, LossSpec, ModelSpec
 from st_contrast.training.validation import ConfigError
 
-__all__ = ["MINILM_ALIAS", "apply_adapters", "build_loss", "build_model", "compile_model", "resolve_model_path"]
+__all__ = [
+    "FROM_CHECKPOINT",
+    "MINILM_ALIAS",
+    "apply_adapters",
+    "build_loss",
+    "build_model",
+    "compile_model",
+    "resolve_model_path",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +153,28 @@ def apply_adapters(model: SentenceTransformer, spec: AdaptersSpec | dict[str, An
         logger.info("lora: %s", add_lora(model, options.pop("preset"), **options))
 
 
+FROM_CHECKPOINT = "checkpoint"
+"""``loss.kwargs.temperature`` / ``bias`` value: continue from the model's own learned logit scale / bias (a CLIP,
+SigLIP or converted open_clip checkpoint) instead of a fresh initial value."""
+
+
+def _checkpoint_logit_value(model: SentenceTransformer, key: str) -> float:
+    """``1 / exp(logit_scale)`` (``temperature``) or ``logit_bias`` (``bias``) of the model's CLIP / SigLIP
+    backbone, as its pretraining left them."""
+    from transformers import PreTrainedModel
+
+    name = "logit_scale" if key == "temperature" else "logit_bias"
+    for module in model.modules():
+        value = getattr(module, name, None) if isinstance(module, PreTrainedModel) else None
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.detach().float().reshape(())
+            return (1 / value.exp()).item() if key == "temperature" else value.item()
+    raise ConfigError(
+        f"loss.kwargs.{key}: {FROM_CHECKPOINT!r} takes the model's learned {name}, and this model has none (a CLIP / "
+        "SigLIP checkpoint or a converted open_clip one has); give a number."
+    )
+
+
 def build_loss(
     model: SentenceTransformer, spec: LossSpec | dict[str, Any], num_samples: int | None = None
 ) -> nn.Module:
@@ -156,6 +187,9 @@ def build_loss(
 
     spec = spec if isinstance(spec, LossSpec) else LossSpec.from_dict(spec)
     kwargs = dict(spec.kwargs)
+    for key in ("temperature", "bias"):
+        if kwargs.get(key) == FROM_CHECKPOINT:
+            kwargs[key] = _checkpoint_logit_value(model, key)
     if spec.glofnd:
         kwargs["false_negative_detector"] = GloFND(num_samples=num_samples, **spec.glofnd)
     if getattr(spec.loss_class, "needs_sample_index", False):

@@ -233,7 +233,9 @@ class LossSpec:
     """The ``loss`` section: a loss class by name, its keyword arguments, GloFND, GradCache and Matryoshka wrappers.
 
     ``gradcache: {mini_batch_size: 32}`` wraps a loss that computes from embeddings (SigLIP, GlobalContrastiveLoss,
-    CLIP) in :class:`~st_contrast.losses.GradCacheLoss`.
+    CLIP) in :class:`~st_contrast.losses.GradCacheLoss`. ``kwargs: {temperature: checkpoint}`` (and SigLIP's
+    ``bias: checkpoint``) continues from the model's own learned logit scale (and bias): a CLIP / SigLIP checkpoint
+    or a converted open_clip one.
     """
 
     name: str
