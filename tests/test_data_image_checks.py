@@ -101,19 +101,71 @@ def test_datasets_image_cells_are_checked_without_datasets_decoding_them(tmp_pat
     assert decodes == [] and again["caption"] == ["a", "c"] and bad_again.as_dict() == bad.as_dict()
 
 
-def test_images_at_urls_are_checked_on_every_load(tmp_path, decodes):
-    pictures = random_images(2)
-    (tmp_path / "pics").mkdir()
-    for number, image in enumerate(pictures):
-        image.save(tmp_path / "pics" / f"{number}.png")
-    rows = [{"image": (tmp_path / "pics" / f"{n}.png").as_uri(), "caption": str(n)} for n in range(2)]
-    (tmp_path / "urls.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    spec = {"name": "urls", "path": str(tmp_path / "urls.jsonl"), "image_columns": ["image"]}
+def _write_pictures(folder, corrupt: bool = False) -> None:
+    """``0.png`` and ``1.png``; with ``corrupt`` the second one's data is zeroed, its size unchanged."""
+    folder.mkdir(exist_ok=True)
+    for number, image in enumerate(random_images(2)):
+        png = _png(image)
+        (folder / f"{number}.png").write_bytes(png[:40] + bytes(len(png) - 40) if corrupt and number == 1 else png)
+
+
+def _url_rows(tmp_path, urls: list[str]) -> dict:
+    (tmp_path / "urls.jsonl").write_text("".join(json.dumps({"image": url, "caption": str(n)}) + "\n"
+                                                 for n, url in enumerate(urls)))  # fmt: skip
+    return {"name": "urls", "path": str(tmp_path / "urls.jsonl"), "image_columns": ["image"]}
+
+
+def test_images_at_urls_are_identified_by_their_folders_listing(tmp_path, decodes):
+    """file:// objects: one listing of their folder tells each one's size and modification time; an image rewritten
+    at the same size, or one that appears, is checked again."""
+    _write_pictures(tmp_path / "pics")
+    urls = [(tmp_path / "pics" / f"{n}.png").as_uri() for n in range(3)]  # 2.png is missing
+    spec = _url_rows(tmp_path, urls)
+    for _ in range(2):
+        data, bad = _load(spec, tmp_path / "cache")
+        assert data["caption"] == ["0", "1"] and dict(bad.counts) == {"missing image": 1}
+    assert len(decodes) == 3  # the second load opened nothing
+    _write_pictures(tmp_path / "pics", corrupt=True)
+    os.utime(tmp_path / "pics" / "1.png", ns=(1, 1))  # a new stamp even on a coarse-clocked filesystem
+    data, bad = _load(spec, tmp_path / "cache")
+    assert data["caption"] == ["0"] and dict(bad.counts) == {"missing image": 1, "undecodable image": 1}
+    assert len(decodes) == 6
+    random_images(1, seed=5)[0].save(tmp_path / "pics" / "2.png")
+    data, bad = _load(spec, tmp_path / "cache")
+    assert data["caption"] == ["0", "2"] and dict(bad.counts) == {"undecodable image": 1} and len(decodes) == 9
+
+
+def test_image_objects_on_s3_are_identified_by_their_listing(tmp_path, s3_server, decodes):
+    """On a real S3 server (moto): one listing per folder, not a request per image; an object uploaded again
+    (another ETag, same size) is checked again."""
+    _write_pictures(tmp_path / "pics")
+    s3_server.upload(tmp_path / "pics", "s3://checks/pics")
+    spec = _url_rows(tmp_path, [f"s3://checks/pics/{n}.png" for n in range(2)])
     for _ in range(2):
         data, bad = _load(spec, tmp_path / "cache")
         assert data["caption"] == ["0", "1"] and bad.total == 0
-    assert len(decodes) == 4  # an object at a URL cannot be identified without a request: decoded each time
-    assert not (tmp_path / "cache" / "st_contrast_image_checks").exists()
+    assert len(decodes) == 2
+    _write_pictures(tmp_path / "pics", corrupt=True)
+    s3_server.upload(tmp_path / "pics", "s3://checks/pics")
+    data, bad = _load(spec, tmp_path / "cache")
+    assert data["caption"] == ["0"] and dict(bad.counts) == {"undecodable image": 1} and len(decodes) == 4
+
+
+def test_images_whose_folder_cannot_be_listed_are_checked_on_every_load(tmp_path, decodes, monkeypatch):
+    """A listing without version stamps (sizes only, as HTTP servers give) cannot tell a same-size rewrite."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    listed = LocalFileSystem.ls
+
+    def sizes_only(self, path, detail=True, **kwargs):
+        return [{"name": entry["name"], "size": entry["size"], "type": entry["type"]} for entry in listed(self, path)]
+
+    monkeypatch.setattr(LocalFileSystem, "ls", sizes_only)
+    _write_pictures(tmp_path / "pics")
+    spec = _url_rows(tmp_path, [(tmp_path / "pics" / f"{n}.png").as_uri() for n in range(2)])
+    for _ in range(2):
+        assert _load(spec, tmp_path / "cache")[0]["caption"] == ["0", "1"]
+    assert len(decodes) == 4 and not (tmp_path / "cache" / "st_contrast_image_checks").exists()
 
 
 def _write_shard(path, corrupt: bool) -> None:

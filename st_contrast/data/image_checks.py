@@ -6,10 +6,12 @@ undecodable image are left out. Decoding a large image set takes minutes, and a 
 checkpoint, would pay it again: the result is therefore kept in the ``datasets`` cache folder, under a key made of
 every image's identity, row by row: a file's path, byte range, size and modification time (a tar shard's for its
 members), a digest of encoded bytes held in the table, the error of a cell that names no image. A byte range of a tar
-shard at a URL is identified by the shard's size and version (ETag, modification time): one request per shard.
-Loading the same images again reuses the result without decoding any; touching, replacing, adding or removing an
-image (or a shard) checks them all again. An image that is an object of its own at a URL would need a request each
-to be identified, so a dataset with such images is checked on every load.
+shard at a URL is identified by the shard's size and version (ETag, modification time): one request per shard. An
+image that is an object of its own at a URL is identified by its entry in its folder's listing (size and version,
+or its absence): one listing per folder (S3: a request per 1,000 objects), not a request per image. Loading the same
+images again reuses the result without decoding any; touching, replacing, adding or removing an image (or a shard)
+checks them all again. Where a folder cannot be listed with version stamps (most HTTP servers), its images are
+checked on every load.
 """
 
 from __future__ import annotations
@@ -35,7 +37,9 @@ __all__ = ["bad_image_rows"]
 logger = logging.getLogger(__name__)
 
 _BATCH = 256
-_FORMAT = 1  # bump when what a check finds, or how it is stored, changes
+_FORMAT = 2  # bump when what a check finds, or how it is stored, changes
+_VERSION_KEYS = ("ETag", "etag", "generation", "LastModified", "last_modified", "updated", "mtime")
+"""The fields of an fsspec entry that change when an object is written again (S3, GCS, local files...)."""
 
 
 def bad_image_rows(
@@ -102,13 +106,13 @@ def _result_file(
     an image is at a URL."""
     digest = hashlib.blake2b(digest_size=16)
     digest.update(json.dumps([_FORMAT, columns]).encode())
-    shard_versions: dict[str, str] = {}
+    versions = _UrlVersions()
     first = 0
     for batch in _undecoded(dataset, columns).iter(batch_size=_BATCH):
         for offset in range(len(batch[columns[0]])):
             row = first + offset
             for column in columns:
-                identity = _identity(batch[column][offset], base_dir(row), where(row), column, shard_versions)
+                identity = _identity(batch[column][offset], base_dir(row), where(row), column, versions)
                 if identity is None:
                     return None
                 digest.update(f"{where(row)}\0{column}\0{identity}\n".encode())  # the messages name the row
@@ -117,11 +121,10 @@ def _result_file(
     return root / "st_contrast_image_checks" / f"{digest.hexdigest()}.json"
 
 
-def _identity(
-    value: Any, base_dir: str | Path | None, where: str, column: str, shard_versions: dict[str, str]
-) -> str | None:
-    """What decides whether one image cell is good: where its image is and the file's (or URL shard's) size and
-    version, a digest of its encoded bytes, or why it names no image; None for an image that is an object at a URL."""
+def _identity(value: Any, base_dir: str | Path | None, where: str, column: str, versions: _UrlVersions) -> str | None:
+    """What decides whether one image cell is good: where its image is and the file's (or URL object's) size and
+    version, a digest of its encoded bytes, or why it names no image; None for an image at a URL whose version
+    cannot be told."""
     try:
         reference = usable_image(value, base_dir, where, column, decode=False)
     except BadRowError as error:  # missing or not an image: the same unless the file appears
@@ -130,11 +133,10 @@ def _identity(
     if path is None:
         return f"bytes\0{hashlib.blake2b(reference['image_bytes'], digest_size=16).hexdigest()}"
     if is_url(path):
-        if reference["offset"] is None:
+        version = versions.of_object(path) if reference["offset"] is None else versions.of_shard(path)
+        if version is None:
             return None
-        if path not in shard_versions:
-            shard_versions[path] = _url_version(path)
-        return f"url\0{path}\0{reference['offset']}\0{reference['size']}\0{shard_versions[path]}"
+        return f"url\0{path}\0{reference['offset']}\0{reference['size']}\0{version}"
     try:
         stat = os.stat(path)
     except OSError as error:  # gone since it was found: checked (and named) like a missing one
@@ -142,14 +144,50 @@ def _identity(
     return f"file\0{path}\0{reference['offset']}\0{reference['size']}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
-def _url_version(url: str) -> str:
-    """The size and version stamps (ETag, modification time) of the object at ``url``: one request."""
-    fs, inner = url_filesystem(url)
-    with reading(url):
-        info = fs.info(inner)
-    return json.dumps(
-        [info.get(key) for key in ("size", "ETag", "LastModified", "mtime", "last_modified")], default=str
-    )
+class _UrlVersions:
+    """Version stamps of objects at URLs: a tar shard's by one request each, an image object's from its folder's
+    listing (one per folder)."""
+
+    def __init__(self) -> None:
+        self._shards: dict[str, str] = {}
+        self._folders: dict[str, dict[str, str] | None] = {}
+
+    def of_shard(self, url: str) -> str:
+        if url not in self._shards:
+            fs, inner = url_filesystem(url)
+            with reading(url):
+                fs.invalidate_cache(inner)  # a listing kept by this process may predate a new upload
+                self._shards[url] = _version(fs.info(inner))
+        return self._shards[url]
+
+    def of_object(self, url: str) -> str | None:
+        """The listed size and version of the object at ``url``, ``"absent"`` when its folder's listing lacks it,
+        None when the folder cannot be listed with version stamps."""
+        folder, _, name = url.rpartition("/")
+        if folder not in self._folders:
+            self._folders[folder] = _listing(folder)
+        listing = self._folders[folder]
+        return None if listing is None else listing.get(name, "absent")
+
+
+def _version(entry: dict[str, Any]) -> str:
+    return json.dumps([entry.get("size"), *(entry.get(key) for key in _VERSION_KEYS)], default=str)
+
+
+def _listing(folder: str) -> dict[str, str] | None:
+    """Name -> version of every object in the folder at URL ``folder``; None when it cannot be listed or its
+    entries carry no version stamp (only a size, which a same-size rewrite keeps)."""
+    fs, inner = url_filesystem(folder)
+    try:
+        fs.invalidate_cache(inner)
+        entries = fs.ls(inner, detail=True)
+    except Exception as error:  # noqa: BLE001 - any listing failure only means checking on every load
+        logger.debug("cannot list %s (%s): its images are checked on every load", folder, error)
+        return None
+    files = [entry for entry in entries if entry.get("type") == "file"]
+    if not all(any(entry.get(key) is not None for key in _VERSION_KEYS) for entry in files):
+        return None
+    return {entry["name"].rstrip("/").rpartition("/")[2]: _version(entry) for entry in files}
 
 
 def _undecoded(dataset: datasets.Dataset, columns: list[str]) -> datasets.Dataset:
