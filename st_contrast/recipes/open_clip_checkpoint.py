@@ -20,6 +20,7 @@ __all__ = [
     "OpenClipConversion",
     "convert_open_clip",
     "is_open_clip_checkpoint",
+    "load_converted_open_clip",
     "load_open_clip",
     "open_clip_refusal",
 ]
@@ -493,3 +494,14 @@ def convert_open_clip(
             )
     logger.info("converted open_clip %s: %s", source, report)
     return report
+
+
+def load_converted_open_clip(name: str, pretrained: str | None = None, **load_kwargs: Any) -> Any:
+    """An open_clip checkpoint as a Sentence Transformers model, in one step: converted (and verified) in a
+    temporary folder by :func:`convert_open_clip`, then loaded by :func:`st_contrast.load_model` with
+    ``load_kwargs`` (``packed=False``, ``device``...). ``model.save(...)`` then writes the plain model."""
+    from st_contrast.model_io import load_model
+
+    with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
+        convert_open_clip(name, directory, pretrained=pretrained)
+        return load_model(directory, **load_kwargs)

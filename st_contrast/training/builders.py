@@ -12,7 +12,7 @@ from sentence_transformers.sentence_transformer import losses as st_losses
 from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
 from torch import nn
 
-from st_contrast.recipes.open_clip_checkpoint import is_open_clip_checkpoint
+from st_contrast.recipes.open_clip_checkpoint import is_open_clip_checkpoint, load_converted_open_clip
 from st_contrast.training.specs import AdaptersSpec, LossSpec, ModelSpec
 from st_contrast.training.validation import ConfigError
 
@@ -90,17 +90,10 @@ def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
 
 def _load_open_clip(path: str, kwargs: dict[str, Any]) -> SentenceTransformer:
     """An open_clip checkpoint, converted (and checked against open_clip) into a plain model, then loaded."""
-    import tempfile
-
-    from st_contrast.model_io import load_model
-    from st_contrast.recipes.open_clip_checkpoint import convert_open_clip
-
-    with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
-        try:
-            convert_open_clip(path, directory)
-        except (ValueError, ImportError) as error:
-            raise ConfigError(f"model.name_or_path: {error}") from error
-        return load_model(directory, packed=False, **kwargs)
+    try:
+        return load_converted_open_clip(path, packed=False, **kwargs)
+    except (ValueError, ImportError) as error:
+        raise ConfigError(f"model.name_or_path: {error}") from error
 
 
 def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:
