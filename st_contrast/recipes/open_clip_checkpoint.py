@@ -164,7 +164,7 @@ def open_clip_refusal(model: Any, tokenizer: Any = None) -> str | None:
         ),
         "a non-square image or patch size": len(set(_pair(visual.image_size))) != 1
         or len(set(_pair(visual.patch_size))) != 1,
-        "a biased image projection": not isinstance(visual.proj, nn.Parameter),
+        "a biased or missing image projection": not isinstance(visual.proj, nn.Parameter),
         "no causal mask in the text tower (text_cfg.no_causal_mask)": model.attn_mask is None,
         f"text pooling {model.text_pool_type!r} (text_cfg.pool_type; only 'argmax')": model.text_pool_type != "argmax",
         "a biased or missing text projection (text_cfg.proj_bias / proj_type)": not isinstance(
