@@ -68,3 +68,12 @@ def encode_without_st_contrast(model_dir: Path, texts: list[str], images: list[I
         check=True, capture_output=True, text=True,
     )  # fmt: skip
     return np.load(work / "reloaded.npy")
+
+
+def image_processor(folder: Path):
+    """The image processor saved in ``folder``, by its class name: transformers resolves a class that needs a
+    missing torchvision to its PIL twin, where ``AutoImageProcessor`` refuses (transformers 5.7 without it)."""
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+
+    name = json.loads((Path(folder) / "preprocessor_config.json").read_text())["image_processor_type"]
+    return get_image_processor_class_from_name(name).from_pretrained(folder)

@@ -150,20 +150,40 @@ def _image_half(model: str) -> list[Any]:
     ``siglip_vision_model``: pooled, post-norm) with its image processor, then CLIP's ``visual_projection`` as a
     bias-free ``Dense``; embeddings equal the checkpoint's ``get_image_features``, and the text half is not
     loaded (DDP would find its parameters unused)."""
-    from transformers import AutoImageProcessor, AutoModel, CLIPVisionModel, SiglipVisionModel
+    from transformers import AutoModel, CLIPVisionModel, SiglipVisionModel
 
     full = AutoModel.from_pretrained(model)
     vision_class = {"clip": CLIPVisionModel, "siglip": SiglipVisionModel}[full.config.model_type]
     vision = vision_class.from_pretrained(model)  # transformers maps the checkpoint's vision_model.* weights
     with tempfile.TemporaryDirectory(prefix="st-contrast-vision-") as directory:
         vision.save_pretrained(directory)
-        AutoImageProcessor.from_pretrained(model).save_pretrained(directory)
+        _saved_image_processor(model).save_pretrained(directory)
         modules = vision_tower(directory, pooling="pooler")
     projection = getattr(full, "visual_projection", None)  # SigLIP's head is part of its vision model
     if projection is not None:
         weight = projection.weight.detach().clone()
         modules.append(Dense(*reversed(weight.shape), bias=False, activation_function=None, init_weight=weight))
     return modules
+
+
+def _saved_image_processor(model: str) -> Any:
+    """The image processor of a checkpoint, by the class its config names (transformers takes the PIL twin of a
+    class that needs a missing torchvision): from ``preprocessor_config.json``, or nested in a transformers 5
+    ``processor_config.json``; no tokenizer is loaded."""
+    import json
+
+    from transformers.models.auto.image_processing_auto import get_image_processor_class_from_name
+    from transformers.utils import cached_file
+
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        try:
+            config = json.loads(Path(cached_file(model, name)).read_text())
+        except OSError:  # not in this checkpoint
+            continue
+        config = config.get("image_processor", config)
+        if "image_processor_type" in config:
+            return get_image_processor_class_from_name(config["image_processor_type"]).from_dict(config)
+    raise ValueError(f"{model!r} has no image processor (preprocessor_config.json or processor_config.json).")
 
 
 def _output_dimension(modules: list[Any]) -> int:

@@ -452,9 +452,10 @@ def convert_open_clip(
           https://arxiv.org/abs/2103.00020
     """
     from open_clip.transform import PreprocessCfg
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize
     from transformers import CLIPModel, CLIPProcessor
-
-    from st_contrast.recipes.image_text import clip_model
 
     source = model if isinstance(model, str) else type(model).__name__
     if isinstance(model, str):
@@ -480,7 +481,8 @@ def convert_open_clip(
     with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
         clip.save_pretrained(directory)
         processor.save_pretrained(directory)
-        clip_model(directory, normalize=normalize, device="cpu").save(str(output_dir))
+        modules = [Transformer(directory), Normalize()] if normalize else [Transformer(directory)]
+        SentenceTransformer(modules=modules, device="cpu").save(str(output_dir))
     report = OpenClipConversion(str(output_dir), clip.logit_scale.detach().exp().item())
     if verify:
         report.text_difference, report.image_difference = _max_differences(
