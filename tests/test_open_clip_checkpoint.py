@@ -173,6 +173,15 @@ def test_a_tokenizer_that_cleans_text_otherwise_is_refused(tmp_path):
         convert_open_clip(_tiny_clip(), tmp_path / "out", tokenizer=SimpleTokenizer(clean="whitespace"))
 
 
+def test_a_source_open_clip_cannot_name_is_one_line_naming_it(tmp_path, capsys):
+    from st_contrast.cli import main
+
+    assert main(["convert-open-clip", str(tmp_path / "nowhere"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "is neither a folder in open_clip's format" in error and str(tmp_path / "nowhere") in error
+    assert "\n" not in error and not (tmp_path / "out").exists()
+
+
 def test_the_cli_reports_an_unconvertible_checkpoint_in_one_line(tmp_path, capsys):
     from st_contrast.cli import main
 

@@ -97,6 +97,11 @@ def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Any]:
     open_clip = _require_open_clip()
     if Path(name).is_dir():
         name = f"local-dir:{name}"
+    elif not name.startswith(_HUB_PREFIX) and name.replace("/", "-") not in open_clip.list_models():
+        raise ValueError(
+            f"{name!r} is neither a folder in open_clip's format, an hf-hub:org/name id, nor a built-in open_clip "
+            "architecture (open_clip.list_models())."
+        )
     model = open_clip.create_model(name, pretrained=pretrained, device="cpu").eval()
     return model, open_clip.get_tokenizer(name)
 
