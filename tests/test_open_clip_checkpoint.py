@@ -168,6 +168,14 @@ def test_what_clip_model_cannot_express_is_refused_by_its_setting(tmp_path, buil
     assert not (tmp_path / "out").exists()
 
 
+def test_preprocessing_an_image_processor_cannot_express_is_refused(tmp_path):
+    """open_clip's ``longest`` resize pads to a square; CLIP's image processor has no such step."""
+    folder = _write_open_clip_folder(_tiny_clip(), tmp_path / "open_clip", {"resize_mode": "longest"})
+    with pytest.raises(ValueError, match="cannot convert open_clip model .*resize_mode 'longest'"):
+        convert_open_clip(str(folder), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_tokenizer_that_cleans_text_otherwise_is_refused(tmp_path):
     with pytest.raises(ValueError, match="cleans text other than by lower-casing"):
         convert_open_clip(_tiny_clip(), tmp_path / "out", tokenizer=SimpleTokenizer(clean="whitespace"))

@@ -476,12 +476,15 @@ def convert_open_clip(
         "size": _pair(model.visual.image_size)[0],
         **(getattr(model.visual, "preprocess_cfg", None) or {}),
     }
-    config = _clip_config(model, tokenizer)
+    try:  # settings found while mapping them (activation, LayerNorm eps, preprocessing): nothing written yet
+        config = _clip_config(model, tokenizer)
+        image_processor = _image_processor(preprocess, config.vision_config.image_size)
+    except ValueError as error:
+        raise ValueError(f"cannot convert open_clip model {source!r}: {error}.") from error
     clip = CLIPModel(config).eval()
     clip.load_state_dict(_transformers_state_dict(model), strict=True)
     processor = CLIPProcessor(
-        image_processor=_image_processor(preprocess, config.vision_config.image_size),
-        tokenizer=_clip_tokenizer(tokenizer, model.context_length),
+        image_processor=image_processor, tokenizer=_clip_tokenizer(tokenizer, model.context_length)
     )
     with tempfile.TemporaryDirectory(prefix="st-contrast-open-clip-") as directory:
         clip.save_pretrained(directory)
