@@ -188,6 +188,11 @@ def test_a_source_open_clip_cannot_name_is_one_line_naming_it(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert "is neither a folder in open_clip's format" in error and str(tmp_path / "nowhere") in error
     assert "\n" not in error and not (tmp_path / "out").exists()
+    (tmp_path / "empty").mkdir()  # a folder open_clip itself refuses: no open_clip_config.json
+    assert main(["convert-open-clip", str(tmp_path / "empty"), str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("st-contrast convert-open-clip: error: open_clip cannot load 'local-dir:")
+    assert "open_clip_config.json" in error and "\n" not in error and not (tmp_path / "out").exists()
 
 
 def test_the_cli_reports_an_unconvertible_checkpoint_in_one_line(tmp_path, capsys):

@@ -16,7 +16,7 @@ def _convert_open_clip(args: argparse.Namespace) -> int:
 
     try:
         report = convert_open_clip(args.source, args.output, pretrained=args.pretrained, verify=not args.no_verify)
-    except (ValueError, ImportError, FileNotFoundError, RuntimeError) as error:
+    except (ValueError, ImportError) as error:
         if args.debug:
             raise
         print(f"st-contrast convert-open-clip: error: {' '.join(str(error).split())}", file=sys.stderr)

@@ -102,7 +102,10 @@ def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Any]:
             f"{name!r} is neither a folder in open_clip's format, an hf-hub:org/name id, nor a built-in open_clip "
             "architecture (open_clip.list_models())."
         )
-    model = open_clip.create_model(name, pretrained=pretrained, device="cpu").eval()
+    try:
+        model = open_clip.create_model(name, pretrained=pretrained, device="cpu").eval()
+    except (RuntimeError, OSError) as error:  # open_clip's errors for a missing config, weights or hub repo
+        raise ValueError(f"open_clip cannot load {name!r}: {error}") from error
     return model, open_clip.get_tokenizer(name)
 
 
