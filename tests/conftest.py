@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,6 +129,14 @@ TINY_CONFIGS: dict[str, dict] = {
     },
 }
 """Tiny random configs by fixture name (the key is the ``model_type`` unless the entry names one)."""
+
+
+def env_for_shell_commands(**extra: str) -> dict[str, str]:
+    """``os.environ`` for commands run by name (``python``, ``st-contrast``, ``bash script.sh``), as README and scripts
+    write them: this interpreter's bin folder first on PATH, so they run in the tests' environment even when its venv
+    is not activated."""
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**os.environ, "PATH": path, **extra}
 
 
 def read_tsv_column(path: Path, column: str, limit: int | None = None) -> list[str]:

@@ -9,12 +9,12 @@ a machine without CUDA, so that the GPU run is spent measuring, not debugging.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import env_for_shell_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the full check runs for minutes: run it by hand")
 def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
-    env = {**os.environ, "OUT": str(tmp_path / "out")}
+    env = env_for_shell_commands(OUT=str(tmp_path / "out"))  # the script runs `python`
     env.pop("PYTHONPATH", None)  # the script sets it itself
     done = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=600

@@ -9,12 +9,12 @@ runs that command first, in a shell.
 from __future__ import annotations
 
 import linecache
-import os
 import re
 import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import env_for_shell_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 SNIPPET = re.compile(r"(?:<!-- readme-test: after (?P<after>.+?) -->\n)?```python\n(?P<code>.*?)```", re.S)
@@ -36,7 +36,7 @@ def test_readme_snippet_runs(index, tmp_path, shared_data, monkeypatch):
     workdir.mkdir()
     (tmp_path / "shared").symlink_to(shared_data.parent)  # README paths are ../shared/data/...
     (workdir / "examples").symlink_to(ROOT / "examples")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env = env_for_shell_commands(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     if after:
         prepared = subprocess.run(after, shell=True, cwd=workdir, env=env, capture_output=True, text=True, timeout=600)
         assert prepared.returncode == 0, prepared.stderr[-3000:]
