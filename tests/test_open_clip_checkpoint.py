@@ -193,6 +193,9 @@ def test_a_source_open_clip_cannot_name_is_one_line_naming_it(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert error.startswith("st-contrast convert-open-clip: error: open_clip cannot load 'local-dir:")
     assert "open_clip_config.json" in error and "\n" not in error and not (tmp_path / "out").exists()
+    # open_clip's own spelling of a folder is passed to open_clip too (not refused as an unknown architecture)
+    assert main(["convert-open-clip", f"local-dir:{tmp_path / 'empty'}", str(tmp_path / "out")]) == 2
+    assert "open_clip cannot load 'local-dir:" in capsys.readouterr().err
 
 
 def test_the_cli_reports_an_unconvertible_checkpoint_in_one_line(tmp_path, capsys):

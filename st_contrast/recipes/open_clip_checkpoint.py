@@ -34,7 +34,8 @@ VERIFY_TOLERANCE = 1e-4
 """Largest difference allowed between open_clip's and the converted model's normalised embeddings of the probe
 texts and images (float32 on CPU: about 1e-7 at the model's image size, a few 1e-6 where resampling differs)."""
 
-_HUB_PREFIX = "hf-hub:"
+_SCHEMA_PREFIXES = ("hf-hub:", "local-dir:")
+"""open_clip's own spellings of a hub repo and of a folder."""
 _PROBE_TEXTS = (
     "a photo of a cat",
     "A man is playing a guitar on stage, 1984.",
@@ -68,8 +69,8 @@ class OpenClipConversion:
 
 def is_open_clip_checkpoint(name_or_path: str) -> bool:
     """Whether ``name_or_path`` is an open_clip checkpoint: a folder with ``open_clip_config.json`` (and no
-    transformers ``config.json``), or an ``hf-hub:org/name`` id."""
-    if name_or_path.startswith(_HUB_PREFIX):
+    transformers ``config.json``), or an ``hf-hub:org/name`` / ``local-dir:FOLDER`` name."""
+    if name_or_path.startswith(_SCHEMA_PREFIXES):
         return True
     folder = Path(name_or_path)
     return (folder / OPEN_CLIP_CONFIG).is_file() and not (folder / "config.json").is_file()
@@ -90,14 +91,16 @@ def load_open_clip(name: str, pretrained: str | None = None) -> tuple[Any, Any]:
     """An open_clip model (eval mode, on CPU) and its tokenizer, as open_clip itself loads them.
 
     Args:
-        name: A folder in open_clip's format, ``hf-hub:org/name``, or a built-in architecture (``"ViT-B-32"``).
+        name: A folder in open_clip's format (or ``local-dir:FOLDER``), ``hf-hub:org/name``, or a built-in
+            architecture (``"ViT-B-32"``).
         pretrained: With a built-in architecture: a pretrained tag (``"laion2b_s34b_b79k"``) or a checkpoint file,
             such as the ``epoch_N.pt`` of an open_clip training run.
     """
     open_clip = _require_open_clip()
     if Path(name).is_dir():
         name = f"local-dir:{name}"
-    elif not name.startswith(_HUB_PREFIX) and name.replace("/", "-") not in open_clip.list_models():
+    schema, _ = open_clip.factory.parse_model_name(name)  # 'hf-hub', 'local-dir' or None (an architecture name)
+    if schema is None and name.replace("/", "-") not in open_clip.list_models():
         raise ValueError(
             f"{name!r} is neither a folder in open_clip's format, an hf-hub:org/name id, nor a built-in open_clip "
             "architecture (open_clip.list_models())."
