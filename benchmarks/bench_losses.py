@@ -208,6 +208,19 @@ def main() -> None:
                 figures["interleaved"] = run_one(args, model, "interleaved", batch_size)
             report["batches"][str(batch_size)] = figures
     print(json.dumps(report, indent=2))
+    failures = unexpected_failures(report)
+    if failures:  # the report above keeps what did run; the exit status tells a caller (gpu_check) it is broken
+        sys.exit(f"{len(failures)} measurement(s) failed for another reason than memory: {failures[0]}")
+
+
+def unexpected_failures(report: dict) -> list[str]:
+    """The measurements that failed other than by running out of memory (a result: that method does not fit)."""
+    return [
+        f"{method} at batch {batch}: {figures[method]['error']}"
+        for batch, figures in report["batches"].items()
+        for method in METHODS
+        if "error" in figures[method] and "out of memory" not in figures[method]["error"].lower()
+    ]
 
 
 if __name__ == "__main__":

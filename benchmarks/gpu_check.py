@@ -19,8 +19,11 @@ that fails or runs out of time is logged and the next one starts):
 - ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
   (on a CPU: the toy model, compiled by inductor's C++ backend).
 
-Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the others run at toy sizes, so
-every command line and report is exercised before a GPU run: their figures are not measurements. Writes
+A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
+trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, which
+``gpu_check.sh`` uses). Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the
+others run at toy sizes, so every command line and report is exercised before a GPU run: their figures are not
+measurements. Writes
 ``gpu_check.json`` (every part: status, seconds, reason or result) and ``gpu_results.md`` (the table of
 ``benchmarks/RESULTS.md``'s GPU section, filled in) to ``--out``.
 
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import platform
 import subprocess
@@ -62,6 +66,8 @@ class Part:
     cpu_skip: str = ""
     json_output: bool = True
     result_file: Path | None = None  # read this JSON-lines log for the result instead of the output
+    needs_models: bool = True  # the random models (and so the shared data) of the set-up
+    needs_packages: tuple[str, ...] = ()  # Python packages beyond the GPU machine's preinstalled stack
 
 
 def cuda_test_files() -> list[str]:
@@ -111,13 +117,13 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         Part(
             "cuda_tests",
             [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files()],
-            None, 240, cpu_skip=no_cuda, json_output=False,
+            None, 240, cpu_skip=no_cuda, json_output=False, needs_models=False,
         ),
         Part(
             "attention",
             [*backbone, *attention, *pads, "--attention-batch=64", "--attention-max-len=256", "--attention-repeats=50"],
             [*backbone, *attention, *pads, "--attention-batch=8", "--attention-max-len=32", "--attention-repeats=2"],
-            60,
+            60, needs_models=False,
         ),
         Part(
             "backbone_bert_base",
@@ -150,7 +156,7 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             "trainer_mfu",
             trainer_command(scratch, models["bert_base"], cuda) if cuda else None,
             None if cuda else trainer_command(scratch, models["minilm"], cuda),
-            150, result_file=scratch / "trainer_run" / "log.jsonl",
+            150, result_file=scratch / "trainer_run" / "log.jsonl", needs_packages=("datasets",),
         ),
         Part(
             "compile_bert_base",
@@ -177,11 +183,26 @@ def write_models(directory: Path, cuda: bool) -> dict[str, str]:
     return {name: write_random_model("bert", directory / name, **size) for name, size in sizes.items()}
 
 
-def run_part(part: Part, cuda: bool, budget_left: float, log) -> dict:
+def unmet_need(part: Part, setup_error: str) -> str:
+    """Why ``part`` cannot run here, or "": the set-up (random models from the shared data) failed, or a package is
+    missing (the GPU machine has only its preinstalled stack; benchmarks/gpu_prepare.sh packs the rest to carry)."""
+    if part.needs_models and setup_error:
+        return f"the set-up failed ({setup_error})"
+    missing = [name for name in part.needs_packages if importlib.util.find_spec(name) is None]
+    if missing:
+        return (
+            f"Python package {', '.join(missing)} not installed here: where pip works, run "
+            "benchmarks/gpu_prepare.sh and carry .gpu_carry with the repository"
+        )
+    return ""
+
+
+def run_part(part: Part, cuda: bool, budget_left: float, log, setup_error: str = "") -> dict:
     command = part.gpu if cuda else part.cpu
-    if command is None:
-        say(log, f"SKIP {part.name}: {part.cpu_skip}")
-        return {"status": "skipped", "reason": part.cpu_skip}
+    reason = part.cpu_skip if command is None else unmet_need(part, setup_error)
+    if reason:
+        say(log, f"SKIP {part.name}: {reason}")
+        return {"status": "skipped", "reason": reason}
     limit = min(part.cap_s if cuda else CPU_PART_LIMIT_S, budget_left)
     if limit < 20:
         reason = f"the run's time budget is spent ({budget_left:.0f} s left)"
@@ -321,7 +342,7 @@ def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = {"python": platform.python_version(), "torch": torch.__version__}
-    for name in ("transformers", "sentence_transformers", "accelerate", "peft", "flash_attn"):
+    for name in ("transformers", "sentence_transformers", "accelerate", "peft", "datasets", "flash_attn"):
         try:
             found[name] = version(name.replace("_", "-"))
         except PackageNotFoundError:
@@ -360,7 +381,7 @@ def main() -> None:
             models = {"bert_base": "<no model: set-up failed>", "minilm": "<no model: set-up failed>"}
         for part in parts(models, Path(scratch), cuda):
             budget_left = budget_s - (time.perf_counter() - start)
-            report["parts"][part.name] = run_part(part, cuda, budget_left, log)
+            report["parts"][part.name] = run_part(part, cuda, budget_left, log, report.get("setup_error", ""))
         report["summary"] = summary(report["parts"])
         report["seconds"] = round(time.perf_counter() - start, 1)
         (out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf8")

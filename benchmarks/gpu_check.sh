@@ -7,9 +7,25 @@
 #
 #   bash benchmarks/gpu_check.sh                 # writes ./gpu_results/{gpu_check.json,gpu_results.md,gpu_check.log}
 #   OUT=/some/dir bash benchmarks/gpu_check.sh   # or into $OUT
+# On a machine without ../shared or without the `datasets` package (the GPU machine), first run
+# benchmarks/gpu_prepare.sh where pip works and send .gpu_carry/ along: this script uses it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-exec python benchmarks/gpu_check.py --out "$out" "$@"
+python="$(command -v python || command -v python3)"
+# What benchmarks/gpu_prepare.sh packed where pip works, for a machine that lacks it: the shared data, and wheels of the
+# packages not installed here (unpacked into .gpu_carry/site, ahead of the installed ones on PYTHONPATH).
+carry=.gpu_carry
+if [ -d "$carry/data" ] && [ -z "${ST_CONTRAST_DATA:-}" ]; then
+    export ST_CONTRAST_DATA="$PWD/$carry/data"
+fi
+if [ -d "$carry/wheels" ]; then
+    site="$("$python" benchmarks/carried_packages.py --wheels "$carry/wheels" --target "$carry/site" \
+        2> >(tee -a "$out/gpu_check.log" >&2))" || site=""
+    if [ -n "$site" ]; then
+        export PYTHONPATH="$site:$PYTHONPATH"
+    fi
+fi
+exec "$python" benchmarks/gpu_check.py --out "$out" "$@"

@@ -22,5 +22,6 @@ def find_data() -> Path:
         if (candidate / "nli").is_dir():
             return candidate
     raise FileNotFoundError(
-        f"No shared data (nli/, sts/) in any of {[str(c) for c in candidates]}; set ST_CONTRAST_DATA."
+        f"No shared data (nli/, sts/) in any of {[str(c) for c in candidates]}; set ST_CONTRAST_DATA (for a machine "
+        "that has no ../shared, benchmarks/gpu_prepare.sh packs a copy into .gpu_carry/, which gpu_check.sh uses)."
     )

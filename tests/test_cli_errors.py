@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -144,3 +146,33 @@ def test_debug_shows_the_traceback(tiny_model_factory, tmp_path):
 
     with pytest.raises(ConfigError, match="NoSuchLoss"):
         main(["--debug", "train", str(path)])
+
+
+_WITHOUT_DATASETS = """
+import sys
+
+
+class NoDatasets:  # a machine whose stack lacks `datasets` (the GPU machine, with st_contrast on PYTHONPATH)
+    def find_spec(self, name, path=None, target=None):
+        if name == "datasets" or name.startswith("datasets."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+
+
+sys.meta_path.insert(0, NoDatasets())
+from st_contrast.cli import main
+
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_missing_dependency_is_one_line_naming_it(tmp_path):
+    """Not a traceback in which the error handler itself fails to import st_contrast.data."""
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "run")}), encoding="utf8")
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_DATASETS, "train", str(config)], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("st-contrast train: error: No module named 'datasets'"), lines
+    assert not (tmp_path / "run").exists()

@@ -80,12 +80,28 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return ConfigError, CompatibilityError, DataError, DataFormatError, HubUnavailableError, TaskSpecError
 
 
+def _is_user_error(error: Exception) -> bool:
+    try:
+        return isinstance(error, _user_errors())
+    except ImportError:  # a missing dependency stops those modules from importing: not one of their errors
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except _user_errors() as error:
-        if args.debug:
+    except ModuleNotFoundError as error:
+        if args.debug or error.name is None:
+            raise
+        print(
+            f"st-contrast {args.command}: error: {error}: install the package that provides it "
+            "(pip install st-contrast brings st_contrast's own dependencies; --debug shows where it was imported)",
+            file=sys.stderr,
+        )
+        return 2
+    except Exception as error:
+        if args.debug or not _is_user_error(error):
             raise
         message = " ".join(str(error).split())
         print(f"st-contrast {args.command}: error: {message}", file=sys.stderr)
