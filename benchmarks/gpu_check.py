@@ -225,6 +225,9 @@ def run_part(part: Part, cuda: bool, budget_left: float, log, setup_error: str =
         tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
         say(log, f"FAIL {part.name} (exit {done.returncode}, {seconds} s): {tail[0]}")
         entry.update(status="failed", error=tail[0], output_tail=(done.stdout + done.stderr)[-3000:])
+        report = printed_report(done.stdout) if part.json_output else None
+        if report is not None:  # the figures that were measured before the failure still go into the table
+            entry["result"] = report
         return entry
     if part.result_file is not None:  # the training log: its last line (tokens_per_second, mfu, ...)
         if not part.result_file.is_file():
@@ -232,11 +235,25 @@ def run_part(part: Part, cuda: bool, budget_left: float, log, setup_error: str =
             return {**entry, "status": "failed", "error": f"no {part.result_file}"}
         entry["result"] = json.loads(part.result_file.read_text(encoding="utf8").strip().splitlines()[-1])
     elif part.json_output:
-        entry["result"] = json.loads(done.stdout[done.stdout.index("{\n") :])  # the report printed last
+        entry["result"] = printed_report(done.stdout)
+        if entry["result"] is None:
+            say(log, f"FAIL {part.name}: it printed no JSON report")
+            return {**entry, "status": "failed", "error": "no JSON report in its output"}
     else:
         entry["result"] = done.stdout.strip().splitlines()[-1] if done.stdout.strip() else ""
     say(log, f"OK {part.name} ({seconds} s)")
     return {"status": "ok", **entry}
+
+
+def printed_report(stdout: str) -> dict | None:
+    """The JSON report a benchmark prints last (indented, so it starts at a line of its own ``{``), or None."""
+    start = stdout.find("{\n")
+    if start < 0:
+        return None
+    try:
+        return json.loads(stdout[start:])
+    except json.JSONDecodeError:
+        return None
 
 
 def say(log, message: str) -> None:

@@ -1,6 +1,6 @@
-"""What ``gpu_check.sh`` does on a machine that lacks something: carried wheels fill only the gaps, and a part whose
-needs are missing is skipped with the reason instead of failing (the GPU run is one short try; it must not be spent on
-a missing package or data folder)."""
+"""What ``gpu_check.sh`` does when a machine lacks something or a part breaks: carried wheels fill only the gaps, a
+part whose needs are missing is skipped with the reason, and a part that fails keeps the figures it printed (the GPU
+run is one short try; it must not be spent on a missing package or data folder, nor lose what it measured)."""
 
 from __future__ import annotations
 
@@ -91,3 +91,12 @@ def test_bench_losses_fails_on_a_broken_measurement_but_not_on_running_out_of_me
         "16384": {"uncached": {"error": oom}, "cached": {"seconds": 9.0}, "stock_cached": {"error": "OSError: bad id"}},
     }}  # fmt: skip
     assert unexpected_failures(report) == ["stock_cached at batch 16384: OSError: bad id"]
+
+
+def test_a_failed_part_keeps_the_figures_it_printed_and_a_silent_one_fails():
+    partial = "import json, sys; print(json.dumps({'batches': {'1024': {'ratio': 0.9}}}, indent=2)); sys.exit(1)"
+    log = io.StringIO()
+    failed = run_part(Part("losses", None, [sys.executable, "-c", partial], 60), cuda=False, budget_left=600, log=log)
+    assert failed["status"] == "failed" and failed["result"] == {"batches": {"1024": {"ratio": 0.9}}}
+    silent = run_part(Part("losses", None, [sys.executable, "-c", "print('done')"], 60), False, 600, log)
+    assert silent["status"] == "failed" and silent["error"] == "no JSON report in its output"
