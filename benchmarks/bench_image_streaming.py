@@ -105,7 +105,7 @@ def _epoch(batches, decode) -> dict:
 
 def worker_stream(args: argparse.Namespace) -> dict:
     from st_contrast.data import build_training_data
-    from st_contrast.data.image_collator import decode_rows
+    from st_contrast.data.image_decoding import decode_rows
 
     start = time.perf_counter()
     pattern = f"{BUCKET}/shard-{{0000..{args.shards - 1:04d}}}.tar"
@@ -121,7 +121,7 @@ def worker_indexed(args: argparse.Namespace) -> dict:
     import numpy as np
 
     from st_contrast.data import load_dataset_spec
-    from st_contrast.data.image_collator import decode_rows
+    from st_contrast.data.image_decoding import decode_rows
 
     start = time.perf_counter()
     pattern = f"{BUCKET}/shard-{{0000..{args.shards - 1:04d}}}.tar"
@@ -172,7 +172,7 @@ def _figures(epoch: dict, opened: float) -> dict:
 
 def worker_decode(args: argparse.Namespace) -> dict:
     """``decode_rows`` alone on the first shard's images (in memory): images/s on one thread and on its default."""
-    from st_contrast.data.image_collator import _default_threads, decode_rows
+    from st_contrast.data.image_decoding import _default_threads, decode_rows
 
     with tarfile.open(Path(args.shards_dir) / "shard-0000.tar") as archive:
         payloads = [archive.extractfile(m).read() for m in archive.getmembers() if m.name.endswith(".jpg")]

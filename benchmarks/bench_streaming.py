@@ -125,6 +125,7 @@ def upload(corpus: Path, env: dict[str, str]) -> None:
 
 
 def worker_stream(args: argparse.Namespace) -> dict:
+    import st_contrast.data.streaming  # noqa: F401  (and so torch, which training has loaded: not timed as opening)
     from st_contrast.data import build_training_data
 
     baseline = _resident_mib()

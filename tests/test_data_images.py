@@ -15,7 +15,7 @@ from PIL import Image
 
 from st_contrast.data import DataError, ImageTextDataCollator, build_training_data, load_dataset_spec
 from st_contrast.data.bad_rows import BadRows
-from st_contrast.data.image_collator import decode_rows
+from st_contrast.data.image_decoding import decode_rows
 from st_contrast.data.synthetic_images import COLOURS, write_digits, write_shapes
 
 

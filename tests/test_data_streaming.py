@@ -12,6 +12,8 @@ import functools
 import gzip
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import zlib
 from pathlib import Path
@@ -21,6 +23,7 @@ from stream_helpers import write_parquet, write_shards
 
 from st_contrast.data import BadRows, DataError, StreamingDataset, build_training_data, load_dataset_spec
 
+ROOT = Path(__file__).resolve().parents[1]
 SIZES = [28, 32, 30, 30]  # 120 rows: 60 per rank, 15 batches of 4
 BATCH = 4
 
@@ -270,3 +273,19 @@ def _stop_readers():
     from st_contrast.data.stream_reader import _close_readers
 
     _close_readers()
+
+
+def test_streaming_and_decoding_images_do_not_import_sentence_transformers(corpus):
+    """A reader process (the streaming benchmarks' workers) pays for torch and datasets, not for the training stack."""
+    pattern = str(corpus["root"] / "pairs" / "shard-{00000..00003}.jsonl.gz")
+    script = f"""
+import sys
+from st_contrast.data import build_training_data
+from st_contrast.data.image_decoding import decode_rows
+stream = build_training_data({{"name": "p", "path": {pattern!r}, "objective": "paired", "stream": True}}).dataset
+rows = sum(len(decode_rows(batch)) for batch in stream.configure(batch_size={BATCH}, seed=0))
+print(rows, [name for name in ("sentence_transformers", "transformers") if name in sys.modules])
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == [str(sum(SIZES)), "[]"]

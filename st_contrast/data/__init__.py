@@ -17,53 +17,50 @@
   references decoded per batch by :class:`ImageTextDataCollator`; :mod:`st_contrast.data.synthetic_images` writes
   offline image-text sets.
 - :class:`SamplerEpochCallback`: keeps the samplers' epoch right when a multi-process run resumes.
+
+Names load their modules on first use: reading or streaming data does not import sentence-transformers.
 """
 
 from __future__ import annotations
 
-from st_contrast.data.bad_rows import BadRows
-from st_contrast.data.columns import BadRowError, DataError
-from st_contrast.data.contrastors import index_contrastors_shards, load_contrastors_shards
-from st_contrast.data.image_collator import ImageTextDataCollator
-from st_contrast.data.image_shards import load_image_shards
-from st_contrast.data.images import decode_image
-from st_contrast.data.loading import load_dataset_spec
-from st_contrast.data.mixture import SAMPLE_INDEX_COLUMN, TrainingData, add_sample_index, build_training_data
-from st_contrast.data.shard_writer import write_tar_shards
-from st_contrast.data.single_dataset import (
-    SamplerEpochCallback,
-    SingleDatasetBatchSampler,
-    resolve_world_size,
-    set_sampler_epoch,
-)
-from st_contrast.data.spec import DatasetSpec, normalize_prefix
-from st_contrast.data.stream_tar import index_tar_shards
-from st_contrast.data.streaming import StreamingDataset, gather_bad_rows
-from st_contrast.data.token_budget import TokenBudgetBatchSampler
+import importlib
+from typing import Any
 
-__all__ = [
-    "SAMPLE_INDEX_COLUMN",
-    "BadRowError",
-    "BadRows",
-    "DataError",
-    "DatasetSpec",
-    "ImageTextDataCollator",
-    "SamplerEpochCallback",
-    "SingleDatasetBatchSampler",
-    "StreamingDataset",
-    "TokenBudgetBatchSampler",
-    "TrainingData",
-    "add_sample_index",
-    "build_training_data",
-    "decode_image",
-    "gather_bad_rows",
-    "index_contrastors_shards",
-    "index_tar_shards",
-    "load_contrastors_shards",
-    "load_dataset_spec",
-    "load_image_shards",
-    "normalize_prefix",
-    "resolve_world_size",
-    "set_sampler_epoch",
-    "write_tar_shards",
-]
+_LAZY_NAMES = {
+    "BadRows": "bad_rows",
+    "BadRowError": "columns",
+    "DataError": "columns",
+    "index_contrastors_shards": "contrastors",
+    "load_contrastors_shards": "contrastors",
+    "ImageTextDataCollator": "image_collator",
+    "load_image_shards": "image_shards",
+    "decode_image": "images",
+    "load_dataset_spec": "loading",
+    "SAMPLE_INDEX_COLUMN": "mixture",
+    "TrainingData": "mixture",
+    "add_sample_index": "mixture",
+    "build_training_data": "mixture",
+    "write_tar_shards": "shard_writer",
+    "SamplerEpochCallback": "single_dataset",
+    "SingleDatasetBatchSampler": "single_dataset",
+    "resolve_world_size": "single_dataset",
+    "set_sampler_epoch": "single_dataset",
+    "DatasetSpec": "spec",
+    "normalize_prefix": "spec",
+    "index_tar_shards": "stream_tar",
+    "StreamingDataset": "streaming",
+    "gather_bad_rows": "streaming",
+    "TokenBudgetBatchSampler": "token_budget",
+}
+
+__all__ = sorted(_LAZY_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f"st_contrast.data.{_LAZY_NAMES[name]}"), name)
+    raise AttributeError(f"module 'st_contrast.data' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -13,11 +13,11 @@ from transformers import TrainerCallback
 from transformers.utils import logging
 
 from st_contrast.compat import SAMPLER_WRAPPER_ATTRIBUTES, accelerate_state_exists
+from st_contrast.data.allocation import allocate_batches
 
 __all__ = [
     "SamplerEpochCallback",
     "SingleDatasetBatchSampler",
-    "allocate_batches",
     "resolve_world_size",
     "set_sampler_epoch",
 ]
@@ -38,16 +38,6 @@ def resolve_world_size(world_size: int | None = None) -> int:
 
         return int(PartialState().num_processes)
     return 1
-
-
-def allocate_batches(total: int, weights: Sequence[float]) -> list[int]:
-    """``total`` split in proportion to ``weights`` (largest remainder, deterministic)."""
-    scaled = [total * weight / sum(weights) for weight in weights]
-    counts = [math.floor(value) for value in scaled]
-    order = sorted(range(len(weights)), key=lambda i: (counts[i] - scaled[i], i))
-    for i in order[: total - sum(counts)]:
-        counts[i] += 1
-    return counts
 
 
 class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):

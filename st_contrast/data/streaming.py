@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
+from st_contrast.data.allocation import allocate_batches
 from st_contrast.data.bad_rows import BadRows
 from st_contrast.data.columns import DataError
-from st_contrast.data.single_dataset import allocate_batches
 from st_contrast.data.stream_batches import DatasetStream
 from st_contrast.data.stream_sources import StreamSource
 
