@@ -258,3 +258,46 @@ def s3_server(tmp_path_factory):
             else:
                 os.environ[key] = value
         server.stop()
+
+
+TWO_PROCESS_WORKERS = {  # test module -> its worker, run on 2 processes by the two_process_runs fixture
+    "test_losses_distributed": "distributed_losses_worker",
+    "test_image_text_losses": "distributed_image_text_worker",
+    "test_callbacks_distributed": "distributed_monitoring_worker",
+    "test_data_training": "distributed_data_worker",
+}
+
+
+@pytest.fixture(scope="session")
+def two_process_runs(request, tmp_path_factory, tiny_model_factory, shared_data, snli_sentences) -> dict[str, Path]:
+    """``{worker: its output folder}``: one ``torchrun`` launch with 2 CPU processes (gloo) runs the workers of every
+    selected test that uses this fixture (tests/distributed_jobs.py); one launch instead of one per test file saves
+    ~10 s of imports each."""
+    import json
+    import subprocess
+
+    modules = {item.module.__name__ for item in request.session.items if "two_process_runs" in item.fixturenames}
+    model = tiny_model_factory("bert")
+    extra = {
+        "distributed_losses_worker": [model, [snli_sentences[:8], snli_sentences[100:108], snli_sentences[200:208]]],
+        "distributed_image_text_worker": [model],
+        "distributed_monitoring_worker": [model],
+        "distributed_data_worker": [model, str(shared_data)],
+    }
+    root = tmp_path_factory.mktemp("two_process_runs")
+    folders = {worker: root / worker for module, worker in TWO_PROCESS_WORKERS.items() if module in modules}
+    arguments = [
+        item for worker, folder in folders.items() for item in (worker, str(folder), json.dumps(extra[worker]))
+    ]
+    tests = _ROOT / "tests"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(_ROOT), str(tests)])}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    try:
+        done = subprocess.run(
+            [*command, str(tests / "distributed_jobs.py"), *arguments], env=env, capture_output=True, text=True,
+            timeout=600,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired as error:
+        raise AssertionError(f"the 2-process workers hung:\n{error.stdout}\n{error.stderr}") from error
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return folders

@@ -1,4 +1,5 @@
-"""2-process gloo run (torchrun) of SentenceTransformerTrainer with the st_contrast data samplers.
+"""Run on 2 processes (gloo, CPU) by tests/distributed_jobs.py for test_data_training.py: SentenceTransformerTrainer
+with the st_contrast data samplers.
 
 Each rank records, per collated batch, its dataset and rows: once for a full run, then for a run resumed from a
 mid-epoch checkpoint (with and without SamplerEpochCallback), and writes them to ``<out>/rank<r>.json``.
@@ -7,7 +8,6 @@ mid-epoch checkpoint (with and without SamplerEpochCallback), and writes them to
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -18,7 +18,7 @@ from test_data_training import make_trainer, mixture
 from st_contrast.compat import accept_indexed_cpu_locations
 
 
-def run(model_path: str, data, out: Path, resume: str | None = None, epoch_callback: bool = True):
+def run_trainer(model_path: str, data, out: Path, resume: str | None = None, epoch_callback: bool = True):
     model = tiny_model(model_path)
     loss = MultipleNegativesRankingLoss(model, gather_across_devices=True)  # needs equal batch sizes on all ranks
     overrides = {"max_steps": 10, "save_strategy": "steps", "save_steps": 8}
@@ -31,23 +31,16 @@ def run(model_path: str, data, out: Path, resume: str | None = None, epoch_callb
     return batches, len(trainer.get_train_dataloader())
 
 
-def main() -> None:
-    model_path, shared, out = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+def run(output_dir: str, model_path: str, shared_data: str) -> None:
     # The stock trainer of transformers 5.17 resumes a multi-process CPU run onto "cpu:<rank>", which torch refuses;
     # ContrastiveTrainer registers this itself, the stock trainer used here needs it done by hand.
     accept_indexed_cpu_locations()
-    dist.init_process_group("gloo")
-    rank = dist.get_rank()
-    data = mixture(shared, out / f"data-rank{rank}", add_sample_index=True, rows=(48, 32))  # label = global row
-    full, steps_per_epoch = run(model_path, data, out)
+    out, rank = Path(output_dir), dist.get_rank()
+    data = mixture(Path(shared_data), out / f"data-rank{rank}", add_sample_index=True, rows=(48, 32))  # label: row
+    full, steps_per_epoch = run_trainer(model_path, data, out)
     dist.barrier()
     checkpoint = str(out / "out" / "checkpoint-8")
-    resumed, _ = run(model_path, data, out, resume=checkpoint)
-    resumed_plain, _ = run(model_path, data, out, resume=checkpoint, epoch_callback=False)
+    resumed, _ = run_trainer(model_path, data, out, resume=checkpoint)
+    resumed_plain, _ = run_trainer(model_path, data, out, resume=checkpoint, epoch_callback=False)
     report = {"full": full, "resumed": resumed, "resumed_without_callback": resumed_plain, "steps": steps_per_epoch}
     (out / f"rank{rank}.json").write_text(json.dumps(report))
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()

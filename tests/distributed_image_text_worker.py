@@ -1,17 +1,17 @@
-"""Run by ``torchrun --nproc_per_node=2`` from test_image_text_losses.py (gloo, CPU).
+"""Run on 2 processes (gloo, CPU) by tests/distributed_jobs.py for test_image_text_losses.py.
 
 Each rank embeds half of an image-text batch with a two-tower model (both towers trained) and computes a loss with
 ``gather_across_devices``; the loss and the gradients averaged over the ranks must equal one process on the whole
 batch. The GradCache losses run under ``DistributedDataParallel`` as the trainer wraps the model
 (``find_unused_parameters=True``), which averages their gradients; the uncached losses embed the two towers in two
 forward passes before one backward, which DDP cannot reduce, so their gradients are all-reduced by hand (what data
-parallelism computes). Rank 0 writes the differences (gradients relative to the largest one) to argv[2].
+parallelism computes). Rank 0 writes the differences (gradients relative to the largest one) to ``report.json``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -76,15 +76,7 @@ def compare(text_path: str, name: str) -> dict[str, float]:
     }
 
 
-def main() -> None:
-    text_path, report_path = sys.argv[1:3]
-    dist.init_process_group("gloo")
+def run(output_dir: str, text_path: str) -> None:
     report = {name: compare(text_path, name) for name in LOSSES}
     if dist.get_rank() == 0:
-        with open(report_path, "w", encoding="utf8") as handle:
-            json.dump(report, handle)
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+        (Path(output_dir) / "report.json").write_text(json.dumps(report), encoding="utf8")

@@ -1,14 +1,14 @@
-"""Run by ``torchrun --nproc_per_node=2`` from test_losses_distributed.py (gloo, CPU).
+"""Run on 2 processes (gloo, CPU) by tests/distributed_jobs.py for test_losses_distributed.py.
 
 Checks that a gathered loss on 2 ranks equals one process on the concatenated batch (loss and DDP-averaged
 gradients, temperature included), then trains 2 trainer steps and reports whether the learned temperature and
-weights are identical on both ranks. Rank 0 writes the measured differences to the JSON path in argv[3].
+weights are identical on both ranks. Rank 0 writes the measured differences to ``report.json``.
 """
 
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -132,19 +132,9 @@ def train_and_compare_ranks(model_path: str, columns: list[list[str]], output_di
     }
 
 
-def main() -> None:
-    model_path, columns_path, report_path = sys.argv[1:4]
-    dist.init_process_group("gloo")
-    with open(columns_path, encoding="utf8") as handle:
-        columns = json.load(handle)
+def run(output_dir: str, model_path: str, columns: list[list[str]]) -> None:
     report = {name: compare_with_single_process(model_path, columns, name) for name in LOSSES}
     report["GloFND"] = compare_glofnd_state(model_path, columns)
-    report["trainer"] = train_and_compare_ranks(model_path, columns, report_path + ".out")
+    report["trainer"] = train_and_compare_ranks(model_path, columns, str(Path(output_dir) / "trainer"))
     if dist.get_rank() == 0:
-        with open(report_path, "w", encoding="utf8") as handle:
-            json.dump(report, handle)
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main()
+        (Path(output_dir) / "report.json").write_text(json.dumps(report), encoding="utf8")

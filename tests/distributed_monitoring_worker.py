@@ -1,13 +1,12 @@
-"""Run by ``torchrun --nproc_per_node=2`` from test_callbacks_distributed.py (gloo, CPU).
+"""Run on 2 processes (gloo, CPU) by tests/distributed_jobs.py for test_callbacks_distributed.py.
 
 Trains a monitored tiny BERT for 4 steps on two datasets; each rank records the attention-mask sums of
-the batches it trains on (independently of the monitor) in ``rank<N>.json`` under argv[2].
+the batches it trains on (independently of the monitor) in ``rank<N>.json`` of its output folder.
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch.distributed as dist
@@ -33,7 +32,7 @@ class RecordingTrainer(ContrastiveTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-def main(model_path: str, output_dir: str) -> None:
+def run(output_dir: str, model_path: str) -> None:
     model = tiny_model(model_path)
     words = "with more words " * 3
 
@@ -59,9 +58,3 @@ def main(model_path: str, output_dir: str) -> None:
     trainer.seen = []
     trainer.train()
     Path(output_dir, f"rank{dist.get_rank()}.json").write_text(json.dumps(trainer.seen))
-    dist.barrier()  # no rank exits while the other may still be in a collective with it
-    dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])

@@ -1,18 +1,18 @@
-"""2-process gloo run (torchrun): tokens and samples are summed over ranks, the log is written once."""
+"""2-process gloo run (torchrun, the ``two_process_runs`` fixture): tokens and samples are summed over ranks, the log
+is written once."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from test_losses_distributed import run_workers
 
 from st_contrast.callbacks import read_jsonl
 
 
 @pytest.mark.slow
-def test_counts_are_summed_over_ranks_and_logged_by_rank_zero(tiny_model_factory, tmp_path):
-    run_workers("distributed_monitoring_worker.py", tiny_model_factory("bert"), str(tmp_path))
+def test_counts_are_summed_over_ranks_and_logged_by_rank_zero(two_process_runs):
+    tmp_path = two_process_runs["distributed_monitoring_worker"]
     seen = [batch for rank in (0, 1) for batch in json.loads((tmp_path / f"rank{rank}.json").read_text())]
     assert {batch["step"] for batch in seen} == {1, 2, 3, 4}
     log = read_jsonl(tmp_path / "log.jsonl")

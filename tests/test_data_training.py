@@ -140,15 +140,11 @@ def test_resume_continues_the_sampler_order_from_the_checkpoint(tiny_model_facto
 
 
 @pytest.mark.slow
-def test_two_ranks_train_on_the_same_dataset_per_step_with_different_rows_and_resume(
-    tiny_model_factory, shared_data, tmp_path
-):
+def test_two_ranks_train_on_the_same_dataset_per_step_with_different_rows_and_resume(two_process_runs):
     import json
 
-    from test_losses_distributed import run_workers
-
-    run_workers("distributed_data_worker.py", tiny_model_factory("bert"), str(shared_data), str(tmp_path))
-    ranks = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    folder = two_process_runs["distributed_data_worker"]
+    ranks = [json.loads((folder / f"rank{rank}.json").read_text()) for rank in range(2)]
     steps = ranks[0]["steps"]
     assert steps == ranks[1]["steps"] < 8, "the checkpoint (step 8) should fall in the second epoch"
     for step in range(10):  # every trained step, both epochs

@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from image_text_helpers import image_text_columns, random_images, tiny_two_tower
 from loss_helpers import gradients
-from test_losses_distributed import run_workers
 
 from st_contrast.losses import CachedInfoNCELoss, CLIPLoss, GlobalContrastiveLoss, GradCacheLoss, SigLIPLoss
 
@@ -79,10 +78,8 @@ def test_gradcache_over_both_towers_gives_the_uncached_gradients(base_model, nam
     assert _relative_gradient_error(actual, expected) < 1e-4
 
 
-def test_gathered_image_text_losses_on_two_processes_equal_one_process(tiny_model_factory, tmp_path):
-    report_path = tmp_path / "report.json"
-    run_workers("distributed_image_text_worker.py", tiny_model_factory("bert"), str(report_path))
-    report = json.loads(report_path.read_text())
+def test_gathered_image_text_losses_on_two_processes_equal_one_process(two_process_runs):
+    report = json.loads((two_process_runs["distributed_image_text_worker"] / "report.json").read_text())
     for name in ("CLIPLoss", "CachedInfoNCELoss", "SigLIPLoss", "GradCacheLoss(GlobalContrastiveLoss)"):
         assert report[name]["loss"] < 1e-5, report
         assert report[name]["gradients"] < 1e-4, report
