@@ -301,3 +301,13 @@ def two_process_runs(request, tmp_path_factory, tiny_model_factory, shared_data,
         raise AssertionError(f"the 2-process workers hung:\n{error.stdout}\n{error.stderr}") from error
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
     return folders
+
+
+@pytest.fixture(scope="session")
+def plain_sentence_transformers():
+    """:class:`PlainSentenceTransformers`: encodes saved models in a process where st_contrast cannot be imported."""
+    from plain_sentence_transformers import PlainSentenceTransformers
+
+    plain = PlainSentenceTransformers()
+    yield plain
+    plain.close()

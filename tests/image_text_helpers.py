@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -42,32 +40,6 @@ def image_text_columns(model, images: list, texts: list[str]) -> list[dict[str, 
 
 def parameters_of(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: parameter.detach().clone() for name, parameter in module.named_parameters()}
-
-
-# Reload in a fresh interpreter where importing st_contrast fails: the saved model must be plain Sentence Transformers.
-_RELOAD_WITHOUT_ST_CONTRAST = """
-import sys, json, numpy as np
-from PIL import Image
-sys.modules["st_contrast"] = None
-from sentence_transformers import SentenceTransformer
-model = SentenceTransformer(sys.argv[1], device="cpu")
-archive = np.load(sys.argv[2])
-images = [Image.fromarray(archive[name]) for name in archive.files]
-np.save(sys.argv[3], np.concatenate([model.encode(json.loads(sys.argv[4])), model.encode(images)]))
-"""
-
-
-def encode_without_st_contrast(model_dir: Path, texts: list[str], images: list[Image.Image]) -> np.ndarray:
-    """The text then image embeddings of the model saved at ``model_dir``, loaded by plain Sentence Transformers in
-    a fresh interpreter where ``import st_contrast`` fails."""
-    work = Path(model_dir).parent
-    np.savez(work / "images.npz", *(np.asarray(image) for image in images))  # sizes may differ
-    subprocess.run(
-        [sys.executable, "-c", _RELOAD_WITHOUT_ST_CONTRAST, str(model_dir), str(work / "images.npz"),
-         str(work / "reloaded.npy"), json.dumps(texts)],
-        check=True, capture_output=True, text=True,
-    )  # fmt: skip
-    return np.load(work / "reloaded.npy")
 
 
 def image_processor(folder: Path):

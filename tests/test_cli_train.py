@@ -70,41 +70,6 @@ def run_cli(*args: str, launcher: tuple[str, ...] = ()) -> subprocess.CompletedP
         raise AssertionError(f"st-contrast hung:\n{error.stdout}\n{error.stderr}") from error
 
 
-_PLAIN_LOAD = """
-import json, sys
-import numpy as np
-
-
-class NoStContrast:  # a colleague without st_contrast installed
-    def find_spec(self, name, path=None, target=None):
-        if name == "st_contrast" or name.startswith("st_contrast."):
-            raise ImportError("st_contrast is not installed here")
-
-
-sys.meta_path.insert(0, NoStContrast())
-from sentence_transformers import SentenceTransformer
-
-model = SentenceTransformer(sys.argv[1], device="cpu", trust_remote_code=False)
-np.save(sys.argv[3], model.encode(json.loads(sys.argv[2])))
-assert not [name for name in sys.modules if name.startswith("st_contrast")]
-"""
-
-
-def assert_plain_sentence_transformers_reproduces(model_dir: Path, texts: list[str], reference, tmp_path: Path) -> None:
-    """``SentenceTransformer(dir)`` where st_contrast cannot be imported gives ``reference``'s embeddings."""
-    import numpy as np
-
-    out = tmp_path / "plain.npy"
-    env = {key: value for key, value in ENV.items() if key != "PYTHONPATH"}
-    result = subprocess.run(
-        [sys.executable, "-c", _PLAIN_LOAD, str(model_dir), json.dumps(texts), str(out)],
-        env=env, capture_output=True, text=True, timeout=TIMEOUT_S, cwd=tmp_path,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    expected = reference.encode(texts, convert_to_tensor=True).cpu()
-    assert (torch.from_numpy(np.load(out)) - expected).abs().max().item() < 1e-5
-
-
 def records(record_dir: Path, rank: int = 0) -> list[list[int]]:
     lines = (record_dir / f"rank{rank}.jsonl").read_text(encoding="utf8").splitlines()
     return [json.loads(line)["labels"] for line in lines]
@@ -115,7 +80,7 @@ def flat_weights(model) -> torch.Tensor:
 
 
 @pytest.mark.slow
-def test_quickstart_small_form(tmp_path, shared_data):
+def test_quickstart_small_form(tmp_path, shared_data, plain_sentence_transformers):
     """The README's main job with fewer rows and steps: STS-B test 82.03 before, a reloadable model after."""
     output_dir = tmp_path / "quickstart"
     code = main(
@@ -147,7 +112,8 @@ def test_quickstart_small_form(tmp_path, shared_data):
     reloaded = st_contrast.load_model(str(output_dir / "model"), device="cpu")
     assert isinstance(reloaded[0], st_contrast.FlashTransformer)  # packed again by st_contrast's loader
     texts = ["A man is playing a guitar.", "x", " ".join(["A long sentence that gets truncated."] * 30)]
-    assert_plain_sentence_transformers_reproduces(output_dir / "model", texts, reloaded, tmp_path)
+    plain = plain_sentence_transformers.encode(output_dir / "model", texts)  # where st_contrast cannot be imported
+    assert (torch.from_numpy(plain) - reloaded.encode(texts, convert_to_tensor=True)).abs().max().item() < 1e-5
     with gzip.open(shared_data / "sts" / "stsbenchmark" / "test.tsv.gz", "rt", encoding="utf8") as handle:
         sts = list(csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
     evaluator = EmbeddingSimilarityEvaluator(

@@ -10,7 +10,6 @@ import torch
 from datasets import Dataset
 from image_text_helpers import (
     TINY_VIT,
-    encode_without_st_contrast,
     image_processor,
     parameters_of,
     random_images,
@@ -26,7 +25,9 @@ from st_contrast.recipes.image_text import write_random_vision_model
 TEXTS = ["a red circle on the left", "a handwritten digit seven", "a blue square at the top"]
 
 
-def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_transformers(minilm_path, tmp_path):
+def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_transformers(
+    minilm_path, tmp_path, plain_sentence_transformers
+):
     import numpy as np
 
     model = tiny_two_tower(minilm_path, lock="text")
@@ -37,7 +38,7 @@ def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_t
     assert not np.allclose(image_embeddings[0], image_embeddings[1]), "different images got the same embedding"
 
     model.save(str(tmp_path / "model"))
-    reloaded = encode_without_st_contrast(tmp_path / "model", TEXTS, images)
+    reloaded = plain_sentence_transformers.encode(tmp_path / "model", TEXTS, images)
     np.testing.assert_allclose(reloaded[:3], text_embeddings, atol=1e-6)
     np.testing.assert_allclose(reloaded[3:], image_embeddings, atol=1e-6)
 

@@ -9,7 +9,7 @@ import copy
 
 import pytest
 import torch
-from image_text_helpers import encode_without_st_contrast, image_text_columns, parameters_of, random_images
+from image_text_helpers import image_text_columns, parameters_of, random_images
 from loss_helpers import gradients
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
 
@@ -84,7 +84,9 @@ def test_a_random_timm_tower_is_a_timm_checkpoint_that_timm_loads(tmp_path):
     )
 
 
-def test_lit_with_a_timm_tower_trains_and_reloads_as_plain_sentence_transformers(minilm_path, tmp_path):
+def test_lit_with_a_timm_tower_trains_and_reloads_as_plain_sentence_transformers(
+    minilm_path, tmp_path, plain_sentence_transformers
+):
     import numpy as np
     from datasets import Dataset
 
@@ -111,7 +113,9 @@ def test_lit_with_a_timm_tower_trains_and_reloads_as_plain_sentence_transformers
     texts = CAPTIONS[:3]
     expected = np.concatenate([model.encode(texts), model.encode(images)])
     model.save(str(tmp_path / "model"))
-    np.testing.assert_allclose(encode_without_st_contrast(tmp_path / "model", texts, images), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        plain_sentence_transformers.encode(tmp_path / "model", texts, images), expected, atol=1e-6
+    )
 
 
 def test_gradcache_over_a_timm_tower_gives_the_uncached_gradients(tiny_model_factory):

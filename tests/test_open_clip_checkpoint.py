@@ -11,7 +11,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from image_text_helpers import encode_without_st_contrast
 from in_process import run_cli
 from PIL import Image
 from safetensors.torch import save_file
@@ -81,7 +80,9 @@ def _open_clip_embeddings(name: str, texts: list[str], images: list[Image.Image]
         (False, {"mean": [0.5] * 3, "std": [0.5] * 3, "interpolation": "bilinear", "resize_mode": "squash"}),
     ],
 )
-def test_converted_folder_embeds_as_open_clip_once_reloaded_without_st_contrast(tmp_path, quick_gelu, preprocess):
+def test_converted_folder_embeds_as_open_clip_once_reloaded_without_st_contrast(
+    tmp_path, quick_gelu, preprocess, plain_sentence_transformers
+):
     folder = _write_open_clip_folder(_tiny_clip(quick_gelu), tmp_path / "open_clip", preprocess, quick_gelu)
     assert is_open_clip_checkpoint(str(folder)) and not is_open_clip_checkpoint(str(tmp_path))
     report = convert_open_clip(str(folder), tmp_path / "converted")
@@ -89,7 +90,7 @@ def test_converted_folder_embeds_as_open_clip_once_reloaded_without_st_contrast(
 
     images = _images(32)
     reference = _open_clip_embeddings(f"local-dir:{folder}", CAPTIONS, images)
-    reloaded = encode_without_st_contrast(tmp_path / "converted", CAPTIONS, images)  # no st_contrast, no open_clip
+    reloaded = plain_sentence_transformers.encode(tmp_path / "converted", CAPTIONS, images)  # without st_contrast
     np.testing.assert_allclose(reloaded, reference, atol=2e-5)
     assert not np.allclose(reloaded[:4] @ reloaded[:4].T, 1, atol=1e-2)  # the captions are told apart
 
