@@ -15,10 +15,11 @@ trainer sees them), for each backbone variant:
 
 Variants: ``stock`` (ST ``Transformer``, padded, SDPA), ``flash`` (packed, ``--attention-backend``), ``stock_unpad``
 (ST's own padding-free path, ``unpad_inputs=True``, which needs the ``flash_attn`` package: skipped with the reason
-otherwise), with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``), and ``flash_merged`` (packed,
-both columns in one forward, as st_contrast's losses embed a packed batch: :mod:`st_contrast.losses.merged_columns`;
-every other variant runs one forward per column, as ST's losses do for a pair). Ratios are against ``stock`` from the
-same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
+otherwise), with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``; ``--compile-backend aot_eager``
+traces the model as inductor would but runs the traced graphs eagerly: a quick check of the tracing), and
+``flash_merged`` (packed, both columns in one forward, as st_contrast's losses embed a packed batch:
+:mod:`st_contrast.losses.merged_columns`; every other variant runs one forward per column, as ST's losses do for a
+pair). Ratios are against ``stock`` from the same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
 
 Usage::
 
@@ -273,7 +274,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         "flash": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
         "stock_unpad": lambda: stock_unpad_backbone(args.model, device, **common),
         "flash_compiled": lambda: FlashTransformer(
-            args.model, attention_backend=args.attention_backend, compile=True, **common
+            args.model, attention_backend=args.attention_backend, compile={"backend": args.compile_backend}, **common
         ),
         "flash_merged": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
     }
@@ -285,6 +286,8 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         print(f"SKIP {name}: {reason}", file=sys.stderr, flush=True)  # stdout is the JSON report
     packed = next(model for name, model in models.items() if name.startswith("flash"))
     report["flash_backend"] = resolved_attention_backend(packed[0])
+    if "flash_compiled" in models:
+        report["compile_backend"] = args.compile_backend
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
     report["peak_flops_per_device"] = peak
     if "train" in args.sections:
@@ -348,6 +351,9 @@ def main() -> None:
     parser.add_argument("--encode-sentences", type=int, default=2048)
     parser.add_argument("--attention-backend", default="auto", help="packed kernel of the flash variants")
     parser.add_argument("--compile", action="store_true", help="also time FlashTransformer(compile=True)")
+    parser.add_argument(
+        "--compile-backend", default="inductor", help="torch.compile backend of flash_compiled (aot_eager: trace only)"
+    )
     parser.add_argument(
         "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged"),
         default=None,
