@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from st_contrast import ContrastiveTrainer
 from st_contrast.callbacks import ThroughputMonitor, enable_monitoring, read_jsonl, weight_spectrum
-from st_contrast.callbacks.batch_stats import batch_stats
+from st_contrast.callbacks.batch_statistics import batch_stats
 from st_contrast.modules import FlashTransformer
 
 

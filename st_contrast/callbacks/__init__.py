@@ -14,13 +14,12 @@ Names load their modules on first use, so reading logs (``st-contrast describe``
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from st_contrast.lazy_exports import lazy_exports
 
 _LAZY_NAMES = {
-    "BatchStats": "batch_stats",
-    "batch_stats": "batch_stats",
-    "sequence_lengths": "batch_stats",
+    "BatchStats": "batch_statistics",
+    "batch_stats": "batch_statistics",
+    "sequence_lengths": "batch_statistics",
     "FlopsEstimate": "flops",
     "estimate_flops": "flops",
     "model_flops_utilization": "flops",
@@ -45,12 +44,4 @@ _LAZY_NAMES = {
 
 __all__ = sorted(_LAZY_NAMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(f"st_contrast.callbacks.{_LAZY_NAMES[name]}"), name)
-    raise AttributeError(f"module 'st_contrast.callbacks' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_NAMES)

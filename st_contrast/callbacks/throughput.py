@@ -11,7 +11,7 @@ import torch.distributed as dist
 from transformers import TrainerCallback
 from transformers.trainer_callback import ExportableState
 
-from st_contrast.callbacks.batch_stats import batch_stats
+from st_contrast.callbacks.batch_statistics import batch_stats
 from st_contrast.callbacks.flops import FlopsEstimate, estimate_flops, peak_flops_per_device, training_precision
 
 logger = logging.getLogger(__name__)

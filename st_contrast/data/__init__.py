@@ -23,8 +23,7 @@ Names load their modules on first use: reading or streaming data does not import
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from st_contrast.lazy_exports import lazy_exports
 
 _LAZY_NAMES = {
     "BadRows": "bad_rows",
@@ -55,12 +54,4 @@ _LAZY_NAMES = {
 
 __all__ = sorted(_LAZY_NAMES)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY_NAMES:
-        return getattr(importlib.import_module(f"st_contrast.data.{_LAZY_NAMES[name]}"), name)
-    raise AttributeError(f"module 'st_contrast.data' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY_NAMES)
