@@ -18,6 +18,9 @@ the trainer's collator does (``decode_rows``: a few threads, ``--decode-threads`
 The shards come with open_clip's ``sizes.json`` (as img2dataset-made corpora do), so the stream reads no header before
 its first batch; ``--no-sizes-json`` leaves it out: the stream then reads every shard's headers once to count them.
 
+Each worker imports torch before its clock starts, as the process of a training run has (both readers load it: ours for
+its ``IterableDataset``, ``datasets``' webdataset builder on its own), so the figures time reading, not imports.
+
 Prints one JSON object: per reader rows/s, seconds to the first decoded batch, peak resident MiB, and the ratios
 ``stream_vs_indexed`` / ``stream_vs_hf_local`` (rows/s) and ``first_batch_indexed_vs_stream`` (seconds); ``decode``
 times ``decode_rows`` alone on one batch of the shards' images in memory, one thread vs its default
@@ -223,6 +226,8 @@ def main() -> None:
     parser.add_argument("--shards-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
+        import torch  # noqa: F401  (a training process has loaded it: no reader's clock counts its import)
+
         print(json.dumps(WORKERS[args.worker](args)))
         return
 
