@@ -19,7 +19,7 @@ CHECKED_ON: dict[str, tuple[str, ...]] = {
     "mteb": ("2.16.0", "2.26.24"),
     "peft": ("0.19.0", "0.21.2"),
     "datasets": ("4.3.0", "5.2.0"),
-    "torch": ("2.11.0", "2.13.0"),
+    "torch": ("2.11.0", "2.15.0"),
 }
 """Distribution -> the releases the hooks in :data:`HOOKS` were checked on (the oldest and newest where two)."""
 
