@@ -44,6 +44,7 @@ _LAZY_NAMES = {
     "GloFND": "losses",
     "GlobalContrastiveLoss": "losses",
     "GradCacheLoss": "losses",
+    "without_sample_state": "losses",
     # recipes and evaluation
     "llm2vec_model": "recipes",
     "sgpt_bitfit_model": "recipes",

@@ -35,6 +35,7 @@ from st_contrast.modules import (
     disable_packing,
     enable_packing,
 )
+from st_contrast.modules.embedding_tokenizer import pad_with_eos
 from st_contrast.modules.eos import bake_eos_into_tokenizer
 
 __all__ = [
@@ -211,6 +212,25 @@ def export_model(
             if boundaries_agree:
                 config = {key: value for key, value in module.get_config_dict().items() if key != "include_prompt"}
                 exported._modules[name] = Pooling(**config, include_prompt=False)
+                if config.get("pooling_mode") != "lasttoken":
+                    checked = sorted(prompt for prompt in (exported.prompts or {}).values() if prompt)
+                    notes.append(
+                        "InstructionPooling became Pooling(include_prompt=False), which counts a prompt's tokens by "
+                        f"tokenizing it alone: checked exact for the model's prompts {checked}. A prompt given only "
+                        "at encode time or in the training arguments may share a token with the text (a trailing "
+                        "space, with a byte-level BPE tokenizer) and then pool one token less: put it in "
+                        "model.prompts before exporting to have it checked."
+                    )
+            elif module.get_config_dict().get("pooling_mode") != "lasttoken" and not _kept_bidirectional(exported):
+                # InstructionPooling reads the exact boundary from BidirectionalTransformer's instruction_mask; the
+                # stock Transformer it became sends none, so it would fall back to the very prompt_length that differs.
+                raise ValueError(
+                    "export_model cannot make this model plain: for one of its prompts, Sentence Transformers' "
+                    "prompt_length (the prompt tokenized alone) differs from the instruction boundary in the joint "
+                    f"tokenization, and {module.get_config_dict().get('pooling_mode')!r} pooling depends on it. "
+                    "Nothing was written. Use a prompt that does not share a token with the text (no trailing space), "
+                    "or save the model with model.save and load it with st_contrast.load_model."
+                )
             else:
                 notes.append(
                     "InstructionPooling kept: for at least one of the model's prompts, Sentence Transformers' "
@@ -226,15 +246,30 @@ def export_model(
     return ExportReport(output_dir, plain, max_abs_diff, notes)
 
 
+def _kept_bidirectional(model: SentenceTransformer) -> bool:
+    """Whether a BidirectionalTransformer of ``model`` stayed as it is (it sends InstructionPooling its boundaries)."""
+    return any(type(module) is BidirectionalTransformer for module in model.modules())
+
+
 def _to_stock_transformer(module: BidirectionalTransformer) -> str | None:
     """Turn a BidirectionalTransformer into a stock Transformer in place; the reason when it must stay as it is."""
     if module.sgpt_brackets:
         return "BidirectionalTransformer kept: SGPT brackets are not a Sentence Transformers setting."
+    if has_peft_adapters(module.model):
+        return (
+            "BidirectionalTransformer kept: its LoRA adapters are saved without the base model's config, which is "
+            "where a stock Transformer would read is_causal: false; export with merge_adapters=True for a plain model."
+        )
     if module.append_eos and not module._embedding_tokenizer.tokenizer_adds_eos:
         if reason := bake_eos_into_tokenizer(module.tokenizer):
             return f"BidirectionalTransformer kept: {reason}"
     module.__class__ = Transformer
     clear_prompt_lengths(module)  # measured with the EOS-appending tokenization of the class it had
+    # What the class it had did itself, and a stock Transformer would do otherwise: plain text, not a chat template's
+    # messages (Sentence Transformers reads a tokenizer's chat_template as a "message" modality), and padding with
+    # EOS where the tokenizer has no pad token (padding is masked out).
+    module.modality_config.pop("message", None)
+    pad_with_eos(module.tokenizer)
     return None
 
 

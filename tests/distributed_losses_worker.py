@@ -26,6 +26,7 @@ from st_contrast.losses import (
     SigLIPLoss,
     SimCSELoss,
 )
+from st_contrast.losses.sample_state import sync_rows
 
 LOSSES = {
     "InfoNCELoss": lambda model, gather: InfoNCELoss(
@@ -132,9 +133,32 @@ def train_and_compare_ranks(model_path: str, columns: list[list[str]], output_di
     }
 
 
+def sync_overlapping_rows() -> dict:
+    """Rank 0 updates samples 1 and 2, rank 1 samples 2 and 3 (a padded sampler repeats sample 2): both ranks must
+    end with rank 0's row 1, rank 1's row 3, and for row 2 the mean of the floats and the maximum of the counts."""
+    rank = dist.get_rank()
+    values = torch.zeros(5, 2)
+    counts = torch.zeros(5, dtype=torch.long)
+    seen = torch.zeros(5, dtype=torch.bool)
+    mine = torch.tensor([[1, 2], [2, 3]][rank])
+    values[mine] = torch.tensor([[1.0, -1.0], [3.0, 5.0]]) * (rank + 1)  # rank 0: row 2 = (3, 5); rank 1: (2, -2)
+    counts[mine] = torch.tensor([[4, 7], [9, 2]][rank])  # row 2: 7 on rank 0, 9 on rank 1
+    seen[mine] = True
+    sync_rows([values, counts, seen], torch.cat([mine, mine]))  # a sample twice in a rank's own batch, too
+    expected = torch.tensor([[0.0, 0.0], [1.0, -1.0], [2.5, 1.5], [6.0, 10.0], [0.0, 0.0]])
+    gathered = [None, None]
+    dist.all_gather_object(gathered, (values, counts, seen))
+    return {
+        "values": max(float((state[0] - expected).abs().max()) for state in gathered),
+        "counts": [state[1].tolist() for state in gathered],
+        "seen": [state[2].tolist() for state in gathered],
+    }
+
+
 def run(output_dir: str, model_path: str, columns: list[list[str]]) -> None:
     report = {name: compare_with_single_process(model_path, columns, name) for name in LOSSES}
     report["GloFND"] = compare_glofnd_state(model_path, columns)
+    report["sync_rows"] = sync_overlapping_rows()
     report["trainer"] = train_and_compare_ranks(model_path, columns, str(Path(output_dir) / "trainer"))
     if dist.get_rank() == 0:
         (Path(output_dir) / "report.json").write_text(json.dumps(report), encoding="utf8")

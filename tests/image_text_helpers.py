@@ -24,8 +24,10 @@ TINY_VIT = {
 
 
 def tiny_two_tower(text_path: str, lock: str | None = None, seed: int = 0, **kwargs):
-    """A two-tower model: the text model at ``text_path`` and a random :data:`TINY_VIT`, projected to 16 dims."""
-    return two_tower_model(text_path, TINY_VIT, embedding_dim=16, lock=lock, seed=seed, device="cpu", **kwargs)
+    """A two-tower model: the text model at ``text_path`` and a random :data:`TINY_VIT`, projected to 16 dims (to
+    the locked tower's size when one is locked)."""
+    size = 16 if lock is None else None
+    return two_tower_model(text_path, TINY_VIT, embedding_dim=size, lock=lock, seed=seed, device="cpu", **kwargs)
 
 
 def random_images(count: int, seed: int = 0, size: int = 20) -> list[Image.Image]:

@@ -124,6 +124,22 @@ def test_adapter_save_reload_and_merge(backbone_class, base_copy, snli_sentences
     torch.testing.assert_close(embed(merged, texts), expected, atol=1e-5, rtol=0)
 
 
+def test_merge_keeps_the_modules_a_lora_config_trains_whole(tiny_model_factory, snli_sentences, tmp_path):
+    """A LoraConfig's modules_to_save train a copy of whole modules (here every LayerNorm): merging must put the
+    trained copies in their place, or the saved model loads its untrained LayerNorms under unknown keys."""
+    from peft import LoraConfig
+
+    texts = snli_sentences[:16]
+    model = build(tiny_model_factory("bert"))
+    add_lora(model, LoraConfig(r=4, lora_alpha=8, target_modules=["query", "value"], modules_to_save=["LayerNorm"]))
+    train_steps(model, texts[:8], texts[8:], lr=1e-2)
+    expected = embed(model, texts)
+    merge_and_save(model, tmp_path / "merged")
+    merged = SentenceTransformer(str(tmp_path / "merged"), device="cpu")
+    assert not any("Wrapper" in type(module).__name__ for module in merged.modules())
+    torch.testing.assert_close(embed(merged, texts), expected, atol=1e-5, rtol=0)
+
+
 def test_missing_base_is_named_and_relinking_fixes_it(base_copy, minilm_path, snli_sentences, tmp_path):
     model = build(base_copy)
     add_lora(model, "encoder")

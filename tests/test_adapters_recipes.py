@@ -53,6 +53,23 @@ def test_sgpt_weighted_mean_of_a_batch_is_each_text_alone_for_a_left_padding_tok
     torch.testing.assert_close(embed(model, texts), alone, atol=1e-5, rtol=1e-4)
 
 
+def test_sgpt_on_a_decoder_without_a_pad_token(tiny_model_factory, tmp_path):
+    """GPT-Neo / GPT-J, SGPT's own models, have no pad token: a batch is padded with EOS, masked out."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "no_pad"
+    shutil.copytree(tiny_model_factory("gpt_neo"), path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    texts = ["A dog.", "A man plays a guitar on a crowded street corner.", "Two women talk."]
+    model = sgpt_bitfit_model(str(path), device="cpu")
+    alone = torch.cat([embed(model, [text]) for text in texts])
+    torch.testing.assert_close(embed(model, texts), alone, atol=1e-5, rtol=1e-4)
+
+
 def test_linear_stack_before_pooling_acts_on_tokens():
     (dense,) = linear_stack(8, 1, before_pooling=True)
     tokens = torch.randn(2, 5, 8)

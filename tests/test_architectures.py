@@ -11,6 +11,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
+from st_contrast.attention import ATTENTION_BACKENDS, attention_implementation_name
 from st_contrast.modules import (
     SUPPORTED_MODEL_TYPES,
     BidirectionalityError,
@@ -107,6 +108,38 @@ def test_probe_of_a_packed_gpu_backend_runs_anywhere(tiny_model_factory):
     """A module packed for a GPU kernel is set up (and probed, with the exact kernel) on a CPU machine."""
     module = set_causal(FlashTransformer(tiny_model_factory("gpt_neox"), attention_backend="varlen"), False)
     assert is_bidirectional(module) and module.model.config._attn_implementation == "st_packed_varlen"
+
+
+@pytest.mark.parametrize("backend", ATTENTION_BACKENDS)
+@pytest.mark.parametrize("model_type", ["bert", "gpt_neox"])
+def test_every_attention_backend_builds_a_packed_module_anywhere(tiny_model_factory, model_type, backend):
+    """transformers reads "sdpa" and "flash" in an attention implementation's name as requests for its own kernels
+    (it tries to import a flash-attention kernel from the hub): no backend's registered name may trip that."""
+    module = FlashTransformer(tiny_model_factory(model_type), attention_backend=backend)
+    assert module.model.config._attn_implementation == attention_implementation_name(backend)
+
+
+def test_rotary_attention_under_autocast_runs_in_the_autocast_dtype(tiny_model_factory, snli_sentences, monkeypatch):
+    """Mixed precision (fp32 weights, autocast): rotary embeddings promote q and k to fp32 while v is bf16. The
+    kernel must get one dtype, the autocast one, as transformers' flash-attention path casts, or no GPU kernel could
+    run; the embeddings stay those of stock padded SDPA under the same autocast."""
+    from st_contrast.attention import interface
+
+    seen = []
+    resolve = interface.resolve_backend
+    monkeypatch.setattr(
+        interface,
+        "resolve_backend",
+        lambda name, device, dtype, **kw: seen.append(dtype) or resolve(name, device, dtype, **kw),
+    )
+    path = tiny_model_factory("llama")
+    packed = SentenceTransformer(modules=[FlashTransformer(path), Pooling(32, "lasttoken")], device="cpu")
+    stock = SentenceTransformer(modules=[Transformer(path), Pooling(32, "lasttoken")], device="cpu")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = stock.encode(snli_sentences[:6], convert_to_tensor=True)
+        actual = packed.encode(snli_sentences[:6], convert_to_tensor=True)
+    assert seen and set(seen) == {torch.bfloat16}
+    torch.testing.assert_close(actual.float(), expected.float(), atol=0.05, rtol=0.05)
 
 
 def test_probe_runs_when_a_saved_module_loads(tiny_model_factory, tmp_path, monkeypatch):

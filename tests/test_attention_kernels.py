@@ -139,3 +139,24 @@ def test_softcap_is_refused_by_the_varlen_kernel_and_skipped_by_auto():
         torch_varlen_attention(q, q, q, cu, 4, causal=False, scale=None, dropout=0.0, window=None, softcap=50.0)
     if torch.cuda.is_available():
         assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, softcap=True) in ("sdpa", "flash_attn")
+
+
+def test_a_flash_attn_that_does_not_import_is_passed_over(tmp_path, monkeypatch):
+    """A flash-attn built for another torch is found but fails on import: ``auto`` picks PyTorch's varlen kernel on a
+    GPU instead of failing in every attention layer, and the explicit backend says why it cannot run."""
+    from st_contrast.attention import backends
+
+    package = tmp_path / "flash_attn"
+    package.mkdir()
+    (package / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c10")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+    backends._flash_attn_problem.cache_clear()
+    backends._availability.cache_clear()
+    try:
+        monkeypatch.setattr(backends.torch.cuda, "is_available", lambda: True)
+        assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16) == "varlen"
+        with pytest.raises(ValueError, match="flash-attn is installed but does not import.*undefined symbol"):
+            resolve_backend("flash_attn", torch.device("cuda"), torch.bfloat16)
+    finally:
+        backends._flash_attn_problem.cache_clear()
+        backends._availability.cache_clear()

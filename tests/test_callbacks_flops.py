@@ -66,6 +66,21 @@ def test_sentence_transformer_backbone_is_found(minilm_path):
         estimate_flops(torch.nn.Linear(3, 3))
 
 
+def test_only_the_backbone_is_counted_behind_a_dense_head_or_a_router(minilm_path):
+    """Sentence Transformers gives the whole model a ``config`` (its backbone's): N must still be the backbone's
+    alone, neither the ``Dense`` head (it runs once per sequence) nor a second route's backbone."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.modules import Router, Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling
+
+    expected = estimate_flops(SentenceTransformer(minilm_path, device="cpu")[0].auto_model)
+    with_dense = SentenceTransformer(modules=[Transformer(minilm_path), Pooling(384), Dense(384, 1024)], device="cpu")
+    routes = {name: [Transformer(minilm_path), Pooling(384)] for name in ("query", "document")}
+    routed = SentenceTransformer(modules=[Router(routes, default_route="query")], device="cpu")
+    assert estimate_flops(with_dense) == expected
+    assert estimate_flops(routed) == expected
+
+
 def test_peak_table_and_precision(monkeypatch):
     from types import SimpleNamespace
 
@@ -77,6 +92,7 @@ def test_peak_table_and_precision(monkeypatch):
         ("NVIDIA H100 80GB HBM3", 989.4e12),
         ("NVIDIA H100 PCIe", 756e12),
         ("NVIDIA H200", 989.4e12),
+        ("NVIDIA H200 NVL", 835.5e12),
         ("NVIDIA A100-SXM4-80GB", 312e12),
         ("NVIDIA GeForce RTX 4090", None),
     ):

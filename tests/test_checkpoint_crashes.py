@@ -21,6 +21,8 @@ import torch
 import yaml
 from test_cli_train import read_rows, write_tsv
 
+from st_contrast.training.checkpoints import MANIFEST_NAME, STAGING_DIR
+
 STEPS, SAVE_EVERY = 6, 2
 WATCHED = ("checkpoint-4", "deleting-checkpoint-2")  # the second save: staging, commit, rotating checkpoint-2 out
 FULL = os.environ.get("ST_CONTRAST_FULL_CRASH_TEST") == "1"
@@ -214,3 +216,25 @@ def test_a_finished_run_is_not_trained_again(tmp_path, reference, capfd):
     assert os.waitpid(pid, 0)[1] == 0
     assert {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")} != before, "--restart did not train again"
     assert_same_final_state(run_dir, reference, "--restart")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_complete_in_staging_when_killed_is_recovered(tmp_path, reference, capfd):
+    """Killed after checkpoint-4's last write, as it was to replace a damaged same-step leftover: the old one is gone,
+    the new one complete in staging. The rerun moves it into place and resumes there, not from checkpoint-2."""
+    run_dir = tmp_path / "run"
+    path = config(tmp_path, reference["model"], reference["data"], run_dir, save_total_limit=2)
+    assert run_child(path, run_dir, kill_at=0, watched=("checkpoint-6",)) == -signal.SIGKILL
+    weights = run_dir / "checkpoint-4" / "model.safetensors"
+    os.truncate(weights, weights.stat().st_size // 3)
+    staged_rename = f"{os.path.join(STAGING_DIR, 'checkpoint-4')} -> "
+    assert run_child(path, run_dir, kill_at=0, watched=(staged_rename,)) == -signal.SIGKILL  # resumed at 2, killed at 4
+    assert not (run_dir / "checkpoint-4").exists()
+    assert (run_dir / STAGING_DIR / "checkpoint-4" / MANIFEST_NAME).is_file()
+    capfd.readouterr()
+    assert run_child(path, run_dir) == 0
+    err = capfd.readouterr().err
+    assert f"recovered {run_dir / 'checkpoint-4'}: complete in {STAGING_DIR}" in err
+    assert f"resuming from {run_dir / 'checkpoint-4'}, step 4 of {STEPS}" in err
+    assert_same_final_state(run_dir, reference, "recovered from staging")
+    assert not (run_dir / STAGING_DIR).exists() or not any((run_dir / STAGING_DIR).iterdir())

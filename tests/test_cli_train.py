@@ -140,6 +140,11 @@ def test_rerun_after_a_kill_resumes_from_the_checkpoint(tmp_path, tiny_model_fac
 
     second = run_cli("train", write_config(tmp_path / "killed.yaml", killed), "--set", "loss.kwargs.exit_after=null")
     assert second.returncode == 0, second.stderr[-3000:]
+    # the rerun changed a setting: it says which, and the configuration the run started with is kept beside the new
+    assert "changed configuration (loss.kwargs.exit_after)" in second.stderr
+    started_with = yaml.safe_load((tmp_path / "run" / "config.before-step-2.yaml").read_text())
+    assert started_with["loss"]["kwargs"]["exit_after"] == 3
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"]["kwargs"]["exit_after"] is None
     full = run_cli("train", write_config(tmp_path / "reference.yaml", reference))
     assert full.returncode == 0, full.stderr[-3000:]
 
@@ -208,3 +213,28 @@ def test_refusals_are_clear(tmp_path, tiny_model_factory, shared_data, capsys):
     config["data"]["batch_sampler"] = "token_budget"
     assert main(["train", write_config(tmp_path / "d.yaml", config), "--output-dir", str(tmp_path / "new")]) == 2
     assert "needs data.max_tokens" in capsys.readouterr().err
+
+
+def test_a_final_model_with_no_exact_plain_form_is_saved_for_load_model(
+    tmp_path, tiny_model_factory, shared_data, monkeypatch, caplog
+):
+    """When export_model refuses (no plain form can be exact; nothing written), the run still ends: model/ is
+    st_contrast's own save, which load_model reads back as the final checkpoint's weights."""
+    import st_contrast.model_io
+
+    def refusing_export(*args, **kwargs):
+        raise ValueError("no plain form can be exact (the test's refusal)")
+
+    monkeypatch.setattr(st_contrast.model_io, "export_model", refusing_export)
+    path = write_tsv(tmp_path / "nli.tsv", read_rows(shared_data / "nli" / "derived" / "triplets.tsv.gz", 8))
+    config = recording_config(
+        tiny_model_factory("bert"), tmp_path / "run", tmp_path / "rec", [{"name": "n", "path": path}], max_steps=2
+    )
+    with caplog.at_level("WARNING", logger="st_contrast.training.run"):
+        assert main(["train", write_config(tmp_path / "c.yaml", config)]) == 0
+    assert "The final model needs st_contrast.load_model: no plain form can be exact" in caplog.text
+    texts = ["a man is playing a guitar", "two dogs run on the beach"]
+    final = st_contrast.load_model(str(tmp_path / "run" / "model"), device="cpu").encode(texts, convert_to_tensor=True)
+    checkpoint = st_contrast.load_model(str(tmp_path / "run" / "checkpoint-2"), device="cpu")
+    torch.testing.assert_close(final, checkpoint.encode(texts, convert_to_tensor=True), atol=1e-6, rtol=1e-5)
+    assert "train" in json.loads((tmp_path / "run" / "metrics.json").read_text())

@@ -93,3 +93,33 @@ def test_flash_attn_softcap_matches_exact_kernel():
     out = get_kernel("flash_attn")(q, k, v, cu, max(LENGTHS), **kwargs)
     expected = sdpa_varlen_attention(q.float(), k.float(), v.float(), cu, max(LENGTHS), **kwargs)
     torch.testing.assert_close(out.float(), expected, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.parametrize("name", ["llama", "nomic_bert"])
+def test_rotary_model_in_mixed_precision_runs_a_gpu_kernel(name, tiny_model_factory, snli_sentences, monkeypatch):
+    """``bf16: true`` training is fp32 weights under autocast: rotary q/k come out fp32 beside bf16 v, and the packed
+    layer must still run a GPU kernel (in bf16) and match stock padded attention under the same autocast."""
+    if not _gpu_backends():
+        pytest.skip("no GPU varlen kernel here")
+    from st_contrast.attention import interface
+
+    resolved = []
+    resolve = interface.resolve_backend
+    monkeypatch.setattr(interface, "resolve_backend", lambda *a, **k: resolved.append(resolve(*a, **k)) or resolved[-1])
+    path = tiny_model_factory(name)
+    stock = SentenceTransformer(modules=[Transformer(path), Pooling(32, "mean")], device="cuda")
+    flash = SentenceTransformer(
+        modules=[FlashTransformer(path, attention_backend="auto"), Pooling(32, "mean")], device="cuda"
+    )
+    texts = snli_sentences[:16]
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        expected = stock.encode(texts, convert_to_tensor=True).float()
+        actual = flash.encode(texts, convert_to_tensor=True).float()
+        flash.train()
+        features = {
+            key: value.to("cuda") if torch.is_tensor(value) else value for key, value in flash.preprocess(texts).items()
+        }
+        flash(features)["sentence_embedding"].float().sum().backward()
+    assert resolved and set(resolved) <= {"varlen", "flash_attn"}, resolved
+    cosine = torch.nn.functional.cosine_similarity(actual, expected, dim=-1)
+    assert cosine.min() > 0.99, cosine.min()

@@ -249,3 +249,32 @@ datasets:
         "positive": "search_document: ",
         **{f"negative_{i}": "search_document: " for i in (1, 2, 3)},
     }
+
+
+@pytest.mark.parametrize("offsets", [True, False])
+def test_blank_lines_are_no_rows_for_the_index_the_loader_and_the_stream(tmp_path, offsets):
+    """A blank line (mid-file, or a trailing "\\n\\n") is no row: counted by none of the index, the loader and the
+    stream, so two ranks streaming by the index's counts and offsets read every record exactly once."""
+    from st_contrast.data.stream_sources import open_stream_source
+    from st_contrast.data.streaming import StreamingDataset
+
+    root = tmp_path / "corpus"
+    root.mkdir()
+    lines = [json.dumps({"query": f"q{i}", "document": f"d{i}"}) for i in range(10)]
+    lines.insert(3, "")
+    with gzip.open(root / "shard-00000.jsonl.gz", "wt") as handle:
+        handle.write("\n".join(lines) + "\n\n")
+    assert index_contrastors_shards(root) == {"shard-00000.jsonl.gz": 10}
+    if not offsets:
+        (root / "offsets.json.gz").unlink()
+    columns = {"query": "anchor", "document": "positive"}
+    loaded = load_dataset_spec({"name": "c", "path": str(root), "columns": columns}, cache_dir=str(tmp_path / "c"))
+    assert list(loaded["positive"]) == [f"d{i}" for i in range(10)]
+    seen = []
+    for rank in range(2):
+        source = open_stream_source({"name": "c", "path": str(root), "stream": True, "shuffle_buffer": 1,
+                                     "columns": columns})  # fmt: skip
+        stream = StreamingDataset([source]).configure(1, seed=0, world_size=2, rank=rank, no_duplicates=False)
+        seen += [row["positive"] for batch in stream for row in batch]
+        stream.close()
+    assert sorted(seen) == sorted(f"d{i}" for i in range(10))

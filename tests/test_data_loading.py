@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import gzip
 import json
+import re
 from pathlib import Path
 
 import datasets
@@ -231,3 +232,21 @@ def test_missing_paths_and_offline_hub_ids_get_clear_errors(tmp_path, cache, mon
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(DataError, match="no local file or folder, and loading it as a Hugging Face hub dataset failed"):
         load_dataset_spec({"name": "m", "path": "someone/some-dataset-that-is-not-here"}, cache_dir=cache)
+
+
+def test_dataset_fields_of_a_wrong_type_are_refused_when_the_spec_is_made():
+    """Not later in the loader, nor read another way (``max_rows: true`` as 1 row, a column name split in letters)."""
+    import numpy as np
+
+    cases = {
+        "max_rows": (True, "max_rows must be an integer or null, got True (bool)"),
+        "columns": ("anchor", "columns must be a list of column names, a {source: target} mapping or null"),
+        "query_prefix": (5, "query_prefix must be a string or null, got 5 (int)"),
+        "image_columns": ([0], "image_columns must be a column name or a list of them"),
+        "storage_options": ([], "storage_options must be a mapping"),
+    }
+    for field, (value, message) in cases.items():
+        with pytest.raises(ValueError, match=re.escape(f"Dataset 'x': {message}")):
+            DatasetSpec(name="x", path="p", **{field: value})
+    spec = DatasetSpec(name="x", path=["p", "q"], columns=("a", "b"), max_rows=np.int64(5), weight=2, image_columns="a")
+    assert spec.max_rows == 5 and spec.image_columns == ["a"]

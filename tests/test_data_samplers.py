@@ -14,7 +14,7 @@ from datasets import Dataset
 from sentence_transformers.base.sampler import DefaultBatchSampler, NoDuplicatesBatchSampler
 from torch.utils.data import ConcatDataset, DataLoader, RandomSampler
 
-from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler, set_sampler_epoch
+from st_contrast.data import SingleDatasetBatchSampler, TokenBudgetBatchSampler, set_sampler_epoch, single_dataset
 
 
 def _texts(prefix: str, n: int) -> Dataset:
@@ -75,6 +75,33 @@ def test_weights_split_the_same_number_of_groups_by_weight_and_cycle_small_datas
     assert owners.count(2) == 12  # dataset 2 has one group per pass: its sampler restarts
     with pytest.raises(ValueError, match="3 positive numbers"):
         _multi(weights=[1, 2])
+
+
+def test_with_weights_the_ranks_of_a_step_never_share_rows(monkeypatch):
+    """A dataset that needs several passes starts each group in one pass (a group across two passes could hold a row
+    twice), and one with fewer batches than ranks is left out with a warning, as without weights (its one batch was
+    given to every rank)."""
+    warnings = []
+    monkeypatch.setattr(single_dataset.logger, "warning", warnings.append)
+    shuffled = _multi(weights=[1, 1, 2])  # dataset 2: 3 batches, one group per pass
+    seeded = _multi(
+        sizes=(64, 12),
+        sub=lambda part: NoDuplicatesBatchSampler(
+            part, batch_size=8, drop_last=True, generator=torch.Generator(), seed=3
+        ),
+        weights=[1, 1],
+    )  # dataset 1: 1 batch for 2 ranks
+    assert warnings == ["Dataset(s) [1] have fewer than 2 batches (one per rank) and are not trained on."]
+    assert seeded.groups_per_dataset == [4, 0]
+    for sampler in (shuffled, seeded):
+        bounds = [0, *sampler.dataset.cumulative_sizes]
+        for epoch in range(3):
+            sampler.set_epoch(epoch)
+            batches = list(sampler)
+            assert len(batches) == len(sampler)
+            for step, (first, second) in enumerate(zip(batches[::2], batches[1::2], strict=True)):
+                assert _dataset_of(first, bounds) == _dataset_of(second, bounds)
+                assert not set(first) & set(second), f"epoch {epoch} step {step}: the ranks share rows"
 
 
 def test_world_size_defaults_to_one_process_and_groups_need_one_batch_per_rank():

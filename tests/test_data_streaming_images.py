@@ -10,6 +10,7 @@ import logging
 import tarfile
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from image_text_helpers import random_images
@@ -274,6 +275,27 @@ def test_a_shard_cut_short_counts_its_lost_samples(bad_shard, tmp_path):
     assert "cut.tar" in str(items[-1][1])
 
 
+@pytest.mark.parametrize("cut", [0, 300])  # empty, or cut within the first 512-byte header
+def test_a_shard_cut_within_its_first_header_loses_its_counted_samples(bad_shard, tmp_path, cut):
+    """An object emptied or cut in its first header is not a readable tar at all: with its samples counted
+    (sizes.json) and on_bad_rows: skip, they are counted as lost like those of a shard cut later; without a count
+    nothing says how many are lost, so it stays an error."""
+    (tmp_path / "cut").mkdir()
+    data = bad_shard.read_bytes()
+    (tmp_path / "cut" / "a.tar").write_bytes(data)
+    (tmp_path / "cut" / "b.tar").write_bytes(data[:cut])
+    entry = {"name": "cut", "path": str(tmp_path / "cut"), "columns": ["image", "text"], "stream": True,
+             "on_bad_rows": "skip", "shuffle_buffer": 1}  # fmt: skip
+    with pytest.raises(DataError, match=r"b\.tar: not a readable tar shard"):
+        open_stream_source(entry).count_rows()
+    (tmp_path / "cut" / "sizes.json").write_text(json.dumps({"a.tar": 6, "b.tar": 6}))
+    source = open_stream_source(entry)
+    items = list(iter_file_rows(source, 1, 0, source.files[1].rows))
+    assert [row for row, _ in items] == list(range(6))
+    assert all(isinstance(item, BadRowError) and item.reason == "truncated file" for _, item in items)
+    assert "b.tar" in str(items[0][1])
+
+
 def test_a_table_at_a_url_with_image_columns_streams_and_loads(s3_server, tmp_path):
     images = random_images(4, seed=6)
     (tmp_path / "table" / "pics").mkdir(parents=True)
@@ -400,3 +422,17 @@ def test_write_tar_shards_round_trips_a_table_through_the_stream(tmp_path):
     ]
     for image, row in zip(_decoded(batch), rows, strict=True):
         np.testing.assert_array_equal(_pixels(image), _pixels(Image.open(tmp_path / row["image"])))
+
+
+def test_an_img2dataset_folder_streams_its_tar_shards(bad_shard, tmp_path):
+    """img2dataset writes NNNNN_stats.json and NNNNN.parquet beside each NNNNN.tar: the folder streams its shards."""
+    folder = tmp_path / "img2dataset"
+    folder.mkdir()
+    (folder / "00000.tar").write_bytes(bad_shard.read_bytes())
+    (folder / "00000_stats.json").write_text(json.dumps({"count": 6, "successes": 6}))
+    pd.DataFrame({"key": [f"{n:04d}" for n in range(6)], "caption": ["x"] * 6}).to_parquet(folder / "00000.parquet")
+    source = open_stream_source({"name": "web", "path": str(folder), "columns": ["image", "text"], "stream": True,
+                                 "on_bad_rows": "skip", "shuffle_buffer": 1})  # fmt: skip
+    assert [file.url.rsplit("/", 1)[-1] for file in source.files] == ["00000.tar"]
+    rows = [row for _, row in iter_file_rows(source, 0, 0, None)]
+    assert len(rows) == 6 and rows[0]["text"] == "caption 0"

@@ -79,6 +79,28 @@ def test_eval_saved_flash_model_and_default_output_dir(tmp_path, small_sts, tiny
     assert _table_rows(capsys.readouterr().out)[name][2] == f"{100 * results[name]['main_score']:.2f}"
 
 
+def test_eval_two_files_of_the_same_name_need_and_take_names(tmp_path, small_sts, minilm_path, capsys):
+    """Both files default to 'data-test'; 'NAME=sts:PATH' names them (a '=' inside a path stays part of it)."""
+    rows, _ = small_sts
+    first, second = tmp_path / "x" / "data" / "test.tsv.gz", tmp_path / "y=2" / "data" / "test.tsv.gz"
+    second_rows = rows[::2]
+    for path, path_rows in ((first, rows), (second, second_rows)):
+        path.parent.mkdir(parents=True)
+        write_headed_sts(path, path_rows)
+    out = tmp_path / "out"
+    common = ["--output-dir", str(out), "--batch-size", "16", "--device", "cpu", "--no-progress"]
+    assert main(["eval", "minilm", "--tasks", f"sts:{first}", f"sts:{second}", *common]) == 2
+    error = capsys.readouterr().err
+    assert "two tasks are named ['data-test']" in error and "'NAME=sts:PATH' on the command line" in error
+
+    assert main(["eval", "minilm", "--tasks", f"full=sts:{first}", f"half=sts:{second}", *common]) == 0
+    assert set(_table_rows(capsys.readouterr().out)) == {"full", "half"}
+    results = json.loads((out / "results.json").read_text())
+    reference = SentenceTransformer(minilm_path, device="cpu")
+    assert results["full"]["main_score"] == pytest.approx(_reference_spearman(reference, rows), abs=1e-6)
+    assert results["half"]["main_score"] == pytest.approx(_reference_spearman(reference, second_rows), abs=1e-6)
+
+
 @pytest.mark.parametrize(
     "model, tasks, message",
     [

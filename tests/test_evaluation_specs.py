@@ -68,6 +68,7 @@ def test_dict_specs_resolve_paths_against_base_dir(tmp_path, shared_data):
         ({"type": "mteb"}, r"type 'mteb' needs a 'name'"),
         ({"type": "sts", "path": ""}, r"'path' must be a file or directory path"),
         ("sts:", r"names no path after 'sts:'"),
+        (" =sts:x", r"gives an empty name before '='"),
         (3, r"a task spec must be a string, a dict or an MTEB task, got int"),
         ("STSBenchmrk", r"unknown task 'STSBenchmrk': not an MTEB task name .*Did you mean: 'STSBenchmark'"),
         ("data/sts.tsv", r"looks like a path: write 'sts:data/sts.tsv' for an STS file or 'retrieval:data/sts.tsv'"),

@@ -45,7 +45,6 @@ def test_two_tower_model_and_cached_loss_from_the_config(tmp_path, minilm_path):
                     "packed": False,
                     "vision": VISION,
                     "lock": "image",
-                    "embedding_dim": 24,
                 },
                 "loss": {"name": "SigLIPLoss", "gradcache": {"mini_batch_size": 4}},
             },
@@ -54,12 +53,23 @@ def test_two_tower_model_and_cached_loss_from_the_config(tmp_path, minilm_path):
     model = build_model(config.model)
     router = model[0]
     assert isinstance(router, Router) and set(router.sub_modules) == {"text", "image"}
-    assert model.encode(["a caption"]).shape == (1, 24)
-    assert all(isinstance(route[-1], Dense) and route[-1].out_features == 24 for route in router.sub_modules.values())
+    assert model.encode(["a caption"]).shape == (1, 32)  # the locked image tower's size; the text tower projected
+    assert isinstance(router.sub_modules["text"][-1], Dense) and router.sub_modules["text"][-1].out_features == 32
+    assert not any(isinstance(module, Dense) for module in router.sub_modules["image"])
     assert not any(parameter.requires_grad for parameter in router.sub_modules["image"].parameters())
     assert all(parameter.requires_grad for parameter in router.sub_modules["text"][0].parameters())
     loss = build_loss(model, config.loss)
     assert isinstance(loss, GradCacheLoss) and isinstance(loss.loss, SigLIPLoss) and loss.mini_batch_size == 4
+
+
+def test_a_projection_on_a_locked_tower_is_a_config_error_naming_the_key(tmp_path, minilm_path):
+    """embedding_dim may equal the locked tower's own size; any other would need a never-trained projection on it."""
+    model = {"name_or_path": minilm_path, "packed": False, "vision": VISION, "lock": "image", "embedding_dim": 24}
+    config = load_config(write(tmp_path, {**BASE, "model": model}))
+    with pytest.raises(ConfigError, match="model.embedding_dim: lock='image' keeps the image tower's embeddings"):
+        build_model(config.model)
+    config = load_config(write(tmp_path, {**BASE, "model": {**model, "embedding_dim": 32}}))
+    assert build_model(config.model).encode(["a caption"]).shape == (1, 32)
 
 
 def test_a_vision_tower_the_config_cannot_build_is_a_config_error_naming_the_key(tmp_path, minilm_path):

@@ -16,6 +16,7 @@ from image_text_helpers import (
     tiny_two_tower,
 )
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainingArguments
+from sentence_transformers.sentence_transformer.modules import Dense
 
 from st_contrast import ContrastiveTrainer
 from st_contrast.losses import CLIPLoss
@@ -30,7 +31,7 @@ def test_two_tower_model_encodes_text_and_images_and_reloads_as_plain_sentence_t
 ):
     import numpy as np
 
-    model = tiny_two_tower(minilm_path, lock="text")
+    model = tiny_two_tower(minilm_path)
     images = random_images(4)
     text_embeddings, image_embeddings = model.encode(TEXTS), model.encode(images)
     assert text_embeddings.shape == (3, 16) and image_embeddings.shape == (4, 16)
@@ -91,6 +92,15 @@ def test_lit_locked_tower_is_unchanged_out_of_the_optimizer_and_in_eval_mode(tin
     model.train()
     assert not any(module.training for module in router.sub_modules[locked].modules())
     assert router.sub_modules[trained].training
+
+
+def test_a_projection_on_a_locked_tower_is_refused(tiny_model_factory):
+    """LiT keeps the locked tower's embeddings: a shared size other than its own would need a random projection on
+    it that never trains."""
+    with pytest.raises(ValueError, match="random projection on the locked tower"):
+        two_tower_model(tiny_model_factory("bert"), TINY_VIT, embedding_dim=16, lock="text", device="cpu")
+    model = two_tower_model(tiny_model_factory("bert"), TINY_VIT, lock="text", device="cpu")
+    assert not any(isinstance(module, Dense) for module in model[0].sub_modules["text"])
 
 
 def test_clip_checkpoint_is_used_as_it_is(minilm_path, tmp_path):

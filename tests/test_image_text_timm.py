@@ -162,8 +162,8 @@ def test_gradcache_over_batch_norm_layers_in_training_warns_once(tiny_model_fact
     """A ResNet tower's BatchNorm layers normalise each GradCache mini-batch by its own statistics, so the cached
     loss is not the whole batch's: said once, with the fix; a locked tower (eval mode) has nothing to say."""
     model = two_tower_model(
-        tiny_model_factory("bert"), {"model_type": "timm_wrapper", **TOWERS["resnet"]}, embedding_dim=16, lock=lock,
-        device="cpu",
+        tiny_model_factory("bert"), {"model_type": "timm_wrapper", **TOWERS["resnet"]},
+        embedding_dim=None if lock else 16, lock=lock, device="cpu",
     )  # fmt: skip
     model.train()
     images = random_images(len(CAPTIONS), size=32)

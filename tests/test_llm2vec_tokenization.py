@@ -45,6 +45,27 @@ def test_tokenizer_that_adds_eos_gets_no_second_one(tiny_model_factory):
     assert all(row[-1] == eos and row[-2] != eos for row in rows) and len(rows[1]) == 16
 
 
+@pytest.mark.parametrize("adds_eos", [False, True])
+def test_the_eos_after_an_instruction_and_an_empty_text_is_not_the_instructions(tiny_model_factory, adds_eos):
+    """Whether the tokenizer adds the EOS or the module appends it, the same ids get the same instruction boundary:
+    the EOS is pooled (it is all an empty text has), never counted as the instruction's."""
+    from tokenizers import processors
+
+    backbone = BidirectionalTransformer(tiny_model_factory("llama"), max_seq_length=16)
+    tokenizer = backbone.tokenizer
+    if adds_eos:
+        bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+        tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
+            single="<s> $A </s>", special_tokens=[("<s>", bos), ("</s>", eos)]
+        )
+    encoded = EmbeddingTokenizer(tokenizer)(["", "A man."], instruction="Retrieve: ", max_length=16)
+    assert EmbeddingTokenizer(tokenizer).tokenizer_adds_eos == adds_eos
+    for row, instruction_length in zip(encoded.input_ids, encoded.instruction_lengths, strict=True):
+        assert row[-1] == tokenizer.eos_token_id and instruction_length < len(row)
+        assert tokenizer.decode(row[1:instruction_length]).strip() == "Retrieve:"
+    assert encoded.instruction_lengths[0] == len(encoded.input_ids[0]) - 1  # only the EOS is left to pool
+
+
 def test_instruction_boundary_comes_from_the_joint_tokenization(tiny_model_factory):
     backbone = BidirectionalTransformer(tiny_model_factory("llama"))
     tokenizer = backbone.tokenizer

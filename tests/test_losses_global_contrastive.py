@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from loss_helpers import tiny_model
 
-from st_contrast.losses import GlobalContrastiveLoss
+from st_contrast.losses import GlobalContrastiveLoss, without_sample_state
 
 DIRECTIONS = ("query_to_doc", "doc_to_query")
 
@@ -114,3 +114,55 @@ def test_trains_in_trainer_with_the_sample_index_column(model, snli_sentences, t
     )  # fmt: skip
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
     assert int(loss.step) == 2 and loss.seen.all()
+
+
+@pytest.mark.parametrize("scheme", ["v1", "v2"])
+def test_rows_outside_the_training_samples_get_the_batch_only_value(model, scheme):
+    """Inside without_sample_state (the trainer's evaluation) u_i = g_i of the batch, v2 uses the mean individual
+    temperature of each direction, no labels are needed, and no state is read or written."""
+    loss_fn = GlobalContrastiveLoss(model, num_samples=6, temperature=0.05, temperature_scheme=scheme, rho=0.5)
+    torch.manual_seed(2)
+    for _ in range(3):  # trained state that would change the value if it were read
+        loss_fn.compute_loss_from_embeddings([torch.randn(6, 8), torch.randn(6, 8)], torch.arange(6))
+    state = {name: value.clone() for name, value in loss_fn.state_dict().items()}
+    embeddings = [torch.randn(4, 8), torch.randn(4, 8)]
+    with torch.no_grad(), without_sample_state():
+        value = loss_fn.compute_loss_from_embeddings(embeddings, None)
+    expected = 0.0
+    for column, key in enumerate(DIRECTIONS):
+        tau = loss_fn.individual_tau[:, column].mean() if scheme == "v2" else torch.tensor(0.05)
+        per_anchor = tau * g_values(embeddings[0], embeddings[1:], tau)[key].log()
+        expected = expected + (per_anchor + (0.5 * tau if scheme == "v2" else 0.0)).mean()
+    torch.testing.assert_close(value, expected)
+    for name, before in state.items():
+        assert torch.equal(loss_fn.state_dict()[name], before), f"{name} changed"
+
+
+def test_trainer_evaluation_does_not_touch_the_training_state(model, snli_sentences, tmp_path):
+    """An evaluation dataset without a label column: eval_loss is the batch-only value (GloFND masking nothing)."""
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainingArguments
+
+    from st_contrast import ContrastiveTrainer
+    from st_contrast.losses import GloFND
+
+    train = Dataset.from_dict({"anchor": snli_sentences[:8], "positive": snli_sentences[600:608]})
+    train = train.add_column("label", list(range(8)))
+    evaluation = Dataset.from_dict({"anchor": snli_sentences[300:304], "positive": snli_sentences[900:904]})
+    detector = GloFND(num_samples=8, alpha=0.5, start_step=0, lr=0.5)
+    loss = GlobalContrastiveLoss(model, num_samples=8, temperature=0.1, false_negative_detector=detector)
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(tmp_path), per_device_train_batch_size=4, per_device_eval_batch_size=4, max_steps=2,
+        report_to=[], save_strategy="no", use_cpu=True,
+    )  # fmt: skip
+    trainer = ContrastiveTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation, loss=loss)
+    trainer.train()
+    state = {name: value.clone() for name, value in loss.state_dict().items()}
+    metrics = trainer.evaluate()
+    for name, before in state.items():
+        assert torch.equal(loss.state_dict()[name], before), f"{name} changed"
+    queries = model.encode(evaluation["anchor"], convert_to_tensor=True)
+    docs = model.encode(evaluation["positive"], convert_to_tensor=True)
+    g = g_values(queries, [docs], 0.1)
+    expected = sum((0.1 * g[key].log()).mean() for key in DIRECTIONS)
+    assert metrics["eval_loss"] == pytest.approx(float(expected), abs=1e-4)

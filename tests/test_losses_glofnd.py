@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from loss_helpers import assert_same_gradients, gradients, tiny_model, tokenize_columns
 
-from st_contrast.losses import CachedInfoNCELoss, GloFND, InfoNCELoss
+from st_contrast.losses import CachedInfoNCELoss, GloFND, InfoNCELoss, without_sample_state
 
 
 def reference_masked_info_nce(q, d, thresholds, scale):
@@ -66,6 +66,11 @@ def test_planted_duplicates_get_masked_once_thresholds_adapt(model):
     with torch.no_grad():
         kept = loss_fn.compute_loss_from_embeddings([anchors, positives], indices)
     torch.testing.assert_close(kept, reference_masked_info_nce(anchors, positives, detector.thresholds[:, 0], 20.0))
+    state = copy.deepcopy(detector.state_dict())
+    with torch.no_grad(), without_sample_state():  # other rows than the training samples: nothing masked, no labels
+        unmasked = loss_fn.compute_loss_from_embeddings([anchors, positives], None)
+    torch.testing.assert_close(unmasked, reference_masked_info_nce(anchors, positives, torch.ones(16), 20.0))
+    assert all(torch.equal(detector.state_dict()[name], value) for name, value in state.items())
 
 
 def test_missing_or_bad_sample_indices_get_a_clear_error(model):

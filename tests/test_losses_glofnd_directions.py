@@ -160,11 +160,30 @@ def test_schedule_separates_threshold_learning_from_filtering(model):
 
 
 def test_init_quantile_resets_a_threshold_to_its_batch_quantile_at_its_first_update(model):
-    detector = GloFND(num_samples=6, alpha=0.2, lr=0.0, init_quantile=True)
+    """The first update sets each threshold to its (1 - alpha) batch quantile, with no Adam step on top (the authors'
+    ``LambdaThreshold.update``); the next update is Adam's first step: with bias correction it moves by ``lr``."""
+    lr, alpha = 0.05, 0.2
+    detector = GloFND(num_samples=6, alpha=alpha, lr=lr, init_quantile=True)
     loss_fn = InfoNCELoss(model, learnable_temperature=False, false_negative_detector=detector)
     torch.manual_seed(3)
     q, d = torch.randn(6, 8), torch.randn(6, 8)
     loss_fn.compute_loss_from_embeddings([q, d], torch.arange(6))
     sims = cosine(q, d)
-    expected = torch.stack([torch.quantile(sims[i][torch.arange(6) != i], 0.8) for i in range(6)])
+    others = ~torch.eye(6, dtype=torch.bool)
+    expected = torch.stack([torch.quantile(sims[i][others[i]], 1 - alpha) for i in range(6)])
     torch.testing.assert_close(detector.thresholds[:, 0], expected)
+
+    loss_fn.compute_loss_from_embeddings([q, d], torch.arange(6))
+    fraction_above = ((sims > expected[:, None]) & others).sum(dim=1) / 5
+    grad = alpha - fraction_above  # the threshold's gradient: too few above it lowers it
+    torch.testing.assert_close(detector.thresholds[:, 0], expected - lr * grad / (grad.abs() + detector.eps))
+
+
+def test_a_detector_shared_by_losses_of_other_directions_is_refused(model):
+    """Binding a detector to a second loss with other directions would reset the thresholds the first one learns."""
+    detector = GloFND(num_samples=6)
+    InfoNCELoss(model, false_negative_detector=detector)
+    InfoNCELoss(model, false_negative_detector=detector)  # the same directions share the thresholds
+    with pytest.raises(ValueError, match="already belongs to a loss with the directions"):
+        CLIPLoss(model, false_negative_detector=detector)
+    assert detector.thresholds.shape == (6, 1)

@@ -10,7 +10,11 @@ import torch.nn.functional as F
 from datasets import Dataset
 from loss_helpers import assert_same_gradients, embed_like_gradcache, gradients, tiny_model, tokenize_columns
 from sentence_transformers import SentenceTransformerTrainingArguments
-from sentence_transformers.sentence_transformer.losses import MatryoshkaLoss, MultipleNegativesRankingLoss
+from sentence_transformers.sentence_transformer.losses import (
+    CachedMultipleNegativesRankingLoss,
+    MatryoshkaLoss,
+    MultipleNegativesRankingLoss,
+)
 
 import st_contrast
 from st_contrast.losses import CachedInfoNCELoss, InfoNCELoss
@@ -179,6 +183,27 @@ def test_cached_loss_embeds_each_mini_batch_twice_except_the_first(
     with torch.no_grad():  # evaluation: one pass per mini-batch
         loss_fn([dict(f) for f in features], None)
     assert calls == [False] * evaluation_forwards
+
+
+def test_two_cached_evaluations_before_one_backward_match_stock_cached_mnrl(tiny_model_factory, snli_sentences):
+    """Two batches' losses summed into one backward: the second evaluation takes over the kept first mini-batch, so
+    the first one's must be replayed with its own dropout masks (stock CachedMNRL hands each hook its own cache)."""
+    path = tiny_model_factory("bert")
+    batches = [[snli_sentences[:8], snli_sentences[50:58]], [snli_sentences[100:108], snli_sentences[150:158]]]
+    results = []
+    for stock in (True, False):
+        model = tiny_model(path, dropout=True)
+        model.train()
+        if stock:
+            loss_fn = CachedMultipleNegativesRankingLoss(model, scale=20.0, mini_batch_size=4)
+        else:
+            loss_fn = CachedInfoNCELoss(model, temperature=0.05, learnable_temperature=False, mini_batch_size=4)
+        torch.manual_seed(123)
+        losses = [loss_fn([dict(f) for f in tokenize_columns(model, columns)], None) for columns in batches]
+        sum(losses).backward()
+        results.append(([loss.detach() for loss in losses], gradients(model)))
+    torch.testing.assert_close(results[1][0], results[0][0])
+    assert_same_gradients(results[1][1], results[0][1])
 
 
 @pytest.mark.parametrize("mini_batch_size", [2, 5, 20])  # 20: the whole batch (2 x 10) fits one mini-batch

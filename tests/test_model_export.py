@@ -97,6 +97,27 @@ def test_bidirectional_eos_model_exports_to_a_stock_transformer(tiny_model_facto
     assert plain[0].model.config.is_causal is False and leak_probe(plain[0], TEXTS[:2])["first"] > 1e-4
 
 
+def test_a_chat_tokenizer_without_a_pad_token_exports_to_a_plain_model(tiny_model_factory, tmp_path):
+    """Instruct decoders' tokenizers have a chat template (Sentence Transformers then renders texts as messages) and
+    often no pad token: the exported stock Transformer must still tokenize plain text and pad batches."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "chat"
+    shutil.copytree(tiny_model_factory("llama"), path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(path)
+    model = llm2vec_model(str(path))
+    expected = model.encode(TEXTS, convert_to_tensor=True)
+    report = st_contrast.export_model(model, tmp_path / "plain", texts=TEXTS)
+    assert report.plain and report.max_abs_diff < 1e-5, report
+    plain = SentenceTransformer(str(tmp_path / "plain"), device="cpu").eval()
+    torch.testing.assert_close(plain.encode(TEXTS, convert_to_tensor=True), expected, atol=1e-5, rtol=0)
+
+
 def test_an_instruction_boundary_plain_st_would_count_differently_keeps_its_pooling(tiny_model_factory, tmp_path):
     # ST counts a prompt's tokens alone; with a trailing space a byte-level BPE tokenizer merges it into the text's
     # first word, so the instruction boundary differs and the exact pooling must stay.
@@ -119,6 +140,20 @@ def test_lora_is_merged_into_a_standalone_export(tiny_model_factory, tmp_path):
     assert any(".lora_" in name for name, _ in model.named_parameters()), "the source keeps its adapters"
 
 
+def test_a_bidirectional_model_with_unmerged_adapters_keeps_its_class(tiny_model_factory, tmp_path):
+    """Unmerged adapters are saved without config.json, where a stock Transformer would read is_causal: false: the
+    export keeps the BidirectionalTransformer (not plain, with the reason) and its embeddings instead of failing."""
+    model = llm2vec_model(tiny_model_factory("llama"))
+    add_lora(model, "decoder", r=4, alpha=8)
+    for name, parameter in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.05)
+    report = st_contrast.export_model(model, tmp_path / "adapter", texts=TEXTS, merge_adapters=False)
+    assert not report.plain and "merge_adapters=True" in " ".join(report.notes)
+    assert report.max_abs_diff < 1e-5
+    assert (tmp_path / "adapter" / "adapter_config.json").exists()
+
+
 def test_verification_catches_a_wrong_export(tiny_model_factory, tmp_path, monkeypatch):
     """The check is real: an export whose weights were altered is refused with the difference."""
     model = SentenceTransformer(modules=[Transformer(tiny_model_factory("bert")), Pooling(32)], device="cpu")
@@ -133,3 +168,24 @@ def test_verification_catches_a_wrong_export(tiny_model_factory, tmp_path, monke
     monkeypatch.setattr(SentenceTransformer, "save", corrupting_save)
     with pytest.raises(ValueError, match="embeddings up to .* away from the source"):
         st_contrast.export_model(model, tmp_path / "bad", texts=TEXTS)
+
+
+def test_mean_instruction_pooling_exports_with_a_note_on_unchecked_prompts(tiny_model_factory, tmp_path):
+    """Pooling(include_prompt=False) is exact for the prompts checked at export; the report says the others are not."""
+    backbone = BidirectionalTransformer(tiny_model_factory("llama"), max_seq_length=12)
+    model = SentenceTransformer(modules=[backbone, InstructionPooling(32, "mean")], device="cpu").eval()
+    model.prompts = {"query": "Query:"}
+    report = st_contrast.export_model(model, tmp_path / "plain", texts=TEXTS)
+    assert report.plain and report.max_abs_diff < 1e-5
+    assert "checked exact for the model's prompts ['Query:']" in " ".join(report.notes)
+
+
+def test_a_mean_pooled_prompt_plain_st_would_count_differently_is_refused_before_writing(tiny_model_factory, tmp_path):
+    """The exact boundary of a mean-pooled instruction needs BidirectionalTransformer's instruction_mask; when plain
+    Sentence Transformers would count the prompt differently, no plain export can be exact: refused, nothing written."""
+    model = llm2vec_model(tiny_model_factory("qwen2"))
+    model[1] = InstructionPooling(32, "mean")
+    model.prompts = {"query": "Find: "}
+    with pytest.raises(ValueError, match="cannot make this model plain.*Nothing was written"):
+        st_contrast.export_model(model, tmp_path / "plain", texts=TEXTS)
+    assert not (tmp_path / "plain").exists()

@@ -112,7 +112,10 @@ def test_tokenizer_gives_open_clips_token_ids_on_every_sts_benchmark_sentence(tm
         "🤗 emoji",
         "x " * 200,
         "ﬁne ＦＵＬＬ-width &amp;amp; &quot;x&quot; ‘single’ “double” a\u200bb",
-    ]  # ftfy's tables, HTML
+        "it&rsquo;s a caf&eacute; &mdash; nice&hellip; &copy; &alpha;&beta; &times;2",
+        "5 &#8364; coffee &#233;clair &#x2019; &#xe9; &#39;x&#39; &#8220;q&#8221;",
+        "&amp;eacute; &amp;#233; &amp;quot;x&amp;quot; rock &amp; roll &lt;3 &gt;",
+    ]  # ftfy's tables, HTML entities (named, numeric, escaped twice)
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "converted")
     expected = SimpleTokenizer()(sentences)
     encoded = tokenizer(sentences, padding="max_length", max_length=77, truncation=True, return_tensors="pt")

@@ -79,6 +79,37 @@ def test_training_and_no_grad_forwards_stay_packed(tiny_model_factory):
     assert "cu_seq_lens_q" not in unpacked
 
 
+@pytest.fixture
+def no_special_tokens_decoder(tiny_model_factory, tmp_path):
+    """The tiny GPT-NeoX with a tokenizer that adds no special tokens (as GPT-NeoX's and Qwen's): "" has no tokens."""
+    import shutil
+
+    from tokenizers import processors
+    from transformers import AutoTokenizer
+
+    path = tmp_path / "gpt_neox_no_specials"
+    shutil.copytree(tiny_model_factory("gpt_neox"), path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.backend_tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    tokenizer.save_pretrained(path)
+    assert tokenizer("")["input_ids"] == []
+    return str(path)
+
+
+@pytest.mark.parametrize("pooling", ["lasttoken", "mean"])
+def test_a_text_without_tokens_encodes_as_stock_and_is_refused_in_packed_training(no_special_tokens_decoder, pooling):
+    texts = ["a man plays", "", "hello there friend"]
+    stock, packed = (
+        SentenceTransformer(modules=[backbone, Pooling(32, pooling)], device="cpu").eval()
+        for backbone in (Transformer(no_special_tokens_decoder), FlashTransformer(no_special_tokens_decoder))
+    )
+    expected = stock.encode(texts, convert_to_tensor=True)
+    assert expected[1].abs().max() == 0  # padded, a text without tokens embeds as zeros
+    torch.testing.assert_close(packed.encode(texts, convert_to_tensor=True), expected, atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match=r"position\(s\) \[1\] tokenize to no tokens"):
+        packed(packed.preprocess(texts))
+
+
 def test_unpack_features_layout():
     cu = torch.tensor([0, 3, 4, 6], dtype=torch.int32)
     features = {

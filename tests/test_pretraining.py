@@ -13,6 +13,7 @@ from st_contrast.pretraining import (
     load_mlm_model,
     load_mntp_model,
     save_pretrained_model,
+    set_mask_token,
     tokenize_texts,
     train_masked_lm,
 )
@@ -52,6 +53,26 @@ def test_mntp_loss_is_shifted_cross_entropy_on_masked_positions(full_alphabet_ll
     logits = output.logits[:, :-1][masked[:, 1:]]
     expected = F.cross_entropy(logits, batch["labels"][:, 1:][masked[:, 1:]])
     torch.testing.assert_close(output.loss, expected)
+
+
+def test_mntp_never_selects_a_first_token_when_the_tokenizer_pads_left():
+    """A decoder tokenizer without BOS that pads on the left (Qwen2-style): MNTP predicts token i from position
+    i - 1, so each row's first real token must never be a label; the collator pads on the right, as LLM2Vec does."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "_": 2, **{f"w{i}": i + 3 for i in range(50)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="</s>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>")
+    tokenizer.padding_side = "left"
+    set_mask_token(tokenizer, "_")
+    collator = MaskingCollator(tokenizer, mlm_probability=0.99, scheme="all_mask", shifted=True, seed=0)
+    batch = collator([tokenizer(" ".join(f"w{i}" for i in range(8))), tokenizer("w1 w2 w3")])
+    assert batch["attention_mask"][:, 0].all()  # every row starts at position 0
+    assert (batch["labels"][:, 0] == -100).all()
+    assert (batch["labels"][1, 1:3] != -100).all() and (batch["labels"][1, 3:] == -100).all()  # then real tokens only
+    assert tokenizer.padding_side == "left"  # the user's tokenizer is left as it was
 
 
 def test_mntp_model_is_bidirectional(tiny_model_factory):

@@ -25,6 +25,14 @@ BASE = {
 }
 
 
+TWO_DATASETS = {"datasets": [{"name": "a", "path": "a.tsv"}, {"name": "b", "path": "b.tsv"}]}
+
+
+def dataset(**fields) -> dict:
+    """A data section whose one dataset entry has ``fields``."""
+    return {"data": {"datasets": [{"name": "x", "path": "a", **fields}]}}
+
+
 def write(tmp_path, config) -> str:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config), encoding="utf8")
@@ -85,10 +93,56 @@ def test_bad_overrides_are_explained(override, message):
         ({"loss": {"name": "InfoNCELoss", "kwargs": {"temprature": 0.1}}}, r"\['temprature'\] are not arguments"),
         ({"loss": {"name": "MultipleNegativesRankingLoss", "glofnd": {"alpha": 0.1}}}, "InfoNCE loss"),
         ({"loss": {"name": "InfoNCELoss", "matryoshka": {"weights": [1]}}}, "needs 'dims'"),
+        (
+            {"loss": {"name": "InfoNCELoss", "glofnd": {}, "matryoshka": {"dims": [8, 4]}}},
+            "cannot wrap InfoNCELoss with",
+        ),
+        ({"loss": {"name": "GlobalContrastiveLoss", "matryoshka": {"dims": [8, 4]}}}, "per-sample state"),
         ({"adapters": {"lora": {"r": 0}}}, "adapters.lora.r must be positive"),
         ({"adapters": {"bitfit": {}, "lora": {}}}, "bitfit or lora"),
         ({"data": {"datasets": [{"name": "x", "path": "a", "max_rows": 0}]}}, r"data.datasets.0: .*max_rows"),
+        (dataset(max_rows=True), r"data.datasets.0: .*max_rows must be an integer or null, got True \(bool\)"),
+        (dataset(max_rows=1.5), r"max_rows must be an integer or null, got 1.5 \(float\)"),
+        (dataset(num_negatives=True), r"num_negatives must be an integer or null, got True"),
+        (dataset(weight="2"), r"weight must be a number or null, got '2' \(str\)"),
+        (dataset(weight=True), r"weight must be a number or null, got True"),
+        (dataset(query_prefix=5), r"query_prefix must be a string or null, got 5 \(int\)"),
+        (dataset(columns="anchor"), r"columns must be a list of column names, .* got 'anchor' \(str\)"),
+        (dataset(columns=["anchor", 3]), r"columns must be a list of column names"),
+        (dataset(objective={"type": "self", "columns": "anchor"}), r"columns must be a list of column names"),
+        (dataset(split=3), r"split must be a string, got 3"),
+        (dataset(load_kwargs="x"), r"load_kwargs must be a mapping"),
+        (dataset(shuffle_buffer=1.0), r"shuffle_buffer must be a positive integer, got 1.0"),
         ({"data": {"datasets": BASE["data"]["datasets"], "batch_sampler": "token_budget"}}, "needs data.max_tokens"),
+        (
+            {"monitoring": {"probe": {"path": "a.tsv", "maxrows": 64}}},
+            r"monitoring.probe: .*unknown key\(s\) \['maxrows'\]",
+        ),
+        (
+            {"monitoring": {"probe": {"path": "a.tsv", "max_rows": "64"}}},
+            r"monitoring.probe: .*max_rows must be an integer",
+        ),
+        ({"monitoring": {"probe": {"max_rows": 64}}}, r"monitoring.probe: A dataset entry needs 'name' and 'path'"),
+        (
+            {
+                "data": {
+                    **TWO_DATASETS,
+                    "batch_sampler": "token_budget",
+                    "max_tokens": 300,
+                    "single_dataset_batches": False,
+                }
+            },
+            "token_budget batches one dataset at a time: with several datasets set data.single_dataset_batches: true",
+        ),
+        (
+            {"data": {"datasets": [{**TWO_DATASETS["datasets"][0], "weight": 3}], "single_dataset_batches": False}},
+            r"data.datasets \['a'\] set a weight, which only data.single_dataset_batches: true",
+        ),
+        ({"data": {**TWO_DATASETS, "max_tokens": 300}}, r"Only data.batch_sampler: token_budget uses data.max_tokens;"),
+        (
+            {"data": {**TWO_DATASETS, "batch_sampler": "batch_sampler", "no_duplicates": True}},
+            r"uses data.no_duplicates; with 'batch_sampler' it is ignored",
+        ),
         ({"loss": {"kwargs": {}}}, "loss.name is required"),
         ({"data": {"datasets": []}}, "at least one dataset"),
         ({"resume": "maybe"}, "resume must be"),
@@ -99,6 +153,18 @@ def test_bad_overrides_are_explained(override, message):
 def test_invalid_configurations_are_refused(tmp_path, change, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, {**BASE, **change}))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {**TWO_DATASETS, "batch_sampler": "token_budget", "max_tokens": 300, "no_duplicates": False},
+        {"datasets": [{"name": "a", "path": "a", "weight": 1}, {"name": "b", "path": "b", "weight": 2}]},
+        {**dataset()["data"], "batch_sampler": "token_budget", "max_tokens": 300, "single_dataset_batches": False},
+    ],
+)
+def test_data_combinations_that_run_are_accepted(tmp_path, data):
+    assert load_config(write(tmp_path, {**BASE, "data": data})).data.datasets == data["datasets"]
 
 
 def test_missing_or_invalid_file(tmp_path):
@@ -139,14 +205,15 @@ def test_build_model_pooling_and_normalize(minilm_path):
 
 def test_build_loss_wires_glofnd_state_and_matryoshka(tiny_model_factory):
     model = SentenceTransformer(tiny_model_factory("bert"), device="cpu")
-    section = {"name": "InfoNCELoss", "glofnd": {"alpha": 0.05}, "matryoshka": {"dims": [32, 16]}}
+    section = {"name": "InfoNCELoss", "glofnd": {"alpha": 0.05}}
     assert LossSpec.from_dict(section).needs_sample_index
     assert LossSpec.from_dict({"name": "GlobalContrastiveLoss"}).needs_sample_index
     assert not LossSpec.from_dict({"name": "CachedInfoNCELoss"}).needs_sample_index
     loss = build_loss(model, section, num_samples=100)
-    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, InfoNCELoss)
-    assert isinstance(loss.loss.false_negative_detector, GloFND)
-    assert loss.loss.false_negative_detector.thresholds.shape == (100, 1)
+    assert isinstance(loss, InfoNCELoss) and isinstance(loss.false_negative_detector, GloFND)
+    assert loss.false_negative_detector.thresholds.shape == (100, 1)
+    loss = build_loss(model, {"name": "CachedInfoNCELoss", "matryoshka": {"dims": [32, 16]}})
+    assert isinstance(loss, MatryoshkaLoss) and isinstance(loss.loss, CachedInfoNCELoss)
     assert list(loss.matryoshka_dims) == [32, 16]
     assert isinstance(build_loss(model, {"name": "GlobalContrastiveLoss"}, 7), GlobalContrastiveLoss)
     assert build_loss(model, {"name": "GlobalContrastiveLoss"}, 7).num_samples == 7
@@ -183,3 +250,13 @@ def test_build_model_makes_a_decoder_bidirectional(tiny_model_factory):
         model = build_model({**section, "packed": False, "bidirectional": bidirectional})
         first = [model.encode(text, output_value="token_embeddings")[0] for text in ("a man runs", "a man sits")]
         assert torch.allclose(first[0], first[1]) is not bidirectional
+
+
+def test_changed_keys_name_every_difference_by_its_dotted_path():
+    from st_contrast.training.config import changed_keys
+
+    before = {"seed": 1, "data": {"datasets": [{"name": "a", "max_rows": 5}]}, "training": {"max_steps": 4}}
+    after = {"seed": 1, "data": {"datasets": [{"name": "a", "max_rows": 6}]}, "training": {}, "resume": True}
+    assert changed_keys(before, after) == ["data.datasets.0.max_rows", "training.max_steps", "resume"]
+    assert changed_keys(before, before) == []
+    assert changed_keys({"a": [1, 2]}, {"a": [1]}) == ["a"]

@@ -242,8 +242,21 @@ def _has_torch_varlen() -> bool:
 
 
 @functools.cache
+def _flash_attn_problem() -> str | None:
+    """Why the flash-attn package cannot run here, or None. Imported, not only found: a build for another torch or
+    CUDA (a common state after upgrading torch) fails on import, and ``auto`` must then pick ``varlen`` instead."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return "the flash-attn package is not installed"
+    try:
+        from flash_attn import flash_attn_varlen_func  # noqa: F401
+    except Exception as error:  # noqa: BLE001 - ImportError, OSError (undefined symbols), RuntimeError alike
+        _warn_once(f"flash-attn is installed but does not import ({error!r}); packed attention does not use it.")
+        return f"flash-attn is installed but does not import ({type(error).__name__}: {error})"
+    return None
+
+
 def _has_flash_attn() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    return _flash_attn_problem() is None
 
 
 def available_backends() -> dict[str, str | None]:
@@ -261,9 +274,7 @@ def _availability() -> dict[str, str | None]:
         "varlen": None
         if _has_torch_varlen() and cuda
         else ("needs CUDA" if _has_torch_varlen() else f"torch {torch.__version__} has no torch.nn.attention.varlen"),
-        "flash_attn": None
-        if _has_flash_attn() and cuda
-        else ("needs CUDA" if _has_flash_attn() else "the flash-attn package is not installed"),
+        "flash_attn": _flash_attn_problem() or (None if cuda else "needs CUDA"),
     }
 
 

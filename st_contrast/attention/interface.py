@@ -1,10 +1,12 @@
 """Packed attention as transformers attention implementations (``AttentionInterface``).
 
 Each backend is registered under its own implementation name (``st_packed_<backend>``; the ``sdpa``
-backend as ``st_packed_exact``), so the choice lives in ``config._attn_implementation`` of the model
-that uses it and every attention layer of every model that routes through ``ALL_ATTENTION_FUNCTIONS``
-can run packed. transformers reads substrings of these names: "sdpa" makes it demand the model's own
-SDPA support (Gemma2 and others have none, though they run packed), hence ``st_packed_exact``.
+backend as ``st_packed_exact``, ``flash_attn`` as ``st_packed_dao``), so the choice lives in
+``config._attn_implementation`` of the model that uses it and every attention layer of every model that routes
+through ``ALL_ATTENTION_FUNCTIONS`` can run packed. transformers reads substrings of these names: "sdpa" makes it
+demand the model's own SDPA support (Gemma2 and others have none, though they run packed), hence
+``st_packed_exact``; "flash" makes it look for a flash-attention kernel to import (the flash-attn package's
+``flash_attention_2``, else one from the kernels hub), hence ``st_packed_dao``.
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ __all__ = [
 ]
 
 _PREFIX = "st_packed_"
-_NAMES = {"sdpa": "exact"}
-"""Backends registered under another suffix (transformers reads "sdpa" in a name as a request for native SDPA)."""
+_NAMES = {"sdpa": "exact", "flash_attn": "dao"}
+"""Backends registered under another suffix (transformers reads "sdpa" and "flash" in a name as requests for its own
+implementations)."""
 
 
 def attention_implementation_name(backend: str) -> str:
@@ -87,6 +90,8 @@ def packed_attention_forward(
     if sliding_window is not None:
         window = _window(module, sliding_window, causal)
 
+    query, key, value = _kernel_dtype(query, key, value)
+
     def packed(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
 
@@ -104,6 +109,27 @@ def packed_attention_forward(
         softcap=softcap,
     )
     return out.reshape(batch, seq_len, heads, value.shape[-1]), None
+
+
+def _kernel_dtype(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k and v in the one dtype the kernels take (:func:`kernel_dtype`)."""
+    dtype = kernel_dtype(query, value)
+    return query.to(dtype), key.to(dtype), value.to(dtype)
+
+
+def kernel_dtype(query: torch.Tensor, value: torch.Tensor) -> torch.dtype:
+    """The dtype packed attention runs in: the autocast dtype when autocast is on, else the value's.
+
+    Under mixed precision (``bf16: true``: fp32 weights, autocast) rotary models (Llama, Qwen, NeoX, NomicBERT...)
+    multiply q and k by fp32 ``cos`` / ``sin``, which promotes them to fp32 while v stays bf16; the GPU kernels take
+    one half-precision dtype (transformers' flash-attention path casts the same way before its kernel).
+    """
+    device_type = query.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return value.dtype
 
 
 def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple[int, int]:
@@ -149,12 +175,12 @@ def register_packed_attention() -> None:
         return
     for backend in ATTENTION_BACKENDS:
 
-        def forward(module, query, *args, _backend: str = backend, **kwargs):
-            on_gpu_half = query.device.type == "cuda" and query.dtype in (torch.float16, torch.bfloat16)
+        def forward(module, query, key, value, *args, _backend: str = backend, **kwargs):
+            on_gpu_half = query.device.type == "cuda" and kernel_dtype(query, value) in (torch.float16, torch.bfloat16)
             if torch.compiler.is_compiling() and on_gpu_half:
                 # a compiled packed model on a GPU: the varlen / flash_attn kernel runs between its graphs
-                return _outside_compiled_graphs(module, query, *args, backend=_backend, **kwargs)
-            return packed_attention_forward(module, query, *args, backend=_backend, **kwargs)
+                return _outside_compiled_graphs(module, query, key, value, *args, backend=_backend, **kwargs)
+            return packed_attention_forward(module, query, key, value, *args, backend=_backend, **kwargs)
 
         register_attention_function(_PREFIX + _NAMES.get(backend, backend), forward)
     _registered = True

@@ -30,7 +30,8 @@ __all__ = [
 # Dense (no sparsity) peak FLOPs per device, from NVIDIA's data sheets. Matched against
 # torch.cuda.get_device_name() in this order: the first key found in the upper-cased name wins.
 PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
+    "H200 NVL": {"bf16": 835.5e12, "tf32": 417.5e12, "fp32": 60.0e12},
+    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},  # SXM
     "H100 PCIE": {"bf16": 756.0e12, "tf32": 378.0e12, "fp32": 51.2e12},
     "H100 NVL": {"bf16": 835.0e12, "tf32": 417.5e12, "fp32": 60.0e12},
     "H100": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},  # SXM5
@@ -83,8 +84,12 @@ class FlopsEstimate:
 
 
 def _find_backbone(model: nn.Module) -> nn.Module:
-    """The Hugging Face model inside a SentenceTransformer (first module with ``auto_model``), or the model."""
-    if hasattr(model, "config") and hasattr(model.config, "num_hidden_layers"):
+    """The Hugging Face model inside a SentenceTransformer (first module with ``auto_model``), or the model itself
+    when it is one (a SentenceTransformer also has a ``config``: its backbone's, but its parameters are all of its
+    modules')."""
+    from transformers import PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
         return model
     for module in model.modules():
         inner = getattr(module, "auto_model", None)

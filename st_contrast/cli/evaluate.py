@@ -17,6 +17,7 @@ _EPILOG = """\
 task specs:
   sts:PATH         an STS file (header sentence1/sentence2/score, or the STS benchmark layout; gz or not)
   retrieval:DIR    a BEIR directory (corpus.jsonl, queries.jsonl, qrels/test.tsv; gz or not)
+  NAME=sts:PATH    any file form above, named NAME (default: after its file; two same-named files need names)
   mteb:NAME, NAME  a named MTEB task, e.g. STSBenchmark (downloads its data from the Hugging Face hub)
 
 example:

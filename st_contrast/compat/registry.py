@@ -71,6 +71,7 @@ _ST_TRANSFORMER = "sentence_transformers.base.modules:Transformer"
 _ST_POOLING = "sentence_transformers.sentence_transformer.modules:Pooling"
 _ST_MNRL = "sentence_transformers.sentence_transformer.losses:MultipleNegativesRankingLoss"
 _ST_CACHED_MNRL = "sentence_transformers.sentence_transformer.losses:CachedMultipleNegativesRankingLoss"
+_ST_MATRYOSHKA_CACHED = "sentence_transformers.sentence_transformer.losses.matryoshka:CachedLossDecorator"
 _TRAINER = "transformers:Trainer"
 _PEFT_MIXIN = "transformers.integrations.peft:PeftAdapterMixin"
 _PACKING = ("st_contrast/modules/packing.py",)
@@ -147,6 +148,18 @@ HOOKS: tuple[Hook, ...] = (
          "hook, which embeds each column's mini-batches again, in order, from the same feature dicts",
          params=("sentence_feature", "begin", "end", "with_grad", "copy_random_state", "random_state"),
          used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
+    Hook(_ST, _ST_MATRYOSHKA_CACHED, "matryoshka_dims", "attribute",
+         "the dimensions MatryoshkaLoss evaluates a GradCache loss at (its calculate_loss decorator), read to find "
+         "the weight of the current one", used_in=("st_contrast/losses/matryoshka.py",),
+         covered_by=("tests/test_losses_matryoshka.py",)),
+    Hook(_ST, _ST_MATRYOSHKA_CACHED, "matryoshka_weights", "attribute",
+         "the weights applied to the embeddings' gradients only; GradCache losses apply them to their own "
+         "parameters' gradients", used_in=("st_contrast/losses/matryoshka.py",),
+         covered_by=("tests/test_losses_matryoshka.py",)),
+    Hook(_ST, "sentence_transformers.sentence_transformer.losses.matryoshka", "ForwardDecorator", "constant",
+         "what MatryoshkaLoss puts in place of the model's forward for an uncached loss: per-sample-state losses "
+         "refuse to run under it", used_in=("st_contrast/losses/matryoshka.py",),
+         covered_by=("tests/test_losses_matryoshka.py",)),
     Hook(_ST, "sentence_transformers.base.losses.gradcache", "_get_batch_size", "function",
          "the number of texts of a padded or flattened column (sequences_in)", params=("sentence_feature",),
          used_in=("st_contrast/losses/cached_info_nce.py",), covered_by=("tests/test_losses_info_nce.py",)),
@@ -186,6 +199,14 @@ HOOKS: tuple[Hook, ...] = (
          "ContrastiveTrainer restores loss_state.pt on every resume path (plain, DeepSpeed, FSDP)",
          params=("checkpoint",), used_in=("st_contrast/training/trainer.py",),
          covered_by=("tests/test_training_resume.py",)),
+    Hook(_TF, _TRAINER, "_run_epoch", "override",
+         "ContrastiveTrainer runs the epoch a stream resumes in as the rest of that epoch (its batches and optimizer "
+         "steps), so gradient accumulation ends the epoch's last step where an uninterrupted run does; upstream "
+         "calls it with keywords only",
+         params=("model", "epoch", "train_dataloader", "steps_in_epoch", "num_update_steps_per_epoch", "trial",
+                 "ignore_keys_for_eval", "start_time", "resume_from_checkpoint", "epochs_trained",
+                 "steps_trained_in_current_epoch"),
+         used_in=("st_contrast/training/trainer.py",), covered_by=("tests/test_cli_stream_resume.py",)),
     Hook(_TF, _TRAINER, "get_batch_samples", "override", "MonitoringMixin times the data wait and counts tokens",
          params=("epoch_iterator", "num_batches", "device"), used_in=("st_contrast/callbacks/trainer_mixin.py",),
          covered_by=("tests/test_callbacks_training.py",)),

@@ -158,12 +158,16 @@ def _read_shard(shard: Path, plan: ColumnPlan, objective: str | None, offsets: A
     row, position = -1, 0
     try:
         with _open_shard(str(shard)) as handle:
-            for row, line in enumerate(handle):  # noqa: B007
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():  # blank lines are no rows (as the stream reads them and the index counts them)
+                    position += len(line)
+                    continue
+                row += 1
                 if limit is not None and row >= limit:
                     return
 
-                def where(row: int = row) -> str:
-                    return f"{shard}, row {row} (line {row + 1})"
+                def where(row: int = row, number: int = number) -> str:
+                    return f"{shard}, row {row} (line {number})"
 
                 if offsets is not None:
                     entry = offset_entry(offsets, row)
@@ -326,7 +330,8 @@ def index_contrastors_shards(directory: str | os.PathLike) -> dict[str, int]:
     """Write ``counts.json`` and ``offsets.json.gz`` for the shards of ``directory``; returns the counts.
 
     Offsets are byte ranges ``[start, end)`` of each line (newline included) in the decompressed shard, keyed by the
-    row number as a string, the layout contrastors reads.
+    row number as a string, the layout contrastors reads. Blank lines are no rows: neither counted nor given offsets,
+    as every reader here skips them.
     """
     root = Path(directory)
     counts: dict[str, int] = {}
@@ -335,8 +340,9 @@ def index_contrastors_shards(directory: str | os.PathLike) -> dict[str, int]:
         for number, shard in enumerate(_shards(root)):
             position, offsets = 0, {}
             with _open_shard(str(shard)) as handle:
-                for row, line in enumerate(handle):
-                    offsets[str(row)] = [position, position + len(line)]
+                for line in handle:
+                    if line.strip():  # blank lines are no rows: row k is the k-th line with a record
+                        offsets[str(len(offsets))] = [position, position + len(line)]
                     position += len(line)
             counts[shard.name] = len(offsets)
             out.write(("," if number else "") + json.dumps(shard.name) + ":" + json.dumps(offsets))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 
@@ -68,8 +69,10 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
         weights: Relative sampling weight per dataset (in ``DatasetDict`` order), or ``None`` (proportional).
 
     Note:
-        Each dataset contributes only whole groups: up to ``W - 1`` batches per dataset and epoch are left out, and
-        a group whose batches differ in size (a dataset's last, short batch) is cut to its smallest batch. This
+        Each dataset contributes only whole groups: up to ``W - 1`` batches per dataset and epoch (with weights: per
+        pass, as a group never spans two passes) are left out, a dataset with fewer than ``W`` batches is not
+        trained on (with or without weights), and a group whose batches differ in size (a dataset's last, short
+        batch) is cut to its smallest batch. So the ranks of a step never share rows. This
         sampler reports ``batch_size = None`` so that accelerate yields its variable-size batches unchanged.
     """
 
@@ -108,11 +111,15 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
                 f"No dataset has {self.world_size} batches (one per rank): lower the batch size or add data."
             )
         empty = [i for i, groups in enumerate(self._groups) if groups == 0]
-        if empty and weights is None:
+        if empty:  # with weights too: a group of its one batch would give every rank the same rows
             logger.warning(
                 f"Dataset(s) {empty} have fewer than {self.world_size} batches (one per rank) and are not trained on."
             )
-        self.groups_per_dataset = self._groups if weights is None else allocate_batches(sum(self._groups), weights)
+        if weights is None:
+            self.groups_per_dataset = self._groups
+        else:
+            usable = [weight if groups else 0.0 for weight, groups in zip(weights, self._groups, strict=True)]
+            self.groups_per_dataset = allocate_batches(sum(self._groups), usable)
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch here and on every per-dataset sampler (ST's seeded samplers reseed from their own epoch;
@@ -137,8 +144,8 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
         offsets = np.concatenate([[0], np.cumsum([len(part) for part in self.dataset.datasets])]).tolist()
         iterators: dict[int, Iterator[list[int]]] = {}
         for index in self.dataset_order():
-            group = [self._next_batch(index, iterators) for _ in range(self.world_size)]
-            if any(batch is None for batch in group):
+            group = self._next_group(index, iterators)
+            if group is None:
                 continue
             size = min(len(batch) for batch in group)
             if size == 0:
@@ -148,14 +155,20 @@ class SingleDatasetBatchSampler(MultiDatasetDefaultBatchSampler):
             for batch in group:
                 yield [offsets[index] + int(row) for row in batch[:size]]
 
-    def _next_batch(self, index: int, iterators: dict[int, Iterator[list[int]]]) -> list[int] | None:
+    def _next_group(self, index: int, iterators: dict[int, Iterator[list[int]]]) -> list[list[int]] | None:
+        """The next ``world_size`` batches of dataset ``index``, all from one pass over it, or None.
+
+        With weights a dataset may need another pass; a group is never split across two passes (the batches of one
+        pass hold distinct rows, those of two passes need not), so the batches a pass has left that cannot fill a
+        group are not used.
+        """
         for attempt in range(2):
             if index not in iterators:
                 iterators[index] = iter(self.batch_samplers[index])
-            batch = next(iterators[index], None)
-            if batch is not None:
-                return list(batch)
-            del iterators[index]  # exhausted: with weights a dataset may need another pass
+            group = [list(batch) for batch in itertools.islice(iterators[index], self.world_size)]
+            if len(group) == self.world_size:
+                return group
+            del iterators[index]  # exhausted
             if attempt == 0 and self.weights is None:
                 return None
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +20,44 @@ OBJECTIVES: dict[str, tuple[str, ...]] = {
     "triplet": ("anchor", "positive", "negative"),
     "self": ("anchor",),
 }
+
+
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "name": ((str,), "a string"),
+    "path": ((str, os.PathLike, list, tuple), "a path or URL, or a list of them"),
+    "split": ((str,), "a string"),
+    "subset": ((str, type(None)), "a string or null"),
+    "columns": ((list, tuple, Mapping, type(None)), "a list of column names, a {source: target} mapping or null"),
+    "objective": ((str, Mapping, type(None)), "a string, a {type: ..., columns: [...]} mapping or null"),
+    "num_negatives": ((numbers.Integral, type(None)), "an integer or null"),
+    "query_prefix": ((str, type(None)), "a string or null"),
+    "document_prefix": ((str, type(None)), "a string or null"),
+    "max_rows": ((numbers.Integral, type(None)), "an integer or null"),
+    "weight": ((numbers.Real, type(None)), "a number or null"),
+    "label_column": ((str, type(None)), "a string or null"),
+    "image_columns": ((str, list, tuple), "a column name or a list of them"),
+    "load_kwargs": ((Mapping,), "a mapping"),
+    "on_bad_rows": ((str,), "a string"),
+    "stream": ((bool, str), "true, false or auto"),
+    "storage_options": ((Mapping,), "a mapping"),
+    "shuffle_buffer": ((numbers.Integral,), "a positive integer"),
+}
+"""A dataset entry's fields: the types a value may have, and how an error names them. A boolean is no number."""
+
+
+def _check_types(spec: DatasetSpec) -> None:
+    """Refuse a field of a wrong type (``max_rows: true``, ``query_prefix: 5``, ``columns: anchor``) as it is set,
+    naming the field and the type it needs, rather than failing later in the loader (or reading ``true`` as 1)."""
+    for name, (types, expected) in _FIELD_TYPES.items():
+        value = getattr(spec, name)
+        wrong = not isinstance(value, types) or (isinstance(value, bool) and bool not in types)
+        if not wrong and name in ("path", "columns", "image_columns") and not isinstance(value, (str, type(None))):
+            items = [*value.keys(), *value.values()] if isinstance(value, Mapping) else list(value)
+            wrong = not all(isinstance(item, str if name != "path" else (str, os.PathLike)) for item in items)
+        if wrong:
+            raise ValueError(
+                f"Dataset {spec.name!r}: {name} must be {expected}, got {value!r} ({type(value).__name__})."
+            )
 
 
 def _is_url(path: str) -> bool:
@@ -122,8 +161,9 @@ class DatasetSpec:
         if isinstance(self.objective, Mapping):
             objective = dict(self.objective)
             if "columns" in objective and self.columns is None:
-                self.columns = list(objective["columns"])
+                self.columns = objective["columns"]
             self.objective = objective.get("type")
+        _check_types(self)
         if self.objective is not None and self.objective not in OBJECTIVES:
             raise ValueError(
                 f"Dataset {self.name!r}: unknown objective {self.objective!r}; use one of {sorted(OBJECTIVES)} or None."
@@ -143,7 +183,7 @@ class DatasetSpec:
             )
         if self.stream not in (True, False, "auto"):
             raise ValueError(f"Dataset {self.name!r}: stream must be true, false or auto, got {self.stream!r}.")
-        if isinstance(self.shuffle_buffer, bool) or not isinstance(self.shuffle_buffer, int) or self.shuffle_buffer < 1:
+        if self.shuffle_buffer < 1:
             raise ValueError(
                 f"Dataset {self.name!r}: shuffle_buffer must be a positive integer, got {self.shuffle_buffer!r}."
             )

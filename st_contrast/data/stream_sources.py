@@ -228,6 +228,8 @@ def open_stream_source(spec: DatasetSpec | Mapping[str, Any]) -> StreamSource:
             raise DataError(f"Dataset {spec.name!r}: {url_of(folder)} holds no files (or does not exist).")
         metadata = (*_COUNTS_NAMES, *_OFFSETS_NAMES)
         data_files = [path for path in listing if _kind(path) and path.rsplit("/", 1)[-1] not in metadata]
+        if any(_kind(path) == "tar" for path in data_files):  # the shards; img2dataset writes stats / parquet beside
+            data_files = [path for path in data_files if _kind(path) == "tar"]
         candidates = _counts_names(data_files)
         counts_path = next((path for n in candidates if (path := posixpath.join(folder, n)) in listing), "")
         if counts_path:

@@ -94,8 +94,16 @@ def iter_tar_records(
 ) -> Iterator[tuple[int, dict[str, Any] | BadRowError, str]]:
     """``(row, record or BadRowError, where)`` for samples ``start..stop-1`` of tar shard ``file``; only their members
     are read (the headers of the samples before them are, to find them). A shard cut short ends with a
-    ``truncated file`` error for the sample it cut."""
-    raw, archive = _open(source.fs, file.path, file.url)
+    ``truncated file`` error for the sample it cut, also one cut within its first header when its samples are counted
+    (``sizes.json``): every sample the count promises is then lost (without a count, no sample is known to be lost,
+    and the unreadable shard is an error)."""
+    try:
+        raw, archive = _open(source.fs, file.path, file.url)
+    except DataError as error:
+        if file.rows is None:
+            raise
+        yield start, BadRowError(f"{error} Its samples from row {start} on are lost.", "truncated file"), file.url
+        return
     row, key, parts = -1, None, {}
     with raw, archive, reading(file.url):
         try:

@@ -69,7 +69,8 @@ SPEC_KEYS: dict[str, dict[str, str]] = {
 
 _STRING_FORMS = (
     "'sts:PATH' (an STS file), 'retrieval:DIR' (a BEIR directory), 'zeroshot:FILE' / 'image_retrieval:FILE' (image "
-    "data files), 'mteb:NAME' or a bare MTEB task name such as 'STSBenchmark'"
+    "data files), each optionally named as 'NAME=sts:PATH', 'mteb:NAME' or a bare MTEB task name such as "
+    "'STSBenchmark'"
 )
 _FILE_KINDS = ("sts", "retrieval", "zeroshot", "image_retrieval")
 
@@ -103,13 +104,20 @@ def _named_task(name: str, languages: Sequence[str] | None = None, splits: Seque
 
 
 def _from_string(spec: str, base_dir: str | Path | None) -> AbsTask:
+    name, equals, named = spec.partition("=")
+    if equals and named.partition(":")[0] in _FILE_KINDS and ":" not in name:  # 'NAME=sts:PATH'
+        if not name.strip():
+            raise TaskSpecError(f"task spec {spec!r} gives an empty name before '='")
+        spec = named
+    else:
+        name = None
     kind, sep, rest = spec.partition(":")
     if sep and kind in (*_FILE_KINDS, "mteb"):
         if not rest:
             raise TaskSpecError(f"task spec {spec!r} names no {'task' if kind == 'mteb' else 'path'} after '{kind}:'")
         if kind == "mteb":
             return _named_task(rest)
-        return _from_dict({"type": kind, "path": rest}, base_dir)
+        return _from_dict({"type": kind, "path": rest, **({"name": name.strip()} if name else {})}, base_dir)
     return _named_task(spec)
 
 
@@ -158,6 +166,8 @@ def resolve_task(spec: TaskSpec, base_dir: str | Path | None = None) -> AbsTask:
       (:func:`~st_contrast.evaluation.zeroshot_task_from_file`; the dict form sets ``template``);
     - ``"image_retrieval:FILE"``: text -> image retrieval over captioned images
       (:func:`~st_contrast.evaluation.image_retrieval_task_from_file`; ``direction: i2t`` for image -> text);
+    - ``"NAME=sts:PATH"`` (any of the four file forms above): the same task, named ``NAME`` instead of after its
+      file (two files of the same name, e.g. two ``test.tsv.gz``, need distinct names);
     - ``"mteb:NAME"`` or a bare ``"NAME"``: the MTEB task of that name; its data comes from the Hugging Face hub;
     - a dict with a ``type`` key (``sts``, ``retrieval`` or ``mteb``) and the keys listed in :data:`SPEC_KEYS`,
       e.g. ``{"type": "sts", "path": "data/sts/test.tsv.gz", "name": "stsb"}`` (the form YAML configs use);
@@ -192,7 +202,8 @@ def resolve_tasks(specs: Sequence[TaskSpec] | TaskSpec, base_dir: str | Path | N
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
         raise TaskSpecError(
-            f"two tasks are named {duplicates}: give them distinct names (the 'name' key of a dict spec)"
+            f"two tasks are named {duplicates}: give them distinct names ('NAME=sts:PATH' on the command line, "
+            "the 'name' key of a dict spec)"
         )
     if not tasks:
         raise TaskSpecError(f"no tasks given; name at least one: {_STRING_FORMS}")

@@ -8,6 +8,7 @@ from st_contrast.losses.global_contrastive import GlobalContrastiveLoss
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.gradcache import GradCacheLoss
 from st_contrast.losses.info_nce import InfoNCELoss
+from st_contrast.losses.sample_state import without_sample_state
 from st_contrast.losses.siglip import SigLIPLoss
 from st_contrast.losses.simcse import SimCSELoss
 
@@ -20,4 +21,5 @@ __all__ = [
     "InfoNCELoss",
     "SigLIPLoss",
     "SimCSELoss",
+    "without_sample_state",
 ]

@@ -17,6 +17,7 @@ from st_contrast.compat import sequences_in
 from st_contrast.losses.batch_norm import warn_batch_norm_in_mini_batches
 from st_contrast.losses.glofnd import GloFND
 from st_contrast.losses.info_nce import Direction, InfoNCELoss
+from st_contrast.losses.matryoshka import in_matryoshka, matryoshka_weight, refuse_per_sample_state
 from st_contrast.losses.temperature import LearnedTemperature
 
 __all__ = ["CachedInfoNCELoss"]
@@ -168,12 +169,17 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         random_state: RandContext | None = None,
     ) -> tuple[Tensor, RandContext | None]:
         """ST's mini-batch embedding, except for the first mini-batch of a training step: embedded with gradients in
-        the first pass, its graph kept and handed to the backward pass instead of a replay (see the class docs)."""
+        the first pass, its graph kept and handed to the backward pass instead of a replay (see the class docs).
+
+        Its RNG state is recorded all the same: a second evaluation before this one's backward (two losses summed
+        into one backward) takes the slot over, and this mini-batch is then replayed with its own dropout masks."""
         key = (id(sentence_feature), begin, end)
         if self._kept == "pending" and not with_grad:
-            reps, _ = super().embed_minibatch(sentence_feature, begin, end, with_grad=True, copy_random_state=False)
+            reps, random_state = super().embed_minibatch(
+                sentence_feature, begin, end, with_grad=True, copy_random_state=copy_random_state
+            )
             self._kept = (key, reps)
-            return reps, None
+            return reps, random_state
         if with_grad and isinstance(self._kept, tuple) and self._kept[0] == key:
             reps, self._kept = self._kept[1], None
             return reps, None
@@ -189,6 +195,8 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         return self.loss.temperature
 
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):
+        if self.loss.false_negative_detector is not None and in_matryoshka(self, self.model):
+            refuse_per_sample_state(f"{type(self).__name__} with GloFND")
         with self.loss.false_negative_scope(sum(len(rep) for rep in reps[0]), labels):
             return self._calculate_loss_with_scale_leaf(reps, labels, with_backward)
 
@@ -196,12 +204,13 @@ class CachedInfoNCELoss(CachedMultipleNegativesRankingLoss):
         if not (with_backward and self.loss.learnable_temperature):
             return super().calculate_loss(reps, labels, with_backward=with_backward)
         # Each loss chunk back-propagates separately: collect the scale's gradient on a leaf, then
-        # back-propagate it through the (rank-synced) learned scale once.
+        # back-propagate it through the (rank-synced) learned scale once, with the Matryoshka weight of this
+        # evaluation (MatryoshkaLoss's decorator weights only the embeddings' gradients).
         scale = self.loss.learned_temperature.scale()
         scale_leaf = scale.detach().requires_grad_()
         with self.loss.fixed_scale(scale_leaf):
             loss = super().calculate_loss(reps, labels, with_backward=True)
-        scale.backward(scale_leaf.grad)
+        scale.backward(matryoshka_weight(self, reps) * scale_leaf.grad)
         return loss
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -13,8 +13,9 @@ from sentence_transformers.util import all_gather_with_grad, cos_sim, get_rank, 
 from torch import Tensor, nn
 
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.losses.matryoshka import in_matryoshka, refuse_per_sample_state
 from st_contrast.losses.merged_columns import embed_columns
-from st_contrast.losses.sample_state import check_sample_indices, sync_rows
+from st_contrast.losses.sample_state import check_sample_indices, sample_state_in_use, sync_rows
 from st_contrast.losses.temperature import LearnedTemperature, adopt_saved_logit_scale
 
 __all__ = ["GlobalContrastiveLoss", "TEMPERATURE_SCHEMES"]
@@ -232,13 +233,16 @@ class GlobalContrastiveLoss(nn.Module):
         return self.gamma + (1.0 - self.gamma) * 0.5 * (1.0 + math.cos(math.pi * position / length))
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
+        if in_matryoshka(self, self.model):
+            refuse_per_sample_state(type(self).__name__)
         return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:
         if len(embeddings) < 2:
             raise ValueError(f"GlobalContrastiveLoss needs (anchor, positive[, negatives...]), got {len(embeddings)}.")
-        update = torch.is_grad_enabled()
-        indices = check_sample_indices(labels, self.num_samples, self.log_u.device)
+        stateful = sample_state_in_use()  # else rows that are not training samples: the batch-only value
+        update = stateful and torch.is_grad_enabled()
+        indices = check_sample_indices(labels, self.num_samples, self.log_u.device) if stateful else None
         queries, docs = embeddings[0], embeddings[1:]
         all_queries, all_docs, offset = queries, docs, 0
         if self.gather_across_devices:
@@ -247,7 +251,7 @@ class GlobalContrastiveLoss(nn.Module):
             offset = get_rank() * len(queries)
         candidates = {"query_to_doc": (queries, torch.cat(all_docs)), "doc_to_query": (docs[0], all_queries)}
         loss = 0.0
-        detector = self.false_negative_detector
+        detector = self.false_negative_detector if stateful else None
         with detector.evaluation(indices, update) if detector is not None else nullcontext():
             for column, direction in enumerate(self.directions):
                 anchors, others = candidates[direction]
@@ -261,16 +265,27 @@ class GlobalContrastiveLoss(nn.Module):
         return loss
 
     def _direction_loss(
-        self, anchors: Tensor, others: Tensor, indices: Tensor, column: int, direction: str, offset: int, update: bool
+        self,
+        anchors: Tensor,
+        others: Tensor,
+        indices: Tensor | None,
+        column: int,
+        direction: str,
+        offset: int,
+        update: bool,
     ) -> Tensor:
+        """One direction's objective; ``indices`` None: from the batch alone (no per-sample state read)."""
         scores = self.similarity_fct(anchors, others)
         rows = torch.arange(len(anchors), device=scores.device)
         positives = scores[rows, rows + offset]
         negatives = torch.ones_like(scores, dtype=torch.bool)
         negatives[rows, rows + offset] = False
-        if self.false_negative_detector is not None:
+        if self.false_negative_detector is not None and indices is not None:
             negatives &= ~self.false_negative_detector.detect(scores, indices, direction, negatives, update)
-        if self.temperature_scheme == "v2":  # a leaf per anchor: d g_i / d tau_i drives its own update
+        if self.temperature_scheme == "v2" and indices is None:
+            individual = self.individual_tau[:, column].mean().expand(len(anchors))
+            tau = individual[:, None]
+        elif self.temperature_scheme == "v2":  # a leaf per anchor: d g_i / d tau_i drives its own update
             individual = self.individual_tau[indices, column].clone().requires_grad_(update)
             tau = individual[:, None]
         else:
@@ -281,7 +296,9 @@ class GlobalContrastiveLoss(nn.Module):
         active = count > 0
         log_g = torch.logsumexp(exponents, dim=1) - torch.log(count.clamp(min=1))
         log_g = torch.where(active, log_g, torch.zeros_like(log_g))
-        log_u = self._moving_average(log_g.detach(), indices, column, update, active)
+        log_u = (
+            log_g.detach() if indices is None else self._moving_average(log_g.detach(), indices, column, update, active)
+        )
         # Its gradient is grad(g) / u = (g / u) grad(log g), also with respect to a learnable tau.
         surrogate = (log_g.detach() - log_u).exp() * (log_g - log_g.detach())
         if self.temperature_scheme == "v0":
@@ -310,8 +327,13 @@ class GlobalContrastiveLoss(nn.Module):
             self.individual_tau[indices, column] = stepped.clamp(self.min_temperature, self.max_temperature)
 
     @torch.no_grad()
-    def _moving_average(self, log_g: Tensor, indices: Tensor, column: int, update: bool, active: Tensor) -> Tensor:
-        """``log u_i`` after this batch: ``u <- (1 - gamma) u + gamma g`` in log space (``u := g`` at a first visit)."""
+    def _moving_average(
+        self, log_g: Tensor, indices: Tensor | None, column: int, update: bool, active: Tensor
+    ) -> Tensor:
+        """``log u_i`` after this batch: ``u <- (1 - gamma) u + gamma g`` in log space (``u := g`` at a first visit;
+        ``indices`` None: the batch alone, ``u := g``)."""
+        if indices is None:
+            return log_g
         previous = torch.where(self.seen[indices, column], self.log_u[indices, column], log_g)
         if not update:
             return previous

@@ -10,7 +10,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from st_contrast.losses.sample_state import check_sample_indices, sync_rows
+from st_contrast.losses.sample_state import check_sample_indices, sample_state_in_use, sync_rows
 
 __all__ = ["GLOFND_CITATION", "GloFND"]
 
@@ -108,14 +108,29 @@ class GloFND(nn.Module):
         self.init_quantile = init_quantile
         self.eps = eps
         self.directions: tuple[str, ...] = ()
-        self.bind(("query_to_doc",))
+        self._bound = False  # to a loss, by bind()
+        self._allocate(("query_to_doc",))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self._progress: tuple[int, float] | None = None
         self._batch: dict[str, Any] | None = None
 
     def bind(self, directions: Sequence[str]) -> None:
-        """Give the detector one threshold per sample and per direction of the loss that owns it."""
+        """Give the detector one threshold per sample and per direction of the loss that owns it.
+
+        Raises:
+            ValueError: Another loss, with other directions, already owns the detector (binding again would reset the
+                thresholds that loss learns).
+        """
         directions = tuple(directions)
+        if self._bound and directions != self.directions:
+            raise ValueError(
+                f"This GloFND already belongs to a loss with the directions {self.directions}; a loss with "
+                f"{directions} would reset its thresholds. Give each loss its own GloFND."
+            )
+        self._bound = True
+        self._allocate(directions)
+
+    def _allocate(self, directions: tuple[str, ...]) -> None:
         if directions == self.directions:
             return
         shape = (self.num_samples, len(directions))
@@ -165,12 +180,18 @@ class GloFND(nn.Module):
         thresholds = self.thresholds[indices, column]
         above = (similarities > thresholds[:, None]) & negatives
         if update and self.updating:
-            fresh = self.sample_steps[indices, column] == 0
-            if self.init_quantile and bool(fresh.any()):
-                quantiles = _row_quantiles(similarities, negatives, 1 - self.alpha)
-                self.thresholds[indices[fresh], column] = quantiles[fresh]
+            stepping = torch.ones_like(indices, dtype=torch.bool)
+            if self.init_quantile:
+                # A threshold's first update sets it to its batch quantile, as the authors' code does, with no Adam
+                # step on top (it counts as an update, so Adam's own steps start at the next one).
+                stepping = self.sample_steps[indices, column] > 0
+                if not bool(stepping.all()):
+                    quantiles = _row_quantiles(similarities, negatives, 1 - self.alpha)
+                    self.thresholds[indices[~stepping], column] = quantiles[~stepping]
+                    self.sample_steps[indices[~stepping], column] = 1
             fraction_above = above.sum(dim=1) / negatives.sum(dim=1).clamp(min=1)
-            self._adam_step(indices, column, self.alpha - fraction_above.to(self.thresholds.dtype))
+            grad = self.alpha - fraction_above.to(self.thresholds.dtype)
+            self._adam_step(indices[stepping], column, grad[stepping])
             if self._batch is not None:
                 self._batch["updated"].append(indices)
         return above if self.filtering else torch.zeros_like(above)
@@ -178,10 +199,11 @@ class GloFND(nn.Module):
     @torch.no_grad()
     def _adam_step(self, indices: Tensor, column: int, grad: Tensor) -> None:
         beta1, beta2 = self.betas
-        steps = self.sample_steps[indices, column] + 1
+        steps = self.sample_steps[indices, column] + 1  # updates of each threshold, its quantile initialisation too
+        adam_steps = steps - int(self.init_quantile)
         exp_avg = beta1 * self.exp_avg[indices, column] + (1 - beta1) * grad
         exp_avg_sq = beta2 * self.exp_avg_sq[indices, column] + (1 - beta2) * grad.square()
-        update = (exp_avg / (1 - beta1**steps)) / ((exp_avg_sq / (1 - beta2**steps)).sqrt() + self.eps)
+        update = (exp_avg / (1 - beta1**adam_steps)) / ((exp_avg_sq / (1 - beta2**adam_steps)).sqrt() + self.eps)
         self.thresholds[indices, column] = (self.thresholds[indices, column] - self.lr * update).clamp(-1.0, 1.0)
         self.exp_avg[indices, column] = exp_avg
         self.exp_avg_sq[indices, column] = exp_avg_sq
@@ -210,7 +232,11 @@ class GloFND(nn.Module):
     def batch(self, labels: Tensor | None, positive_offset: int, update: bool, world_batch_size: int) -> Iterator[None]:
         """Scope of one InfoNCE loss evaluation whose similarity function :meth:`wrap` masks: ``labels`` hold the
         local anchors' sample indices, their own candidates sit at ``positive_offset + row`` among
-        ``world_batch_size`` gathered rows per column group."""
+        ``world_batch_size`` gathered rows per column group. Inside
+        :func:`~st_contrast.losses.sample_state.without_sample_state` nothing is masked."""
+        if not sample_state_in_use():
+            yield
+            return
         with self.evaluation(labels, update) as indices:
             self._batch.update(
                 indices=indices, offset=positive_offset, update=update, world=world_batch_size, calls=0, cursor={}

@@ -9,6 +9,7 @@ from sentence_transformers.base.losses import CachedLossMixin
 from torch import Tensor, nn
 
 from st_contrast.losses.batch_norm import warn_batch_norm_in_mini_batches
+from st_contrast.losses.matryoshka import in_matryoshka, matryoshka_weight, refuse_per_sample_state
 
 __all__ = ["GradCacheLoss"]
 
@@ -89,11 +90,28 @@ class GradCacheLoss(CachedLossMixin, nn.Module):
     def calculate_loss(self, reps: list[list[Tensor]], labels: Tensor | None = None, *, with_backward: bool = False):
         import torch
 
+        if in_matryoshka(self, self.model) and (
+            self.needs_sample_index or getattr(self.loss, "false_negative_detector", None) is not None
+        ):
+            refuse_per_sample_state(f"GradCacheLoss({type(self.loss).__name__})")
         loss = self.loss.compute_loss_from_embeddings([torch.cat(column) for column in reps], labels)
         if not with_backward:
             return loss
-        loss.backward()
+        # MatryoshkaLoss's decorator weights the embeddings' gradients; the loss's own parameters (a learned
+        # temperature, SigLIP's bias) get this evaluation's weight here.
+        weight = matryoshka_weight(self, reps)
+        hooks = [] if weight == 1.0 else [p.register_hook(lambda g: g * weight) for p in self._own_parameters()]
+        try:
+            loss.backward()
+        finally:
+            for hook in hooks:
+                hook.remove()
         return loss.detach()
+
+    def _own_parameters(self) -> list[nn.Parameter]:
+        """The trainable parameters of the wrapped loss outside the model it embeds with."""
+        in_model = {id(parameter) for parameter in self.model.parameters()}
+        return [p for p in self.loss.parameters() if p.requires_grad and id(p) not in in_model]
 
     def get_config_dict(self) -> dict[str, Any]:
         config = self.loss.get_config_dict() if callable(getattr(self.loss, "get_config_dict", None)) else {}

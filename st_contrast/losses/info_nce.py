@@ -13,6 +13,7 @@ from sentence_transformers.util import cos_sim, get_rank, get_world_size, simila
 from torch import Tensor
 
 from st_contrast.losses.glofnd import GLOFND_CITATION, GloFND
+from st_contrast.losses.matryoshka import in_matryoshka, refuse_per_sample_state
 from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.losses.temperature import LearnedTemperature, ScaleFactor, adopt_saved_logit_scale
 
@@ -176,6 +177,8 @@ class InfoNCELoss(MultipleNegativesRankingLoss):
 
     def forward(self, sentence_features: Iterable[dict[str, Tensor]], labels: Tensor | None) -> Tensor:
         """ST's forward, every column of a packed batch in one forward (:mod:`~st_contrast.losses.merged_columns`)."""
+        if self.false_negative_detector is not None and in_matryoshka(self, self.model):
+            refuse_per_sample_state(f"{type(self).__name__} with GloFND")
         return self.compute_loss_from_embeddings(embed_columns(self.model, sentence_features), labels)
 
     def compute_loss_from_embeddings(self, embeddings: list[Tensor], labels: Tensor | None) -> Tensor:

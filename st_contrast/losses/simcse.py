@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
@@ -99,6 +99,26 @@ class SimCSELoss(nn.Module):
     @property
     def temperature(self) -> float:
         return self.loss.temperature
+
+    @property
+    def uses_gradient_cache(self) -> bool:
+        """Whether the loss runs through GradCache (with ``mini_batch_size``): ST's ``MatryoshkaLoss`` then shrinks
+        the cached embeddings in :attr:`calculate_loss` instead of decorating the model's forward pass."""
+        return self.mini_batch_size is not None
+
+    @property
+    def calculate_loss(self) -> Callable[..., Tensor]:
+        """The GradCache loss's ``calculate_loss`` (with ``mini_batch_size`` only). A wrapper that replaces it (ST's
+        ``MatryoshkaLoss``) replaces it on the GradCache loss, which is the one that calls it."""
+        if self.mini_batch_size is None:
+            raise AttributeError("SimCSELoss without mini_batch_size does not use GradCache: no calculate_loss.")
+        return self.loss.calculate_loss
+
+    @calculate_loss.setter
+    def calculate_loss(self, function: Callable[..., Tensor]) -> None:
+        if self.mini_batch_size is None:
+            raise AttributeError("SimCSELoss without mini_batch_size does not use GradCache: no calculate_loss.")
+        self.loss.calculate_loss = function
 
     def get_config_dict(self) -> dict[str, Any]:
         return {**self.loss.get_config_dict(), "mini_batch_size": self.mini_batch_size}

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
-__all__ = ["SGPT_BRACKETS", "EmbeddingTokenizer", "EncodedTexts", "collate_ids"]
+__all__ = ["SGPT_BRACKETS", "EmbeddingTokenizer", "EncodedTexts", "collate_ids", "pad_with_eos"]
 
 SGPT_BRACKETS: dict[str, tuple[str, str]] = {"query": ("[", "]"), "document": ("{", "}")}
 """SGPT's bracket characters around the text of each task (Muennighoff, 2022, section 3.2)."""
@@ -123,8 +123,14 @@ class EmbeddingTokenizer:
         while start < len(special) and special[start]:
             start += 1
         if offsets is not None:
+            # The instruction's tokens (its own special tokens included) end by the instruction's last character; a
+            # special token the tokenizer adds (offsets (0, 0): the EOS of an empty text) is not the instruction's.
             boundary = len(instruction)
-            while start < len(offsets) and (special[start] or offsets[start][1] <= boundary):
+            while (
+                start < len(offsets)
+                and offsets[start][1] <= boundary
+                and not (special[start] and offsets[start][1] == 0)
+            ):
                 start += 1
         return start
 
@@ -185,3 +191,13 @@ def collate_ids(
     if masks is not None:
         features["instruction_mask"] = torch.tensor([pad(mask, 0) for mask in masks])
     return features
+
+
+def pad_with_eos(tokenizer: Any) -> None:
+    """Give a tokenizer without a pad token its EOS token as the pad token (GPT-Neo, Llama and Mistral have none).
+
+    Padding is masked out of attention and pooling, so which token pads changes no embedding; without one, a stock
+    ``Transformer`` cannot encode a batch of texts of different lengths.
+    """
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token

@@ -13,7 +13,6 @@ import logging
 from typing import Any
 
 from sentence_transformers.base.modules import Transformer
-from transformers import DataCollatorWithFlattening
 
 from st_contrast.attention.backends import canonical_backend_name, resolve_backend
 from st_contrast.attention.interface import attention_implementation_name
@@ -26,6 +25,7 @@ from st_contrast.compat import (
 )
 from st_contrast.modules.architectures import ARCHITECTURES, model_type_of, packed_refusal
 from st_contrast.modules.compilation import compile_backbone, uncompile_backbone
+from st_contrast.modules.packed_collator import PackedTextCollator
 from st_contrast.modules.packed_outputs import padded_outputs_hook
 
 __all__ = [
@@ -103,7 +103,7 @@ def enable_packing(
             "forward_params": forward_params(module),
         }
         setattr(module, _STATE, state)
-    collator = DataCollatorWithFlattening(return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True)
+    collator = PackedTextCollator(return_seq_idx=True, return_flash_attn_kwargs=True, return_position_ids=True)
     flatten_inputs(module, collator, _PACKED_FORWARD_KWARGS)  # Sentence Transformers' own flattened text path
     if not getattr(module, _HOOKED, False):  # encode() gets the padded layout it reads (packed_outputs)
         module.register_forward_hook(padded_outputs_hook)

@@ -116,7 +116,13 @@ class MaskingCollator(DataCollatorForLanguageModeling):
         self.position_offset = position_offset
 
     def __call__(self, features: list[Any], return_tensors: str | None = None) -> dict[str, Any]:
-        batch = super().__call__(features, return_tensors)
+        # Right padding whatever the tokenizer's side: every row starts at position 0, so its first token is the
+        # one MNTP never selects (it has no predecessor), and absolute positions are those of an unpadded text.
+        side, self.tokenizer.padding_side = self.tokenizer.padding_side, "right"
+        try:
+            batch = super().__call__(features, return_tensors)
+        finally:
+            self.tokenizer.padding_side = side
         return pack_masked_batch(batch, self.position_offset) if self.packed else batch
 
     def torch_mask_tokens(self, inputs: Any, special_tokens_mask: Any | None = None, offset_mapping: Any = None):

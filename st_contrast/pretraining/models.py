@@ -18,6 +18,7 @@ from st_contrast.attention.interface import attention_implementation_name, is_pa
 from st_contrast.compat import attn_implementation, model_position_offset
 from st_contrast.modules.architectures import model_type_of, packed_refusal
 from st_contrast.modules.bidirectional import set_causal
+from st_contrast.modules.embedding_tokenizer import pad_with_eos
 from st_contrast.pretraining.masking import set_mask_token
 
 __all__ = ["is_packed_model", "load_mlm_model", "load_mntp_model", "packed_position_offset"]
@@ -53,8 +54,7 @@ def load_mntp_model(
     """
     tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
     model = AutoModelForCausalLM.from_pretrained(model_name_or_path, **(model_kwargs or {}))
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    pad_with_eos(tokenizer)
     set_mask_token(tokenizer, mask_token, model)
     set_causal(model, False)
     _maybe_lora(model, lora, "decoder")

@@ -240,8 +240,9 @@ def two_tower_model(
             model (``Transformer`` + ``Pooling(text_pooling)``); ``"minilm"`` is not resolved here (use a path).
         vision_model: A vision model path / hub id, or a config mapping for a tower trained from scratch
             (see :func:`vision_tower`), or the modules of a tower already built (``vision_tower(...)``).
-        embedding_dim: The shared size. Default: the text tower's; a tower of another size gets a ``Dense``
-            projection (both do when ``embedding_dim`` differs from both).
+        embedding_dim: The shared size. Default: the text tower's (the image tower's when it is locked); a tower of
+            another size gets a ``Dense`` projection (both do when ``embedding_dim`` differs from both). With
+            ``lock``, only the locked tower's own size (a projection on it would never train).
         text_pooling: ``Pooling`` mode of a plain transformers text model.
         vision_pooling: See :func:`vision_tower`.
         lock: ``"text"``, ``"image"`` or ``None``.
@@ -284,7 +285,13 @@ def two_tower_model(
         vision = list(vision_model)
     else:
         vision = vision_tower(vision_model, pooling=vision_pooling, seed=seed)
-    size = embedding_dim or _output_dimension(text)
+    size = embedding_dim or _output_dimension(vision if lock == "image" else text)
+    if lock is not None and _output_dimension(text if lock == "text" else vision) != size:
+        raise ValueError(
+            f"lock={lock!r} keeps the {lock} tower's embeddings as they are, so the shared size must be its "
+            f"{_output_dimension(text if lock == 'text' else vision)}: embedding_dim={size} would put a random "
+            "projection on the locked tower that never trains. Leave embedding_dim unset (or equal to that size)."
+        )
     torch.manual_seed(seed)
     for tower in (text, vision):
         if _output_dimension(tower) != size:

@@ -300,17 +300,37 @@ def _clip_config(model: Any, tokenizer: Any) -> Any:
     )
 
 
-_HTML_ENTITIES = (("&quot;", '"'), ("&#39;", "'"), ("&#x27;", "'"), ("&apos;", "'"), ("&lt;", "<"), ("&gt;", ">"),
-                  ("&nbsp;", "\xa0"), ("&amp;", "&"))  # fmt: skip
-"""The entities ``html.unescape`` turns into characters that occur in captions (``&amp;`` last: open_clip unescapes
-twice, so ``&amp;lt;`` becomes ``<``)."""
+_AMPERSANDS = ("&amp;", "&AMP;", "&#38;", "&#x26;")
+"""The entities of ``&`` itself: the only ones whose text can form another entity (open_clip unescapes twice)."""
+
+_ENTITY_CODE_POINTS = (34, 39, 60, 62, *range(160, 256), *range(0x2010, 0x2028), *range(0x2030, 0x203B), 0x20AC, 0x2122)
+"""Code points whose numeric entities (``&#233;``, ``&#xe9;``) the normalizer decodes: quotes and brackets, Latin-1's
+letters and signs, and punctuation (dashes, curly quotes, bullets, ellipsis, the euro and trade marks), what web
+captions escape."""
+
+
+def _html_entities() -> list[tuple[str, str]]:
+    """``(entity, text)`` of every HTML 4 named entity and the numeric entities of :data:`_ENTITY_CODE_POINTS`, the
+    ampersand's own entities excluded (see :func:`_open_clip_normalizer`)."""
+    from html.entities import name2codepoint
+
+    named = [(f"&{name};", chr(code)) for name, code in name2codepoint.items()]
+    numeric = [(f"&#{code};", chr(code)) for code in _ENTITY_CODE_POINTS]
+    numeric += [(f"&#x{code:x};", chr(code)) for code in _ENTITY_CODE_POINTS]
+    return [(entity, text) for entity, text in named + numeric if entity not in _AMPERSANDS]
 
 
 def _open_clip_normalizer() -> Any:
     """open_clip's text cleaning (``ftfy.fix_text``, ``html.unescape`` twice, whitespace collapsed, lower case) as
     a tokenizers normalizer, so it travels in ``tokenizer.json``: HTML entities, ftfy's ligatures, character widths,
-    curly quotes and control characters from ftfy's own tables. Not expressible: ftfy's repair of mis-decoded
-    text (mojibake such as ``donâ€™t``), which such text then keeps."""
+    curly quotes and control characters from ftfy's own tables.
+
+    ``html.unescape`` twice is ``&`` decoded, then every other entity, then ``&`` again (only the ampersand's decoded
+    text can form a new entity: ``&amp;eacute;`` is ``é``, ``&amp;amp;lt;`` is ``&lt;``). The entities are HTML 4's
+    named ones and the numeric ones of Latin-1 and general punctuation (:func:`_html_entities`); HTML5-only names,
+    other numeric entities, legacy names without their ``;`` and text escaped three times (ftfy unescapes once more
+    when the text has no ``<``) stay as written, as does mis-decoded text (mojibake such as ``donâ€™t``, which ftfy
+    repairs): not expressible as a normalizer's table."""
     import re
 
     from ftfy import chardata
@@ -320,12 +340,14 @@ def _open_clip_normalizer() -> Any:
         pairs = ((chr(code), value if isinstance(value, str) else chr(value)) for code, value in table.items())
         return [normalizers.Replace(source, target) for source, target in pairs if source != target]
 
-    entities = [normalizers.Replace(entity, text) for entity, text in _HTML_ENTITIES]
+    ampersands = [normalizers.Replace(entity, "&") for entity in _AMPERSANDS]
+    entities = [normalizers.Replace(entity, text) for entity, text in _html_entities()]
     controls = "".join(re.escape(chr(code)) for code in chardata.CONTROL_CHARS)
     return normalizers.Sequence(
         [
+            *ampersands,
             *entities,
-            *entities,
+            *ampersands,
             *replace(chardata.LIGATURES),
             *replace(chardata.WIDTH_MAP),
             normalizers.Replace(Regex(chardata.SINGLE_QUOTE_RE.pattern), "'"),

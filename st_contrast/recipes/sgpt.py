@@ -10,6 +10,7 @@ from sentence_transformers.base.modules import Dense, Router, Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
 
 from st_contrast.adapters.bitfit import apply_bitfit
+from st_contrast.modules.embedding_tokenizer import pad_with_eos
 from st_contrast.modules.packing import enable_packing
 
 __all__ = ["asymmetric_model", "linear_stack", "sgpt_bitfit_model"]
@@ -159,4 +160,5 @@ def asymmetric_model(
 
 def _backbone(path: str, packed: bool, attention_backend: str, kwargs: dict[str, Any]) -> Transformer:
     backbone = Transformer(path, **kwargs)
+    pad_with_eos(backbone.tokenizer)  # GPT-Neo / GPT-J, SGPT's models, have no pad token
     return enable_packing(backbone, attention_backend) if packed else backbone

@@ -107,18 +107,23 @@ def _build_two_tower(spec: ModelSpec) -> SentenceTransformer:
         )
     except (ValueError, ImportError) as error:
         raise ConfigError(f"model.vision: {error}") from error
-    return two_tower_model(
-        resolve_model_path(spec.name_or_path),
-        vision_modules,
-        embedding_dim=spec.embedding_dim,
-        text_pooling=spec.pooling or "mean",
-        lock=spec.lock,
-        packed=spec.packed,
-        attention_backend=spec.attention_backend,
-        max_seq_length=spec.max_seq_length,
-        normalize=True,
-        device=spec.device,
-    )
+    try:
+        return two_tower_model(
+            resolve_model_path(spec.name_or_path),
+            vision_modules,
+            embedding_dim=spec.embedding_dim,
+            text_pooling=spec.pooling or "mean",
+            lock=spec.lock,
+            packed=spec.packed,
+            attention_backend=spec.attention_backend,
+            max_seq_length=spec.max_seq_length,
+            normalize=True,
+            device=spec.device,
+        )
+    except ValueError as error:
+        if "locked tower" not in str(error):
+            raise
+        raise ConfigError(f"model.embedding_dim: {error}") from error
 
 
 def _replace_pooling(model: SentenceTransformer, mode: str) -> None:
@@ -183,7 +188,7 @@ def build_loss(
     for key in ("temperature", "bias"):
         if kwargs.get(key) == FROM_CHECKPOINT:
             kwargs[key] = _checkpoint_logit_value(model, key)
-    if spec.glofnd:
+    if spec.glofnd is not None:
         kwargs["false_negative_detector"] = GloFND(num_samples=num_samples, **spec.glofnd)
     if getattr(spec.loss_class, "needs_sample_index", False):
         kwargs.setdefault("num_samples", num_samples)

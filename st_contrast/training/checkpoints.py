@@ -3,8 +3,10 @@
 A checkpoint is written into ``<run>/.staging/checkpoint-N`` (model, optimizer, scheduler, RNG, trainer state, loss
 state), listed with every file's size in ``checkpoint_manifest.json``, flushed to disk, and only then renamed to
 ``<run>/checkpoint-N``: a process killed at any point leaves either the previous checkpoints untouched or the new one
-complete. Old checkpoints are removed after the new one is in place, each by a rename out of the run directory
-followed by the deletion, so a half-deleted checkpoint is never left where resume looks.
+complete. A run killed after the manifest was written but before the rename (or while a same-step leftover was
+being replaced) left a complete checkpoint in staging: the next run moves it into place (:func:`recover_staging`)
+instead of discarding it. Old checkpoints are removed after the new one is in place, each by a rename out of the run
+directory followed by the deletion, so a half-deleted checkpoint is never left where resume looks.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ __all__ = [
     "STAGING_DIR",
     "CheckpointChoice",
     "checkpoint_problem",
-    "clear_staging",
     "commit_checkpoint",
     "newest_complete_checkpoint",
+    "recover_staging",
     "remove_checkpoint",
     "rotate_checkpoints",
     "write_manifest",
@@ -91,11 +93,27 @@ def rotate_checkpoints(run_dir: str | os.PathLike, save_total_limit: int | None,
             remaining -= 1
 
 
-def clear_staging(run_dir: str | os.PathLike) -> None:
-    """Remove what a killed run left in the staging area (never a complete checkpoint)."""
-    staging = Path(run_dir) / STAGING_DIR
-    if staging.is_dir():
-        shutil.rmtree(staging)
+def recover_staging(run_dir: str | os.PathLike) -> list[str]:
+    """Empty the staging area a killed run left: a staged checkpoint with its manifest is complete (the manifest is
+    written last) and moves into place when no checkpoint of its step is there; everything else there is removed.
+    Returns the checkpoints moved into place. Call it from one process, before any process looks for checkpoints."""
+    run_dir = Path(run_dir)
+    staging = run_dir / STAGING_DIR
+    if not staging.is_dir():
+        return []
+    recovered = []
+    for staged in sorted(staging.iterdir()):
+        final = run_dir / staged.name
+        if not (_CHECKPOINT.match(staged.name) and staged.is_dir() and (staged / MANIFEST_NAME).is_file()):
+            continue
+        if final.exists() or checkpoint_problem(staged) is not None:
+            continue
+        os.replace(staged, final)
+        _fsync(run_dir)
+        logger.warning("Recovered %s: it was complete in %s when the run stopped.", final, STAGING_DIR)
+        recovered.append(str(final))
+    shutil.rmtree(staging)
+    return recovered
 
 
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:

@@ -128,3 +128,17 @@ def dump_config(config: dict[str, Any], path: str | Path) -> None:
     """Write the resolved configuration next to the run's outputs."""
     with Path(path).open("w", encoding="utf8") as handle:
         yaml.safe_dump(config, handle, sort_keys=False)
+
+
+def changed_keys(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two configurations (``data.datasets.0.max_rows``, ...)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        keys = list(before) + [key for key in after if key not in before]
+        return [path for key in keys for path in changed_keys(before.get(key), after.get(key), f"{prefix}{key}.")]
+    if isinstance(before, list) and isinstance(after, list) and len(before) == len(after):
+        return [
+            path
+            for i, (a, b) in enumerate(zip(before, after, strict=True))
+            for path in changed_keys(a, b, f"{prefix}{i}.")
+        ]
+    return [] if before == after else [prefix.rstrip(".")]

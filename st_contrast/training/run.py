@@ -11,13 +11,19 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import yaml
 from accelerate import PartialState
 from transformers import set_seed
 
 from st_contrast.training.arguments import build_training_arguments
 from st_contrast.training.builders import apply_adapters, build_loss, build_model, compile_model
-from st_contrast.training.checkpoints import STAGING_DIR, CheckpointChoice, newest_complete_checkpoint
-from st_contrast.training.config import dump_config
+from st_contrast.training.checkpoints import (
+    STAGING_DIR,
+    CheckpointChoice,
+    newest_complete_checkpoint,
+    recover_staging,
+)
+from st_contrast.training.config import changed_keys, dump_config
 from st_contrast.training.specs import DataSection, EvaluationSpec, MonitoringSpec, RunConfig
 from st_contrast.training.trainer import ContrastiveTrainer
 from st_contrast.training.validation import ConfigError
@@ -129,6 +135,10 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
             raise ConfigError(f"{output_dir} holds a finished run and resume is false: use --restart or another one.")
         _say(state, f"{output_dir} holds a finished run (model/, metrics.json): nothing to train; --restart redoes it.")
         return done
+    if state.is_main_process:
+        for path in recover_staging(output_dir):  # a kill between a checkpoint's last write and its rename
+            _say(state, f"recovered {path}: complete in {STAGING_DIR} when the last run stopped")
+    state.wait_for_everyone()
     choice = _checkpoint_to_resume(output_dir, config.resume)
     for path, problem in choice.skipped:
         _say(state, f"skipping the damaged checkpoint {path}: {problem}")
@@ -164,6 +174,8 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
     )
     if state.is_main_process:  # from here on the run writes into output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
+        if choice.path:
+            _keep_the_configuration_resumed_from(output_dir / CONFIG_NAME, config.raw, choice.step)
         dump_config(config.raw, output_dir / CONFIG_NAME)
     evaluation = config.evaluation
     if tasks and evaluation.before and "before" not in metrics:
@@ -191,9 +203,14 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
             if data.streaming and bad.total:
                 _say(state, f"while streaming, {bad.summary()}")
     if state.is_main_process:
-        report = export_model(trainer.model, output_dir / FINAL_MODEL_DIR, verify=False)
-        if not report.plain:
-            logger.warning("The final model needs st_contrast.load_model: %s", " ".join(report.notes))
+        try:
+            report = export_model(trainer.model, output_dir / FINAL_MODEL_DIR, verify=False)
+        except ValueError as error:  # no plain form can be exact (nothing was written): save st_contrast's own
+            trainer.model.save(str(output_dir / FINAL_MODEL_DIR))
+            logger.warning("The final model needs st_contrast.load_model: %s", error)
+        else:
+            if not report.plain:
+                logger.warning("The final model needs st_contrast.load_model: %s", " ".join(report.notes))
     state.wait_for_everyone()
 
     if tasks and evaluation.after:
@@ -225,6 +242,22 @@ def _bad_rows(data: Any, trainer: ContrastiveTrainer) -> dict[str, Any]:
     else:
         counted = data.bad_rows
     return {name: counted[name] for name in skipping}
+
+
+def _keep_the_configuration_resumed_from(path: Path, config: dict[str, Any], step: int) -> None:
+    """A run resumed with another configuration than the one it was written with: name what changed (a changed batch
+    size, data or seed continues with another data order) and keep the earlier file beside the new one."""
+    if not path.is_file():
+        return
+    earlier = yaml.safe_load(path.read_text(encoding="utf8"))
+    if changed := changed_keys(earlier, config):
+        kept = path.with_name(f"config.before-step-{step}.yaml")
+        os.replace(path, kept)
+        print(
+            f"st-contrast train: resuming at step {step} with a changed configuration ({', '.join(changed)}); "
+            f"the one the run was started with is kept as {kept.name}",
+            file=sys.stderr,
+        )
 
 
 def _say(state: PartialState, message: str) -> None:

@@ -264,6 +264,13 @@ class LossSpec:
         spec.matryoshka = matryoshka
         spec.loss_class = resolve_loss_class(spec.name)
         spec._check_arguments()
+        if matryoshka is not None and spec.needs_sample_index:
+            raise ConfigError(
+                f"loss.matryoshka cannot wrap {spec.name}{' with glofnd' if spec.glofnd is not None else ''}: its "
+                "per-sample state (GloFND thresholds, SogCLR / FastCLIP moving averages) belongs to one embedding, and "
+                "Matryoshka "
+                "would update it once per dimension. Drop loss.matryoshka, or use a stateless loss with it."
+            )
         if spec.gradcache is not None:
             if unknown := sorted(set(spec.gradcache) - {"mini_batch_size", "mini_batch_num_tokens"}):
                 raise ConfigError(
@@ -277,16 +284,16 @@ class LossSpec:
     @property
     def needs_sample_index(self) -> bool:
         """Whether the loss keeps per-sample state (declared by the loss class, or GloFND), so rows need indices."""
-        return bool(self.glofnd) or bool(getattr(self.loss_class, "needs_sample_index", False))
+        return self.glofnd is not None or bool(getattr(self.loss_class, "needs_sample_index", False))
 
     def _check_arguments(self) -> None:
         try:
             parameters = inspect.signature(self.loss_class).parameters
         except (TypeError, ValueError):
             return
-        if self.glofnd and "false_negative_detector" not in parameters:
+        if self.glofnd is not None and "false_negative_detector" not in parameters:
             raise ConfigError(f"loss.glofnd needs an InfoNCE loss of st_contrast.losses, not {self.name}.")
-        if self.glofnd:
+        if self.glofnd is not None:
             from st_contrast.losses import GloFND
 
             detector_parameters = inspect.signature(GloFND).parameters
@@ -319,14 +326,15 @@ class DataSection:
         spec = from_mapping(cls, "data", values)
         if not spec.datasets:
             raise ConfigError("data.datasets must list at least one dataset.")
+        parsed = []
         for index, entry in enumerate(spec.datasets):
             if not isinstance(entry, Mapping):
                 raise ConfigError(f"data.datasets.{index} must be a mapping, got {describe(entry)}.")
             try:
-                parsed = DatasetSpec.from_dict({key: value for key, value in entry.items() if key != "fallback"})
+                parsed.append(DatasetSpec.from_dict({key: value for key, value in entry.items() if key != "fallback"}))
             except (TypeError, ValueError) as error:
                 raise ConfigError(f"data.datasets.{index}: {error}") from None
-            spec.streams = spec.streams or parsed.streams
+        spec.streams = any(dataset.streams for dataset in parsed)
         if spec.streams and spec.batch_sampler not in ("no_duplicates", "batch_sampler"):
             raise ConfigError(
                 f"data.batch_sampler: {spec.batch_sampler!r} needs the whole dataset, but data.datasets stream (URLs "
@@ -343,7 +351,36 @@ class DataSection:
             raise ConfigError(f"data.sample_index must be auto, true or false, not {spec.sample_index!r}.")
         if spec.prepare is not None:
             _check_prepare(spec.prepare)
+        spec._check_combinations(parsed, set(values))
         return spec
+
+    def _check_combinations(self, datasets: list[DatasetSpec], given: set[str]) -> None:
+        """Refuse settings that the chosen batching would ignore or cannot run.
+
+        Args:
+            datasets: The parsed dataset entries.
+            given: The keys the ``data`` section sets (defaults are never refused).
+        """
+        if not self.single_dataset_batches:
+            weighted = [dataset.name for dataset in datasets if dataset.weight is not None]
+            if weighted:
+                raise ConfigError(
+                    f"data.datasets {weighted} set a weight, which only data.single_dataset_batches: true (the "
+                    "default) uses: set it, or drop the weights (ST then draws the datasets by its own sampler)."
+                )
+            if self.batch_sampler == "token_budget" and len(datasets) > 1:
+                raise ConfigError(
+                    "data.batch_sampler: token_budget batches one dataset at a time: with several datasets set "
+                    "data.single_dataset_batches: true (the default)."
+                )
+        if self.batch_sampler != "token_budget":
+            ignored = sorted(given & {"max_tokens", "no_duplicates"})
+            if ignored:
+                raise ConfigError(
+                    f"Only data.batch_sampler: token_budget uses data.{' and data.'.join(ignored)}; with "
+                    f"{self.batch_sampler!r} {'they are' if len(ignored) > 1 else 'it is'} ignored: drop "
+                    f"{'them' if len(ignored) > 1 else 'it'}, or set batch_sampler: token_budget."
+                )
 
 
 def _check_prepare(prepare: Mapping[str, Any]) -> None:
@@ -394,6 +431,11 @@ class MonitoringSpec:
         spec = from_mapping(cls, "monitoring", values)
         if spec.spectrum_every < 0:
             raise ConfigError(f"monitoring.spectrum_every must be 0 (off) or positive, got {spec.spectrum_every}.")
+        if spec.probe is not None:  # a dataset entry (name optional), checked now rather than after the model loads
+            try:
+                DatasetSpec.from_dict({"name": "probe", **spec.probe})
+            except (TypeError, ValueError) as error:
+                raise ConfigError(f"monitoring.probe: {error}") from None
         return spec
 
 

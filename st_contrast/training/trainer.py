@@ -26,13 +26,14 @@ from st_contrast.data.image_collator import ImageTextDataCollator
 from st_contrast.data.single_dataset import SamplerEpochCallback
 from st_contrast.data.streaming import StreamingDataset
 from st_contrast.losses.progress import set_training_progress
+from st_contrast.losses.sample_state import without_sample_state
 from st_contrast.losses.temperature import learned_temperatures
 from st_contrast.training.checkpoints import (
     STAGING_DIR,
     checkpoint_problem,
-    clear_staging,
     commit_checkpoint,
     newest_complete_checkpoint,
+    recover_staging,
     rotate_checkpoints,
     write_manifest,
 )
@@ -40,6 +41,7 @@ from st_contrast.training.loss_state import LOSS_STATE_NAME, load_loss_state, lo
 from st_contrast.training.stream_state import (
     StreamEpochCallback,
     configure_stream,
+    rest_of_epoch,
     restore_stream_state,
     save_stream_state,
     stream_dataloader,
@@ -143,9 +145,27 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
             return self._train_dataloader
         return super().get_train_dataloader()
 
+    def _run_epoch(self, **kwargs: Any) -> Any:
+        """The upstream epoch; a stream resumed mid-epoch runs the rest of its epoch (:func:`rest_of_epoch`)."""
+        resumed = kwargs["epoch"] == kwargs["epochs_trained"] and kwargs["resume_from_checkpoint"] is not None
+        if resumed and isinstance(self.train_dataset, StreamingDataset):
+            kwargs["steps_in_epoch"], kwargs["num_update_steps_per_epoch"] = rest_of_epoch(
+                self.state.global_step,
+                kwargs["steps_in_epoch"],
+                kwargs["num_update_steps_per_epoch"],
+                self.args.gradient_accumulation_steps,
+            )
+        return super()._run_epoch(**kwargs)
+
     def training_step(self, model: torch.nn.Module, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         set_training_progress(self.loss, self.state.global_step, self.state.epoch or 0.0)
         return super().training_step(model, inputs, num_items_in_batch)
+
+    def prediction_step(self, *args: Any, **kwargs: Any) -> Any:
+        """The upstream evaluation step; losses with per-sample state (GloFND, SogCLR / FastCLIP) give their batch-only
+        value there: an evaluation dataset's rows are not the training samples their state belongs to."""
+        with without_sample_state():
+            return super().prediction_step(*args, **kwargs)
 
     def get_decay_parameter_names(self, model: torch.nn.Module) -> list[str]:
         """The upstream choice, without the loss's learned temperatures (decay would drag them to 1)."""
@@ -171,7 +191,8 @@ class ContrastiveTrainer(MonitoringMixin, SentenceTransformerTrainer):
         """``SentenceTransformerTrainer.train``; ``resume_from_checkpoint=True`` takes the newest *complete*
         checkpoint of ``args.output_dir``, and a named checkpoint is checked before anything loads from it."""
         if self.args.should_save:
-            clear_staging(self.args.output_dir)  # what a killed save left: never a complete checkpoint
+            recover_staging(self.args.output_dir)  # what a killed save left: a complete checkpoint moves into place
+        self.accelerator.wait_for_everyone()  # before any rank looks for the checkpoint to resume from
         if resume_from_checkpoint is True:
             choice = newest_complete_checkpoint(self.args.output_dir)
             if choice.path is None:
