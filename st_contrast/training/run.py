@@ -175,7 +175,8 @@ def train_from_config(config: RunConfig | dict[str, Any], *, restart: bool = Fal
     if state.is_main_process:  # from here on the run writes into output_dir
         output_dir.mkdir(parents=True, exist_ok=True)
         if choice.path:
-            _keep_the_configuration_resumed_from(output_dir / CONFIG_NAME, config.raw, choice.step)
+            if kept := _keep_the_configuration_resumed_from(output_dir / CONFIG_NAME, config.raw, choice.step):
+                _say(state, kept)
         dump_config(config.raw, output_dir / CONFIG_NAME)
     evaluation = config.evaluation
     if tasks and evaluation.before and "before" not in metrics:
@@ -244,20 +245,22 @@ def _bad_rows(data: Any, trainer: ContrastiveTrainer) -> dict[str, Any]:
     return {name: counted[name] for name in skipping}
 
 
-def _keep_the_configuration_resumed_from(path: Path, config: dict[str, Any], step: int) -> None:
-    """A run resumed with another configuration than the one it was written with: name what changed (a changed batch
-    size, data or seed continues with another data order) and keep the earlier file beside the new one."""
+def _keep_the_configuration_resumed_from(path: Path, config: dict[str, Any], step: int) -> str | None:
+    """A run resumed with another configuration than the one it was written with: keep the earlier file beside the new
+    one and return a line naming what changed (a changed batch size, data or seed continues with another data order);
+    None when nothing changed."""
     if not path.is_file():
-        return
+        return None
     earlier = yaml.safe_load(path.read_text(encoding="utf8"))
-    if changed := changed_keys(earlier, config):
-        kept = path.with_name(f"config.before-step-{step}.yaml")
-        os.replace(path, kept)
-        print(
-            f"st-contrast train: resuming at step {step} with a changed configuration ({', '.join(changed)}); "
-            f"the one the run was started with is kept as {kept.name}",
-            file=sys.stderr,
-        )
+    changed = changed_keys(earlier, config)
+    if not changed:
+        return None
+    kept = path.with_name(f"config.before-step-{step}.yaml")
+    os.replace(path, kept)
+    return (
+        f"resuming at step {step} with a changed configuration ({', '.join(changed)}); the one the run was started "
+        f"with is kept as {kept.name}"
+    )
 
 
 def _say(state: PartialState, message: str) -> None:
