@@ -46,6 +46,7 @@ import time
 import torch
 import torch.nn.functional as F
 from carried_model import find_minilm
+from partial_report import emit_partial
 from random_model import write_random_model
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
@@ -295,28 +296,32 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         train = bench_train(models, batches, args.warmup, peak)
         add_ratios(train)
         report["train"] = train
+        emit_partial(report)
     if "encode" in args.sections:
         encode_sentences = sentences[: args.encode_sentences]
         encoders = {name: model for name, model in models.items() if name != "flash_merged"}  # encode: one column
         encode = {name: bench_encode(model, encode_sentences, args.batch_size) for name, model in encoders.items()}
         add_ratios(encode)
         report["encode"] = encode
+        emit_partial(report)
     if "attention" in args.sections:
         config = packed[0].model.config
         encoded = packed[0].tokenizer(batches[0][0], truncation=True, max_length=args.max_seq_length)
         heads = config.num_attention_heads
         lengths = [len(ids) for ids in encoded["input_ids"]]
-        report["attention"] = attention_section(args, device, dtype, heads, config.hidden_size // heads, lengths)
+        attention_section(args, device, dtype, heads, config.hidden_size // heads, lengths, report)
 
 
-def attention_section(args, device, dtype, heads: int, dim: int, data_lengths: list[int] | None) -> dict:
-    section = {}
+def attention_section(args, device, dtype, heads: int, dim: int, data_lengths: list[int] | None, report: dict) -> None:
+    """``report["attention"]``: the op alone at the data's lengths and at each ``--attention-padding``."""
+    section = report["attention"] = {}
     if data_lengths:
         section["data"] = bench_attention(data_lengths, device, dtype, heads, dim, repeats=args.attention_repeats)
+        emit_partial(report)
     for padding in args.attention_padding:
         lengths = lengths_with_padding(args.attention_batch, args.attention_max_len, padding)
         section[f"padding_{padding:g}"] = bench_attention(lengths, device, dtype, heads, dim, args.attention_repeats)
-    return section
+        emit_partial(report)
 
 
 def add_ratios(section: dict) -> None:
@@ -403,7 +408,7 @@ def main() -> None:
     }
     if set(args.sections) == {"attention"} and args.config:  # the op alone, at the --config shape: no model, no data
         heads = max(1, args.hidden_size // args.head_dim)
-        report["attention"] = attention_section(args, device, dtype, heads, args.head_dim, None)
+        attention_section(args, device, dtype, heads, args.head_dim, None, report)
     else:
         bench_variants(args, device, dtype, report)
     print(json.dumps(report, indent=2))

@@ -39,6 +39,7 @@ import time
 
 import torch
 from loss_steps import loss_value, time_backward_steps
+from partial_report import emit_partial
 from random_model import write_random_model
 from shared_data import find_data
 
@@ -207,6 +208,7 @@ def main() -> None:
             if args.interleaved:
                 figures["interleaved"] = run_one(args, model, "interleaved", batch_size)
             report["batches"][str(batch_size)] = figures
+            emit_partial(report)
     print(json.dumps(report, indent=2))
     failures = unexpected_failures(report)
     if failures:  # the report above keeps what did run; the exit status tells a caller (gpu_check) it is broken

@@ -55,6 +55,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from partial_report import last_partial
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -227,10 +228,15 @@ def run_part(part: Part, cuda: bool, budget_left: float, log, setup_error: str =
     except subprocess.TimeoutExpired:
         with contextlib.suppress(ProcessLookupError):  # the whole group may have ended meanwhile
             os.killpg(process.pid, signal.SIGKILL)
-        stdout, _ = process.communicate()
+        stdout, stderr = process.communicate()
         log.write(stdout or "")
+        log.write(stderr or "")
         say(log, f"FAIL {part.name}: timed out after {limit:.0f} s")
-        return {"status": "timeout", "seconds": round(time.perf_counter() - start, 1), "command": command}
+        entry = {"status": "timeout", "seconds": round(time.perf_counter() - start, 1), "command": command}
+        partial = last_partial(stderr or "") if part.json_output else None
+        if partial is not None:  # what it measured before its limit still goes into the table
+            entry["result"] = partial
+        return entry
     done = subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
     seconds = round(time.perf_counter() - start, 1)
     log.write(done.stdout)
@@ -240,7 +246,7 @@ def run_part(part: Part, cuda: bool, budget_left: float, log, setup_error: str =
         tail = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
         say(log, f"FAIL {part.name} (exit {done.returncode}, {seconds} s): {tail[0]}")
         entry.update(status="failed", error=tail[0], output_tail=(done.stdout + done.stderr)[-3000:])
-        report = printed_report(done.stdout) if part.json_output else None
+        report = (printed_report(done.stdout) or last_partial(done.stderr)) if part.json_output else None
         if report is not None:  # the figures that were measured before the failure still go into the table
             entry["result"] = report
         return entry
@@ -415,11 +421,18 @@ def main() -> None:
         for part in parts(models, Path(scratch), cuda):
             budget_left = budget_s - (time.perf_counter() - start)
             report["parts"][part.name] = run_part(part, cuda, budget_left, log, report.get("setup_error", ""))
-        report["summary"] = summary(report["parts"])
-        report["seconds"] = round(time.perf_counter() - start, 1)
-        (out / "gpu_check.json").write_text(json.dumps(report, indent=2), encoding="utf8")
-        (out / "gpu_results.md").write_text(markdown(report), encoding="utf8")
+            write_reports(out, report, start)  # after every part: a run stopped from outside keeps what it measured
         say(log, f"done in {report['seconds']} s: {out / 'gpu_check.json'}, {out / 'gpu_results.md'}")
+
+
+def write_reports(out: Path, report: dict, start: float) -> None:
+    """``gpu_check.json`` and ``gpu_results.md`` with the parts run so far."""
+    report["summary"] = summary(report["parts"])
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    for name, text in (("gpu_check.json", json.dumps(report, indent=2)), ("gpu_results.md", markdown(report))):
+        staged = out / f".{name}.partial"
+        staged.write_text(text, encoding="utf8")
+        staged.replace(out / name)  # whole files only, even if the run is killed mid-write
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ run is one short try; it must not be spent on a missing package or data folder, 
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -167,3 +168,57 @@ def test_the_test_fixtures_resolve_on_a_gpu_machine_layout(tmp_path, minilm_path
     )  # fmt: skip
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 passed" in done.stdout
+
+
+def test_a_part_stopped_at_its_limit_keeps_the_figures_it_had_reported():
+    """bench_backbone / bench_losses report each finished section on stderr (partial_report.py): a part killed at its
+    time limit, or failing without its final report, still brings those figures to the table."""
+    grows = (
+        "import sys, time; from partial_report import emit_partial\n"
+        "report = {'batches': {}}\n"
+        "for batch in ('1024', '4096'):\n"
+        "    report['batches'][batch] = {'throughput_ratio_cached_vs_uncached': 0.8}; emit_partial(report)\n"
+        "print('partial report: {\"cut off', file=sys.stderr, flush=True)\n"
+        "time.sleep(120) if sys.argv[1] == 'hang' else sys.exit(1)\n"
+    )
+    log = io.StringIO()
+    expected = {"batches": {"1024": {"throughput_ratio_cached_vs_uncached": 0.8},
+                            "4096": {"throughput_ratio_cached_vs_uncached": 0.8}}}  # fmt: skip
+    for mode, status in (("fail", "failed"), ("hang", "timeout")):
+        command = [
+            sys.executable,
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT / 'benchmarks')!r}); exec({grows!r})",
+            mode,
+        ]
+        entry = run_part(Part("losses", command, None, 20), cuda=True, budget_left=600, log=log)
+        assert entry["status"] == status and entry["result"] == expected, entry
+
+
+def test_the_reports_are_written_after_every_part_so_a_killed_run_keeps_them(tmp_path):
+    """The device tool stops a command at its limit: gpu_check.json and gpu_results.md must already hold every part
+    that finished. Here the second part kills gpu_check itself."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import gpu_check\n"
+        'report = \'import json; print(json.dumps({"train": {"ratio": 2.5}}, indent=2))\'\n'
+        "kill = 'import os, signal; os.kill(int(sys.argv[1]), signal.SIGKILL)'\n"
+        "import os\n"
+        "gpu_check.write_models = lambda directory, cuda: {'bert_base': 'x', 'minilm': 'y'}\n"
+        "gpu_check.parts = lambda models, scratch, cuda: [\n"
+        "    gpu_check.Part('backbone_minilm', None, [sys.executable, '-c', report], 60),\n"
+        "    gpu_check.Part('losses', None, [sys.executable, '-c', 'import sys; ' + kill, str(os.getpid())], 60),\n"
+        "]\n"
+        "sys.argv = ['gpu_check.py', '--out', sys.argv[1]]\n"
+        "gpu_check.main()\n",
+        encoding="utf8",
+    )
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(driver), str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == -9, done.stdout + done.stderr  # killed before it could finish
+    report = json.loads((out / "gpu_check.json").read_text(encoding="utf8"))
+    assert list(report["parts"]) == ["backbone_minilm"] and report["parts"]["backbone_minilm"]["status"] == "ok"
+    assert report["summary"]["minilm_train_packed_vs_stock"] == 2.5
+    assert "| MiniLM-size training step, packed / stock | 2.50x |" in (out / "gpu_results.md").read_text()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import env_for_shell_commands
+from partial_report import PREFIX
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,3 +75,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert compiled["train"]["compiled_vs_flash"] > 0 and compiled["train"]["flash_compiled"]["tokens_per_s"] > 0
     merged = parts["mfu_bert_base"]["result"]["train"]
     assert merged["merged_vs_flash"] > 0 and merged["flash_merged"]["tokens_per_s"] > 0
+    # the benchmarks also reported each section as it finished (kept if a part is stopped at its limit)
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    partials = [json.loads(line.removeprefix(PREFIX)) for line in log.splitlines() if line.startswith(PREFIX)]
+    assert [p for p in partials if "batches" in p][-1]["batches"] == parts["losses"]["result"]["batches"]
+    assert any(partial.get("train") == backbone["train"] and "encode" not in partial for partial in partials)
