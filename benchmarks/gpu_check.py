@@ -1,8 +1,8 @@
 """Every GPU check in one command: the CUDA tests and the GPU benchmarks, each part guarded (``gpu_check.sh`` runs it).
 
-Parts, in the order they run, the headline figures first (each in its own process group, under its own time limit
-and the run's overall budget; a part that fails or runs out of time is logged, its processes are stopped, and the next
-one starts):
+Parts, in the order they run: the figures with targets first, the compiled step (whose first compile takes longest)
+last. Each runs in its own process group, under its own time limit and the run's overall budget; a part that fails or
+runs out of time is logged with the figures it had reported, its processes are stopped, and the next one starts:
 
 - ``cuda_tests``: ``pytest -m cuda`` on the test files that have CUDA tests (kernels, bf16 parity of every packed
   architecture, rotary models in mixed precision);
@@ -15,13 +15,13 @@ one starts):
   with one forward per column and with both columns in one forward (``flash_merged``, as st_contrast's losses run);
 - ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 (fp32 weights, autocast) for a
   few steps: the run log (and so the progress bar) must carry ``tokens_per_second`` and, on a known GPU, ``mfu``;
-- ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
-  (on a CPU: the toy model, traced by dynamo and AOTAutograd as on the GPU but with the ``aot_eager`` backend, since
-  inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``);
 - ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL from 1k to 16k triplets (step
   time, ``max_memory_allocated``);
 - ``backbone_minilm``: ``bench_backbone.py`` on a random MiniLM-sized model (384 wide, 6 layers, heads of 32), as
-  ``backbone_bert_base``.
+  ``backbone_bert_base``;
+- ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
+  (on a CPU: the toy model, traced by dynamo and AOTAutograd as on the GPU but with the ``aot_eager`` backend, since
+  inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``).
 
 A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
 trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, with
@@ -153,14 +153,6 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             150, result_file=scratch / "trainer_run" / "log.jsonl", needs_packages=("datasets",),
         ),
         Part(
-            "compile_bert_base",
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
-             "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256"],
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
-             "train", "--compile-backend=aot_eager", *cpu_train],
-            240,
-        ),
-        Part(
             "losses",
             [*losses, f"--model={models['minilm']}", "--dtype=bf16", "--batch-sizes", "1024", "4096", "16384",
              "--mini-batch-size=256", "--steps=3", "--warmup=1"],
@@ -173,6 +165,14 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             [*backbone, f"--model={models['minilm']}", *gpu_train],
             [*backbone, f"--model={models['minilm']}", *cpu_train],
             120,
+        ),
+        Part(
+            "compile_bert_base",
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
+             "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
+             "train", "--compile-backend=aot_eager", *cpu_train],
+            240,
         ),
     ]  # fmt: skip
 

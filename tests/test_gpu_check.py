@@ -35,8 +35,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     parts = report["parts"]
     assert report["cuda"] is False
     assert list(parts) == [
-        "cuda_tests", "attention", "backbone_bert_base", "mfu_bert_base", "trainer_mfu", "compile_bert_base", "losses",
-        "backbone_minilm",
+        "cuda_tests", "attention", "backbone_bert_base", "mfu_bert_base", "trainer_mfu", "losses", "backbone_minilm",
+        "compile_bert_base",
     ]  # fmt: skip
     skipped = {name for name, part in parts.items() if part["status"] == "skipped"}
     assert skipped == {"cuda_tests", "backbone_bert_base"}
