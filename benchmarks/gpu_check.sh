@@ -14,7 +14,19 @@ cd "$(dirname "$0")/.."
 out="${OUT:-gpu_results}"
 mkdir -p "$out"
 export PYTHONPATH=".${PYTHONPATH:+:$PYTHONPATH}" HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-python="$(command -v python || command -v python3)"
+# The interpreter that holds torch: `python` in a virtual environment, `python3` on the GPU machine (its `python`, if
+# any, need not be the one with PyTorch).
+python=""
+for candidate in python python3; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" >/dev/null 2>&1; then
+        python="$(command -v "$candidate")"
+        break
+    fi
+done
+if [ -z "$python" ]; then
+    echo "gpu_check: neither python nor python3 on PATH imports torch" | tee -a "$out/gpu_check.log" >&2
+    exit 1
+fi
 # What benchmarks/gpu_prepare.sh packed where pip works, for a machine that lacks it: the shared data, all-MiniLM-L6-v2
 # in bf16, and wheels of the packages not installed here (unpacked into .gpu_carry/site, ahead of the installed ones
 # on PYTHONPATH).

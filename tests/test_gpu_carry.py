@@ -222,3 +222,19 @@ def test_the_reports_are_written_after_every_part_so_a_killed_run_keeps_them(tmp
     assert list(report["parts"]) == ["backbone_minilm"] and report["parts"]["backbone_minilm"]["status"] == "ok"
     assert report["summary"]["minilm_train_packed_vs_stock"] == 2.5
     assert "| MiniLM-size training step, packed / stock | 2.50x |" in (out / "gpu_results.md").read_text()
+
+
+def test_gpu_check_runs_on_the_python_that_holds_torch(tmp_path):
+    """On the GPU machine ``python3`` holds PyTorch; a ``python`` that does not must not take the run down."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for name, body in (("python", "echo 'not this one' >&2; exit 3"), ("python3", f'exec {sys.executable} "$@"')):
+        (fake / name).write_text(f"#!/bin/sh\n{body}\n")
+        (fake / name).chmod(0o755)
+    env = {**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "OUT": str(tmp_path / "out")}
+    script = str(ROOT / "benchmarks" / "gpu_check.sh")
+    done = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and "--budget-s" in done.stdout, done.stderr
+    (fake / "python3").unlink()
+    done = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1 and "neither python nor python3 on PATH imports torch" in done.stderr
