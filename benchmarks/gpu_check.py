@@ -177,6 +177,16 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
     ]  # fmt: skip
 
 
+def selected(all_parts: list[Part], names: list[str] | None) -> list[Part]:
+    """The parts named in ``names`` (all when None), in their usual order; an unknown name is an error."""
+    if names is None:
+        return all_parts
+    unknown = sorted(set(names) - {part.name for part in all_parts})
+    if unknown:
+        raise SystemExit(f"gpu_check: unknown part(s) {unknown}; the parts are {[part.name for part in all_parts]}")
+    return [part for part in all_parts if part.name in names]
+
+
 def write_models(directory: Path, cuda: bool) -> dict[str, str]:
     """Random BERT-base-sized and MiniLM-sized models (toy sizes without CUDA), written once for every part."""
     sys.path.insert(0, str(BENCH))
@@ -395,6 +405,9 @@ def main() -> None:
     parser.add_argument(
         "--budget-s", type=float, default=None, help="time budget of all parts, s (450 on a GPU, 900 without)"
     )
+    parser.add_argument(
+        "--only", nargs="+", metavar="PART", help="run only these parts (a rerun of those that failed), in their order"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -418,7 +431,7 @@ def main() -> None:
             say(log, f"FAIL set-up (random models): {type(error).__name__}: {error}")
             report["setup_error"] = f"{type(error).__name__}: {error}"
             models = {"bert_base": "<no model: set-up failed>", "minilm": "<no model: set-up failed>"}
-        for part in parts(models, Path(scratch), cuda):
+        for part in selected(parts(models, Path(scratch), cuda), args.only):
             budget_left = budget_s - (time.perf_counter() - start)
             report["parts"][part.name] = run_part(part, cuda, budget_left, log, report.get("setup_error", ""))
             write_reports(out, report, start)  # after every part: a run stopped from outside keeps what it measured

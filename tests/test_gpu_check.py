@@ -80,3 +80,18 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     partials = [json.loads(line.removeprefix(PREFIX)) for line in log.splitlines() if line.startswith(PREFIX)]
     assert [p for p in partials if "batches" in p][-1]["batches"] == parts["losses"]["result"]["batches"]
     assert any(partial.get("train") == backbone["train"] and "encode" not in partial for partial in partials)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the part runs at full size: run it by hand")
+def test_gpu_check_only_reruns_the_named_parts(tmp_path):
+    """``--only`` (a rerun of the parts that failed, on a machine still warm) runs those parts and reports only them;
+    a misspelt part is refused with the list of parts, not skipped in silence."""
+    command = ["python", str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)]
+    env = env_for_shell_commands()
+    done = subprocess.run([*command, "--only", "attention"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert list(report["parts"]) == ["attention"] and report["parts"]["attention"]["status"] == "ok"
+    assert report["summary"]["attention_ratio_at_0.45"] > 0
+    wrong = subprocess.run([*command, "--only", "atention"], capture_output=True, text=True, env=env, timeout=300)
+    assert wrong.returncode != 0 and "unknown part(s) ['atention']" in wrong.stderr and "cuda_tests" in wrong.stderr
