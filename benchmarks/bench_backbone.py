@@ -126,9 +126,12 @@ class TrainRun:
                          for a, p in batches]  # fmt: skip
         self.estimate = estimate_flops(model)
         self.times: list[float] = []
+        self.first_sight_times: list[float] = []
         self.flops, self.tokens, self.peak_memory = 0.0, 0, 0.0
 
-    def step(self, index: int, timed: bool) -> None:
+    def step(self, index: int, timed: bool, first_sight: bool = False) -> None:
+        """One training step on batch ``index``; ``timed`` counts it in the result, ``first_sight`` (an untimed pass
+        that shows every batch once, see ``--replay``) keeps its time apart as ``first_sight_median_step_s``."""
         model, device = self.model, self.device
         anchors, positives = self.prepared[index]
         synchronize(device)
@@ -145,6 +148,8 @@ class TrainRun:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         synchronize(device)
+        if first_sight:
+            self.first_sight_times.append(time.perf_counter() - start)
         if timed:
             self.times.append(time.perf_counter() - start)
             lengths = torch.cat([sequence_lengths(anchors), sequence_lengths(positives)]).double()
@@ -162,6 +167,8 @@ class TrainRun:
             "model_tflops_per_s": self.flops / seconds / 1e12,
             "padding_fraction": padding_fraction(self.model, self.batches),
         }
+        if self.first_sight_times:
+            result["first_sight_median_step_s"] = statistics.median(self.first_sight_times)
         if self.peak_flops:
             result["mfu"] = self.flops / seconds / self.peak_flops
         if self.device.type == "cuda":
@@ -169,8 +176,16 @@ class TrainRun:
         return result
 
 
-def bench_train(models: dict[str, SentenceTransformer], batches, warmup: int, peak_flops: float | None) -> dict:
+def bench_train(
+    models: dict[str, SentenceTransformer], batches, warmup: int, peak_flops: float | None, replay: bool = False
+) -> dict:
+    """Every variant's training steps, in turns. ``replay``: first one untimed pass over all the batches, so that each
+    timed step meets shapes its variant has seen (see ``--replay``)."""
     runs = {name: TrainRun(model, batches, peak_flops, merged=name == "flash_merged") for name, model in models.items()}
+    if replay:
+        for index in range(len(batches)):
+            for run in runs.values():
+                run.step(index, timed=False, first_sight=index >= warmup)
     for index in range(len(batches)):
         for run in runs.values():
             run.step(index, timed=index >= warmup)
@@ -293,7 +308,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
     report["peak_flops_per_device"] = peak
     if "train" in args.sections:
-        train = bench_train(models, batches, args.warmup, peak)
+        train = bench_train(models, batches, args.warmup, peak, replay=args.replay)
         add_ratios(train)
         report["train"] = train
         emit_partial(report)
@@ -353,6 +368,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--steps", type=int, default=12, help="timed training steps per model")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument(
+        "--replay", action="store_true", help="time each training batch the second time its variant sees it (the "
+        "steady state of a long run, where every padded shape recurs: on a GPU the stock model's cuDNN attention "
+        "builds an execution plan per new shape); the first sight is reported as first_sight_median_step_s"
+    )  # fmt: skip
     parser.add_argument("--max-seq-length", type=int, default=256)
     parser.add_argument("--encode-sentences", type=int, default=2048)
     parser.add_argument("--attention-backend", default="auto", help="packed kernel of the flash variants")

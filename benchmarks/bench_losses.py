@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import gc
 import gzip
 import json
 import statistics
@@ -128,7 +129,16 @@ def measure_interleaved(args: argparse.Namespace) -> dict:
 def run_one(args: argparse.Namespace, model: str, method: str, batch_size: int) -> dict:
     if args.in_process:
         one = argparse.Namespace(**{**vars(args), "method": method, "model": model, "batch_size": batch_size})
-        return measure_interleaved(one) if method == "interleaved" else measure(one)
+        try:
+            return measure_interleaved(one) if method == "interleaved" else measure(one)
+        except torch.OutOfMemoryError as error:  # as a worker's: reported, and the next measurement still runs
+            message = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+            print(f"{method} at batch {batch_size} failed: {message}", file=sys.stderr, flush=True)
+            return {"error": message[-500:]}
+        finally:
+            gc.collect()  # this measurement's model and activations, before the next one's peak is read
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     command = [
         sys.executable, __file__, "--worker", f"--method={method}", f"--model={model}", f"--device={args.device}",
         f"--batch-sizes={batch_size}", f"--mini-batch-size={args.mini_batch_size}", f"--steps={args.steps}",
@@ -180,8 +190,9 @@ def main() -> None:
     parser.add_argument(
         "--in-process",
         action="store_true",
-        help="run every measurement in this process: a quick end-to-end check "
-        "(no process start per measurement); times stand, but the peak memory figures are not each its own",
+        help="run every measurement in this process (no process start per measurement: on a GPU machine each start "
+        "costs seconds of imports); times stand, and on CUDA each peak is its own (max_memory_allocated above what "
+        "its step started with), but on CPU the peak resident set is the process's, shared by all",
     )
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--method", choices=(*METHODS, "interleaved"), help=argparse.SUPPRESS)

@@ -7,16 +7,22 @@ runs out of time is logged with the figures it had reported, its processes are s
 - ``cuda_tests``: ``pytest -m cuda`` on the test files that have CUDA tests (kernels, bf16 parity of every packed
   architecture, rotary models in mixed precision);
 - ``attention``: the attention op alone (forward + backward), packed kernel vs padded SDPA, at 30/45/60% padding,
-  BERT-base heads;
+  BERT-base heads, 128 sequences of up to 512 tokens (large enough that the kernels, not their launches, take the
+  time; the backbone parts also time it at the data's lengths);
 - ``backbone_bert_base``: ``bench_backbone.py`` on a random BERT-base-sized (768 wide, 12 layers) model: training
   step and encode, packed vs stock ST padded SDPA vs stock ST ``unpad_inputs`` (skipped with the reason where
-  flash_attn is absent), bf16 weights;
+  flash_attn is absent), bf16 weights. ``--replay``: each batch is timed the second time its variant sees it, the
+  steady state of a long run (the stock model's cuDNN attention builds an execution plan for every new padded shape,
+  about 20 ms of host time per attention call); the first sight is reported too;
 - ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU,
   with one forward per column and with both columns in one forward (``flash_merged``, as st_contrast's losses run);
+- ``profile_bert_base``: ``profile_step.py`` on that step: the kernels' time against the step time (host-bound or
+  device-bound), launches and host syncs per step, and the operators that take the time (in the log);
 - ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 (fp32 weights, autocast) for a
   few steps: the run log (and so the progress bar) must carry ``tokens_per_second`` and, on a known GPU, ``mfu``;
-- ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL from 1k to 16k triplets (step
-  time, ``max_memory_allocated``);
+- ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL at 1k, 4k and 16k triplets
+  (step time, ``max_memory_allocated``), mini-batches of 1024 sequences, every measurement in one process (a fresh
+  process per measurement spends seconds on imports there: with nine of them the part once ran out of time);
 - ``backbone_minilm``: ``bench_backbone.py`` on a random MiniLM-sized model (384 wide, 6 layers, heads of 32), as
   ``backbone_bert_base``;
 - ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
@@ -116,8 +122,23 @@ def trainer_command(scratch: Path, model: str, cuda: bool) -> list[str]:
 def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
     backbone = [sys.executable, str(BENCH / "bench_backbone.py")]
     losses = [sys.executable, str(BENCH / "bench_losses.py")]
-    gpu_train = ["--batch-size=128", "--steps=10", "--warmup=3", "--encode-sentences=8192", "--max-seq-length=256"]
-    cpu_train = ["--batch-size=8", "--steps=1", "--warmup=1", "--encode-sentences=32", "--max-seq-length=64"]
+    profile = [sys.executable, str(BENCH / "profile_step.py")]
+    gpu_train = [
+        "--batch-size=128",
+        "--steps=10",
+        "--warmup=3",
+        "--encode-sentences=8192",
+        "--max-seq-length=256",
+        "--replay",
+    ]
+    cpu_train = [
+        "--batch-size=8",
+        "--steps=1",
+        "--warmup=1",
+        "--encode-sentences=32",
+        "--max-seq-length=64",
+        "--replay",
+    ]
     attention = ["--config=bert", "--hidden-size=768", "--head-dim=64", "--sections", "attention"]
     pads = ["--attention-padding", "0.3", "0.45", "0.6"]
     no_cuda = "no CUDA device (torch.cuda.is_available() is False)"
@@ -129,7 +150,8 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         ),
         Part(
             "attention",
-            [*backbone, *attention, *pads, "--attention-batch=64", "--attention-max-len=256", "--attention-repeats=50"],
+            [*backbone, *attention, *pads, "--attention-batch=128", "--attention-max-len=512",
+             "--attention-repeats=30"],
             [*backbone, *attention, *pads, "--attention-batch=8", "--attention-max-len=32", "--attention-repeats=2"],
             60, needs_models=False,
         ),
@@ -147,6 +169,12 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             120,
         ),
         Part(
+            "profile_bert_base",
+            [*profile, f"--model={models['bert_base']}", "--batch-size=1024", "--top=20"],
+            [*profile, f"--model={models['bert_base']}", "--batch-size=8", "--steps=1", "--warmup=1", "--top=5"],
+            90,
+        ),
+        Part(
             "trainer_mfu",
             trainer_command(scratch, models["bert_base"], cuda) if cuda else None,
             None if cuda else trainer_command(scratch, models["minilm"], cuda),
@@ -155,9 +183,9 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         Part(
             "losses",
             [*losses, f"--model={models['minilm']}", "--dtype=bf16", "--batch-sizes", "1024", "4096", "16384",
-             "--mini-batch-size=256", "--steps=3", "--warmup=1"],
+             "--mini-batch-size=1024", "--steps=2", "--warmup=1", "--in-process"],
             [*losses, f"--model={models['minilm']}", "--batch-sizes", "16", "--mini-batch-size=4", "--steps=1",
-             "--warmup=0"],
+             "--warmup=0", "--in-process"],
             240,
         ),
         Part(
@@ -311,12 +339,19 @@ def summary(results: dict) -> dict:
         out[f"{model}_encode_packed_vs_stock"] = get(part, "encode", "ratio")
         out[f"{model}_train_padding_fraction"] = get(part, "train", "stock", "padding_fraction")
         out[f"{model}_stock_unpad_skipped"] = get(part, "skipped", "stock_unpad")
+        stock_first = get(part, "train", "stock", "first_sight_median_step_s")
+        packed_first = get(part, "train", "flash", "first_sight_median_step_s")
+        out[f"{model}_train_first_sight_step_ratio"] = (
+            stock_first / packed_first if stock_first and packed_first else None
+        )
     for padding in ("0.3", "0.45", "0.6"):
         out[f"attention_ratio_at_{padding}"] = get("attention", "attention", f"padding_{padding}", "ratio")
     out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
     out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
     out["bert_base_merged_mfu"] = get("mfu_bert_base", "train", "flash_merged", "mfu")
     out["bert_base_merged_vs_per_column"] = get("mfu_bert_base", "train", "merged_vs_flash")
+    out["bert_base_device_busy_fraction"] = get("profile_bert_base", "device_busy_fraction")
+    out["bert_base_kernel_launches_per_step"] = get("profile_bert_base", "kernel_launches_per_step")
     out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
     out["trainer_log_mfu"] = get("trainer_mfu", "mfu")
     out["bert_base_compiled_mfu"] = get("compile_bert_base", "train", "flash_compiled", "mfu")
@@ -350,10 +385,13 @@ def markdown(report: dict) -> str:
         "",
         "| measure | result | target |",
         "|---|---:|---:|",
-        f"| BERT-base training step, packed / stock padded SDPA (real tokens/s; padding "
+        f"| BERT-base training step, packed / stock padded SDPA, steady state (real tokens/s; padding "
         f"{cell(figures['bert_base_train_padding_fraction'])}) | {times(figures['bert_base_train_packed_vs_stock'])} "
         "| >= 2.0x |",
         f"| MiniLM-size training step, packed / stock | {times(figures['minilm_train_packed_vs_stock'])} | >= 2.0x |",
+        "| the same at each batch's first sight (the stock model builds its cuDNN plans), stock / packed step time: "
+        f"BERT-base, MiniLM-size | {times(figures['bert_base_train_first_sight_step_ratio'])}, "
+        f"{times(figures['minilm_train_first_sight_step_ratio'])} | |",
         f"| BERT-base encode, packed / stock | {times(figures['bert_base_encode_packed_vs_stock'])} | |",
         f"| MiniLM-size encode, packed / stock | {times(figures['minilm_encode_packed_vs_stock'])} | |",
         f"| stock ST `unpad_inputs` | {unpad_skipped or 'measured (see JSON)'} | |",
@@ -370,6 +408,9 @@ def markdown(report: dict) -> str:
         f"| BERT-base packed training MFU, both columns in one forward (st_contrast's losses) | "
         f"{cell(figures['bert_base_merged_mfu'], 3)} ({times(figures['bert_base_merged_vs_per_column'])} the tokens/s "
         "of one forward per column) | |",
+        "| BERT-base packed step at 1024 pairs: kernels' time / step time (below 1: waiting on the host); kernel "
+        f"launches per step | {cell(figures['bert_base_device_busy_fraction'])}; "
+        f"{cell(figures['bert_base_kernel_launches_per_step'], 0)} | |",
         "| `st-contrast train` log (and progress bar), BERT-base `bf16: true` (fp32 weights, autocast): tokens/s, "
         f"MFU | "
         f"{cell(figures['trainer_log_tokens_per_second'], 0)}, {cell(figures['trainer_log_mfu'], 3)} | MFU shown |",

@@ -2,8 +2,8 @@
 
 The step is ``bench_backbone``'s (forward of both columns, in-batch-negatives loss, backward, fused AdamW) on the
 shared NLI/STS sentences, for one variant (``flash``: packed; ``stock``: ST's padded SDPA; ``flash_compiled``). Prints
-what a throughput figure alone cannot tell: the wall time per step against the device's busy time (kernels summed:
-far below the wall time means the step waits on the host, i.e. launches and Python, not on the GPU), the kernels
+what a throughput figure alone cannot tell: the unprofiled step time against the device's busy time (kernels summed:
+far below the step time means the step waits on the host, i.e. launches and Python, not on the GPU), the kernels
 launched and host-device synchronizations per step, and the operators that take the most device and host time.
 
 Usage::
@@ -25,6 +25,7 @@ import torch
 from bench_backbone import TrainRun, build, load_sentences, synchronize
 from random_model import write_random_model
 from sentence_transformers.base.modules import Transformer
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from st_contrast.callbacks.flops import peak_flops_per_device
@@ -42,8 +43,15 @@ def backbone(variant: str, model: str, max_seq_length: int) -> Transformer:
 
 
 def device_microseconds(averages) -> float:
-    """Summed self time of the device events (kernels, copies, sets) in a ``key_averages()`` list, microseconds."""
-    return sum(getattr(event, "self_device_time_total", 0.0) for event in averages)
+    """Summed time of the device's own events (kernels, copies, memsets) in a ``key_averages()`` list, microseconds.
+
+    Only the events of the device type count, as the profiler's table sums its "Self CUDA time total": an operator
+    that launched a kernel also carries that kernel's time as its own device time."""
+    return sum(
+        event.self_device_time_total
+        for event in averages
+        if event.device_type == DeviceType.CUDA and not getattr(event, "is_user_annotation", False)
+    )
 
 
 def main() -> None:
@@ -96,7 +104,9 @@ def main() -> None:
         "profiled_step_s": round(wall, 4),
         "unprofiled_step_s": round(unprofiled, 4),
         "device_busy_s_per_step": round(busy, 4),
-        "device_busy_fraction": round(busy / wall, 3) if device.type == "cuda" else None,
+        # kernels' time over the unprofiled step (the profiler slows the host, not the kernels): well below 1, the
+        # step waits on the host
+        "device_busy_fraction": round(busy / unprofiled, 3) if device.type == "cuda" else None,
         "kernel_launches_per_step": sum(counts.get(name, 0) for name in LAUNCHES) / args.steps,
         "syncs_per_step": {name: counts[name] / args.steps for name in SYNCS if name in counts},
         "real_tokens_per_step": run.tokens / args.steps,

@@ -35,8 +35,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     parts = report["parts"]
     assert report["cuda"] is False
     assert list(parts) == [
-        "cuda_tests", "attention", "backbone_bert_base", "mfu_bert_base", "trainer_mfu", "losses", "backbone_minilm",
-        "compile_bert_base",
+        "cuda_tests", "attention", "backbone_bert_base", "mfu_bert_base", "profile_bert_base", "trainer_mfu", "losses",
+        "backbone_minilm", "compile_bert_base",
     ]  # fmt: skip
     skipped = {name for name, part in parts.items() if part["status"] == "skipped"}
     assert skipped == {"cuda_tests", "backbone_bert_base"}
@@ -49,13 +49,17 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
         assert backbone[section]["ratio"] > 0
         assert backbone[section]["flash"]["tokens_per_s"] > 0 and backbone[section]["stock"]["tokens_per_s"] > 0
     assert "flash_attn" in backbone["skipped"]["stock_unpad"] or "CUDA" in backbone["skipped"]["stock_unpad"]
+    # --replay: every batch was seen once before it was timed, and that first sight is reported apart
+    assert backbone["train"]["flash"]["first_sight_median_step_s"] > 0
+    assert report["summary"]["minilm_train_first_sight_step_ratio"] > 0
     # Both backbones saw the same batches: the padded layout's padding is the same number for both.
     assert backbone["train"]["flash"]["padding_fraction"] == backbone["train"]["stock"]["padding_fraction"] > 0
     attention = parts["attention"]["result"]["attention"]
     for padding in (0.3, 0.45, 0.6):
         assert attention[f"padding_{padding:g}"]["padding_fraction"] == pytest.approx(padding, abs=0.01)
-    # bench_losses, one process per measurement as on the GPU: the same batch gives the same InfoNCE loss whichever
-    # way it is computed, a loss well above zero (16 anchors of a random model), equal across the three methods.
+    # bench_losses, every measurement in one process as on the GPU: the same batch gives the same InfoNCE loss
+    # whichever way it is computed, a loss well above zero (16 anchors of a random model), equal across the methods.
+    assert parts["losses"]["result"]["in_process"] is True
     figures = parts["losses"]["result"]["batches"]["16"]
     for method in ("uncached", "cached", "stock_cached"):
         assert figures[method]["seconds"] > 0 and figures[method]["peak_mib"] >= 0
@@ -68,6 +72,10 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     trainer_log = parts["trainer_mfu"]["result"]
     assert trainer_log["step"] == 2 and trainer_log["tokens_per_second"] > 0 and "mfu" not in trainer_log
 
+    # profile_step: the step's time, launches and syncs (no device events on a CPU), the operator tables in the log
+    profiled = parts["profile_bert_base"]["result"]
+    assert profiled["variant"] == "flash" and profiled["unprofiled_step_s"] > 0 and profiled["real_tokens_per_step"] > 0
+    assert profiled["device_busy_fraction"] is None and profiled["kernel_launches_per_step"] == 0
     table = (tmp_path / "out" / "gpu_results.md").read_text()
     assert "| measure | result | target |" in table and "CPU smoke form" in table
     compiled = parts["compile_bert_base"]["result"]  # traced as on the GPU; inductor's CPU code is test_compile's
