@@ -123,22 +123,10 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
     backbone = [sys.executable, str(BENCH / "bench_backbone.py")]
     losses = [sys.executable, str(BENCH / "bench_losses.py")]
     profile = [sys.executable, str(BENCH / "profile_step.py")]
-    gpu_train = [
-        "--batch-size=128",
-        "--steps=10",
-        "--warmup=3",
-        "--encode-sentences=8192",
-        "--max-seq-length=256",
-        "--replay",
-    ]
-    cpu_train = [
-        "--batch-size=8",
-        "--steps=1",
-        "--warmup=1",
-        "--encode-sentences=32",
-        "--max-seq-length=64",
-        "--replay",
-    ]
+    gpu_train = ["--batch-size=128", "--steps=10", "--warmup=3", "--encode-sentences=8192", "--max-seq-length=256",
+                 "--replay"]  # fmt: skip
+    cpu_train = ["--batch-size=8", "--steps=1", "--warmup=1", "--encode-sentences=32", "--max-seq-length=64",
+                 "--replay"]  # fmt: skip
     attention = ["--config=bert", "--hidden-size=768", "--head-dim=64", "--sections", "attention"]
     pads = ["--attention-padding", "0.3", "0.45", "0.6"]
     no_cuda = "no CUDA device (torch.cuda.is_available() is False)"
