@@ -194,13 +194,14 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
 
 
 def selected(all_parts: list[Part], names: list[str] | None) -> list[Part]:
-    """The parts named in ``names`` (all when None), in their usual order; an unknown name is an error."""
-    if names is None:
-        return all_parts
-    unknown = sorted(set(names) - {part.name for part in all_parts})
-    if unknown:
-        raise SystemExit(f"gpu_check: unknown part(s) {unknown}; the parts are {[part.name for part in all_parts]}")
-    return [part for part in all_parts if part.name in names]
+    """The parts named in ``names`` (all when None), in their usual order."""
+    return all_parts if names is None else [part for part in all_parts if part.name in names]
+
+
+def part_names(cuda: bool) -> list[str]:
+    """The parts' names, in order (from placeholder models: nothing is run or kept)."""
+    with tempfile.TemporaryDirectory() as scratch:
+        return [part.name for part in parts({"bert_base": "", "minilm": ""}, Path(scratch), cuda)]
 
 
 def write_models(directory: Path, cuda: bool) -> dict[str, str]:
@@ -438,9 +439,12 @@ def main() -> None:
         "--only", nargs="+", metavar="PART", help="run only these parts (a rerun of those that failed), in their order"
     )
     args = parser.parse_args()
+    cuda = torch.cuda.is_available()
+    unknown = sorted(set(args.only or ()) - set(part_names(cuda)))
+    if unknown:  # before anything is written
+        parser.error(f"--only: unknown part(s) {unknown}; the parts are {part_names(cuda)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cuda = torch.cuda.is_available()
     budget_s = args.budget_s or (450 if cuda else 900)
     start = time.perf_counter()
     report = {

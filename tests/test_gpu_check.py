@@ -93,7 +93,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the part runs at full size: run it by hand")
 def test_gpu_check_only_reruns_the_named_parts(tmp_path):
     """``--only`` (a rerun of the parts that failed, on a machine still warm) runs those parts and reports only them;
-    a misspelt part is refused with the list of parts, not skipped in silence."""
+    a misspelt part is refused (exit 2) with the list of parts before anything is written, not skipped in silence."""
     command = ["python", str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)]
     env = env_for_shell_commands()
     done = subprocess.run([*command, "--only", "attention"], capture_output=True, text=True, env=env, timeout=300)
@@ -101,5 +101,9 @@ def test_gpu_check_only_reruns_the_named_parts(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert list(report["parts"]) == ["attention"] and report["parts"]["attention"]["status"] == "ok"
     assert report["summary"]["attention_ratio_at_0.45"] > 0
-    wrong = subprocess.run([*command, "--only", "atention"], capture_output=True, text=True, env=env, timeout=300)
-    assert wrong.returncode != 0 and "unknown part(s) ['atention']" in wrong.stderr and "cuda_tests" in wrong.stderr
+    wrong_out = tmp_path / "wrong"
+    wrong = subprocess.run(
+        [*command[:-1], str(wrong_out), "--only", "atention"], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert wrong.returncode == 2 and "unknown part(s) ['atention']" in wrong.stderr and "cuda_tests" in wrong.stderr
+    assert not wrong_out.exists()  # refused before anything was written
