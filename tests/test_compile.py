@@ -7,6 +7,7 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
+from varlen_on_cpu import varlen_kernels_on_cpu
 
 from st_contrast.modules import (
     BidirectionalFlashTransformer,
@@ -98,6 +99,35 @@ def test_bidirectional_decoder_compiles_to_one_graph_and_stays_bidirectional(tin
     with torch.no_grad():
         outputs = [compiled[0](features)["token_embeddings"].flatten(0, -2)[0] for features in (first, changed)]
     assert not torch.allclose(*outputs)
+
+
+def test_varlen_kernel_is_traced_into_one_graph(tiny_model_factory, snli_sentences, monkeypatch, caplog):
+    """The GPU kernel (torch's ``varlen_attn`` custom op, run here by CPU test kernels) is traced: the whole backbone is
+    one graph (``fullgraph=True`` refuses any break) for every batch shape, with the eager exact kernel's embeddings and
+    gradients. The model's attention dropout, which ``varlen`` leaves out, is still reported once, after the graph."""
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    def model(backend, attention_dropout, compile):
+        torch.manual_seed(0)
+        config = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": attention_dropout}
+        backbone = FlashTransformer(
+            tiny_model_factory("bert"), attention_backend=backend, compile=compile, config_kwargs=config
+        )
+        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu").train()
+
+    with varlen_kernels_on_cpu(monkeypatch), caplog.at_level("WARNING", logger="st_contrast.attention.backends"):
+        eager = model("sdpa", 0.0, False)
+        compiled = model("varlen", 0.1, {"backend": counting_backend, "fullgraph": True})
+        for texts in batches(snli_sentences):
+            torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
+    assert len(graphs) == 1, "a new batch shape recompiled the packed model"
+    assert "torch.ops.torch_attn._varlen_attn" in graphs[0].code
+    dropout_warnings = [record for record in caplog.records if "no attention dropout" in record.getMessage()]
+    assert len(dropout_warnings) == 1
 
 
 def test_llm2vec_recipe_compiles_after_its_lora_adapter(tiny_model_factory, snli_sentences):

@@ -123,3 +123,44 @@ def test_rotary_model_in_mixed_precision_runs_a_gpu_kernel(name, tiny_model_fact
     assert resolved and set(resolved) <= {"varlen", "flash_attn"}, resolved
     cosine = torch.nn.functional.cosine_similarity(actual, expected, dim=-1)
     assert cosine.min() > 0.99, cosine.min()
+
+
+def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_factory, snli_sentences):
+    """``compile=True`` on a GPU: torch's varlen kernel is traced (``fullgraph=True`` refuses a graph break), one graph
+    serves every batch shape, and the compiled model's embeddings and gradients are the eager packed model's."""
+    if "varlen" not in _gpu_backends():
+        pytest.skip(f"varlen: {available_backends()['varlen']}")
+    graphs = []
+
+    def counting_backend(graph, example_inputs):
+        graphs.append(graph)
+        return graph.forward
+
+    def model(compile):
+        torch.manual_seed(0)
+        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        backbone = FlashTransformer(
+            tiny_model_factory("bert"),
+            attention_backend="varlen",
+            compile=compile,
+            model_kwargs={"dtype": torch.bfloat16},
+            config_kwargs=no_dropout,
+        )
+        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cuda").train()
+
+    def step(model, texts):
+        model.zero_grad(set_to_none=True)
+        features = {
+            key: value.to("cuda") if torch.is_tensor(value) else value for key, value in model.preprocess(texts).items()
+        }
+        embeddings = model(features)["sentence_embedding"]
+        embeddings.float().square().sum().backward()
+        return embeddings.detach().float(), {
+            name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None
+        }
+
+    eager, compiled = model(False), model({"backend": counting_backend, "fullgraph": True})
+    for texts in (snli_sentences[:8], [*snli_sentences[8:20], " ".join(snli_sentences[:30])], snli_sentences[40:43]):
+        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=2e-2, rtol=2e-2)
+    assert len(graphs) == 1, "a new batch shape recompiled the packed model"
+    assert "torch_attn._varlen_attn" in graphs[0].code

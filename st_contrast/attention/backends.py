@@ -132,11 +132,29 @@ def _softcapped_attention(
     return torch.matmul(probs, v)
 
 
-@functools.cache
-def _torch_varlen_parameters() -> frozenset[str]:
-    from torch.nn.attention.varlen import varlen_attn
+_varlen_parameters: tuple[str, ...] = ()
 
-    return frozenset(inspect.signature(varlen_attn).parameters)
+
+@torch.compiler.assume_constant_result
+def _torch_varlen_parameters() -> tuple[str, ...]:
+    """The parameter names of the installed torch's ``varlen_attn``, read once (a constant under ``torch.compile``,
+    which would warn about tracing through a ``functools.cache``)."""
+    global _varlen_parameters
+    if not _varlen_parameters:
+        from torch.nn.attention.varlen import varlen_attn
+
+        _varlen_parameters = tuple(inspect.signature(varlen_attn).parameters)
+    return _varlen_parameters
+
+
+@torch.compiler.assume_constant_result
+def _warn_no_varlen_dropout() -> None:
+    """Say once that ``varlen`` leaves out the model's attention dropout. Under ``torch.compile`` this runs while the
+    graph is traced (a constant-result function), so it warns without breaking the graph."""
+    _warn_once(
+        "torch varlen_attn has no attention dropout: the model's attention dropout is not applied in training. "
+        "Use attention_backend='flash_attn' or 'sdpa' to keep it."
+    )
 
 
 def torch_varlen_attention(
@@ -167,10 +185,7 @@ def torch_varlen_attention(
         )
     params = _torch_varlen_parameters()
     if dropout > 0.0:
-        _warn_once(
-            "torch varlen_attn has no attention dropout: the model's attention dropout "
-            f"({dropout}) is not applied. Use attention_backend='flash_attn' or 'sdpa' to keep it."
-        )
+        _warn_no_varlen_dropout()
     kwargs: dict = {}
     if "window_size" in params:
         kwargs["window_size"] = window if window is not None else ((-1, 0) if causal else (-1, -1))

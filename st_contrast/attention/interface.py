@@ -95,7 +95,7 @@ def packed_attention_forward(
     def packed(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
 
-    kernel = get_kernel(resolve_backend(backend, query.device, query.dtype, softcap=softcap is not None))
+    kernel = get_kernel(_concrete_backend(backend, query.device, query.dtype, softcap is not None))
     out = kernel(
         packed(query),
         packed(key),
@@ -154,11 +154,24 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
     return (half, half)
 
 
+@torch.compiler.assume_constant_result
+def _concrete_backend(backend: str, device: torch.device, dtype: torch.dtype, softcap: bool) -> str:
+    """:func:`resolve_backend`, worked out once per compile under ``torch.compile`` (its availability checks, import
+    probes and caches stay out of the traced code; the graph is guarded on the device and dtype it was traced for)."""
+    return resolve_backend(backend, device, dtype, softcap=softcap)
+
+
 _outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
-"""The GPU varlen kernels (``varlen``, ``flash_attn``) under ``torch.compile``
-(:func:`st_contrast.modules.compile_backbone`): a graph break, the kernel runs eagerly and the rest is compiled.
-The exact kernel (``sdpa``: CPU, fp32) is traced into the graph: its layout's shapes follow ``max_len`` and the
-token count."""
+"""The flash-attn package's kernel under ``torch.compile`` (:func:`st_contrast.modules.compile_backbone`): a graph
+break, the kernel runs eagerly and the rest is compiled. The ``varlen`` (torch's custom op, with its own shape
+function and backward) and ``sdpa`` kernels are traced into the graph: one graph for the whole backbone."""
+
+
+def _runs_flash_attn_package(backend: str, query: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether this attention call resolves to the flash-attn package's kernel (run between compiled graphs); logit
+    soft-capping only steers ``auto`` away from ``varlen``, so it does not change the answer."""
+    return _concrete_backend(backend, query.device, kernel_dtype(query, value), False) == "flash_attn"
+
 
 _registered = False
 
@@ -176,9 +189,7 @@ def register_packed_attention() -> None:
     for backend in ATTENTION_BACKENDS:
 
         def forward(module, query, key, value, *args, _backend: str = backend, **kwargs):
-            on_gpu_half = query.device.type == "cuda" and kernel_dtype(query, value) in (torch.float16, torch.bfloat16)
-            if torch.compiler.is_compiling() and on_gpu_half:
-                # a compiled packed model on a GPU: the varlen / flash_attn kernel runs between its graphs
+            if torch.compiler.is_compiling() and _runs_flash_attn_package(_backend, query, value):
                 return _outside_compiled_graphs(module, query, key, value, *args, backend=_backend, **kwargs)
             return packed_attention_forward(module, query, key, value, *args, backend=_backend, **kwargs)
 

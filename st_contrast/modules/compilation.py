@@ -3,11 +3,12 @@
 A packed batch is one run of ``total_tokens`` tokens whose length, number of sequences and longest sequence change at
 every step. Compiled naively, each new shape would recompile (and torch gives up after a few recompiles, silently
 running eager). Here the backbone's transformers model is compiled with dynamic shapes (``dynamic=True``: the token
-and sequence counts and ``max_len`` are symbolic from the first compile). The exact attention kernel (``sdpa``: CPU,
-fp32) is traced into the graph (its padded layout's shapes follow ``max_len`` and the token count; no data-dependent
-shape), so the whole backbone is one graph. The GPU varlen kernels (``varlen``, ``flash_attn``) run between the graphs
-(a graph break per attention layer), and the projections, MLPs, norms and embeddings around them are fused. One
-compile serves every batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
+and sequence counts and ``max_len`` are symbolic from the first compile). The attention kernels are traced into the
+graph: the exact one (``sdpa``: CPU, fp32; its padded layout's shapes follow ``max_len`` and the token count, no
+data-dependent shape) and torch's GPU kernel (``varlen``: a custom op with its own shape function and backward), so the
+whole backbone is one graph. Only the flash-attn package's kernel (``flash_attn``) runs between graphs (a graph break
+per attention layer; the projections, MLPs, norms and embeddings around it are still fused). One compile serves every
+batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
 
 The model compiles once per device type it runs on. On CPU, inductor draws dropout masks with torch's own random
 kernels (``fallback_random``) rather than generating them in its fused loops: its per-element generator is several
