@@ -16,10 +16,13 @@ trainer sees them), for each backbone variant:
 Variants: ``stock`` (ST ``Transformer``, padded, SDPA), ``flash`` (packed, ``--attention-backend``), ``stock_unpad``
 (ST's own padding-free path, ``unpad_inputs=True``, which needs the ``flash_attn`` package: skipped with the reason
 otherwise), with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=True)``; ``--compile-backend aot_eager``
-traces the model as inductor would but runs the traced graphs eagerly: a quick check of the tracing), and
+traces the model as inductor would but runs the traced graphs eagerly: a quick check of the tracing),
 ``flash_merged`` (packed, both columns in one forward, as st_contrast's losses embed a packed batch:
 :mod:`st_contrast.losses.merged_columns`; every other variant runs one forward per column, as ST's losses do for a
-pair). Ratios are against ``stock`` from the same run. CPU runs in fp32; CUDA in bf16 weights (``--dtype``).
+pair) and ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
+the projections and MLPs still see real tokens; on short sentences a GPU varlen kernel can cost more than that, as it
+works in tiles of 64-128 rows per sequence). Ratios are against ``stock`` from the same run. CPU runs in fp32; CUDA
+in bf16 weights (``--dtype``).
 
 Usage::
 
@@ -225,7 +228,8 @@ def bench_encode(model: SentenceTransformer, sentences: list[str], batch_size: i
 def bench_attention(
     lengths: list[int], device: torch.device, dtype: torch.dtype, heads: int, dim: int, repeats: int
 ) -> dict:
-    """Packed kernel vs padded SDPA with a key mask on the same sequences (forward + backward)."""
+    """Packed kernel vs padded SDPA with a key mask on the same sequences (forward + backward), and the packed ``sdpa``
+    kernel (regrouping the packed tokens into that padded batch and back around the same SDPA call)."""
     backend = resolve_backend("auto", device, dtype)
     total, max_len, batch = sum(lengths), max(lengths), len(lengths)
     q, k, v = (torch.randn(total, heads, dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -234,14 +238,14 @@ def bench_attention(
     valid = torch.arange(max_len, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
     mask = valid[:, None, None, :]
 
-    def packed() -> None:
-        get_kernel(backend)(q, k, v, cu, max_len, causal=False, scale=None, dropout=0.0, window=None).sum().backward()
+    def packed(kernel: str = backend) -> None:
+        get_kernel(kernel)(q, k, v, cu, max_len, causal=False, scale=None, dropout=0.0, window=None).sum().backward()
 
     def dense() -> None:
         F.scaled_dot_product_attention(*padded, attn_mask=mask).sum().backward()
 
     timings = {}
-    for name, fn in (("packed", packed), ("padded_sdpa", dense)):
+    for name, fn in (("packed", packed), ("padded_sdpa", dense), ("packed_sdpa", lambda: packed("sdpa"))):
         fn()
         synchronize(device)
         start = time.perf_counter()
@@ -256,7 +260,9 @@ def bench_attention(
         "padding_fraction": 1 - total / (batch * max_len),
         "packed_ms": timings["packed"] * 1e3,
         "padded_sdpa_ms": timings["padded_sdpa"] * 1e3,
+        "packed_sdpa_ms": timings["packed_sdpa"] * 1e3,
         "ratio": timings["padded_sdpa"] / timings["packed"],
+        "packed_sdpa_vs_packed": timings["packed"] / timings["packed_sdpa"],
     }
 
 
@@ -294,6 +300,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
             args.model, attention_backend=args.attention_backend, compile={"backend": args.compile_backend}, **common
         ),
         "flash_merged": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
+        "flash_sdpa": lambda: FlashTransformer(args.model, attention_backend="sdpa", **common),
     }
     names = args.variants or ["stock", "flash", "stock_unpad", *(["flash_compiled"] if args.compile else [])]
     variants: dict[str, Transformer | str] = {name: builders[name]() for name in names}
@@ -301,7 +308,8 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     report["skipped"] = {name: reason for name, reason in variants.items() if isinstance(reason, str)}
     for name, reason in report["skipped"].items():
         print(f"SKIP {name}: {reason}", file=sys.stderr, flush=True)  # stdout is the JSON report
-    packed = next(model for name, model in models.items() if name.startswith("flash"))
+    packed_names = [name for name in models if name.startswith("flash")]
+    packed = models[next((name for name in packed_names if name != "flash_sdpa"), packed_names[0])]
     report["flash_backend"] = resolved_attention_backend(packed[0])
     if "flash_compiled" in models:
         report["compile_backend"] = args.compile_backend
@@ -350,6 +358,8 @@ def add_ratios(section: dict) -> None:
         section["compiled_vs_flash"] = section["flash_compiled"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
     if "flash_merged" in section and "flash" in section:
         section["merged_vs_flash"] = section["flash_merged"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
+    if "flash_sdpa" in section and "flash" in section:
+        section["sdpa_vs_flash"] = section["flash_sdpa"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
 
 def main() -> None:
@@ -381,8 +391,8 @@ def main() -> None:
         "--compile-backend", default="inductor", help="torch.compile backend of flash_compiled (aot_eager: trace only)"
     )
     parser.add_argument(
-        "--variants", nargs="+", choices=("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged"),
-        default=None,
+        "--variants", nargs="+", default=None,
+        choices=("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged", "flash_sdpa"),
         help="the variants to time (default: stock, flash, stock_unpad, and flash_compiled with --compile)",
     )  # fmt: skip
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")

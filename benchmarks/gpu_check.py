@@ -15,7 +15,9 @@ runs out of time is logged with the figures it had reported, its processes are s
   steady state of a long run (the stock model's cuDNN attention builds an execution plan for every new padded shape,
   about 20 ms of host time per attention call); the first sight is reported too;
 - ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU,
-  with one forward per column and with both columns in one forward (``flash_merged``, as st_contrast's losses run);
+  with one forward per column, with both columns in one forward (``flash_merged``, as st_contrast's losses run) and
+  with the padded ``sdpa`` attention kernel inside the packed model (``flash_sdpa``: on ~15-token sentences the varlen
+  kernel spends a whole tile per sequence);
 - ``profile_bert_base``: ``profile_step.py`` on that step: the kernels' time against the step time (host-bound or
   device-bound), launches and host syncs per step, and the operators that take the time (in the log);
 - ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 (fp32 weights, autocast) for a
@@ -150,10 +152,10 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         ),
         Part(
             "mfu_bert_base",
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "--sections",
-             "train", "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "--sections",
-             "train", *cpu_train],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "flash_sdpa",
+             "--sections", "train", "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "flash_sdpa",
+             "--sections", "train", *cpu_train],
             120,
         ),
         Part(
@@ -335,10 +337,16 @@ def summary(results: dict) -> dict:
         )
     for padding in ("0.3", "0.45", "0.6"):
         out[f"attention_ratio_at_{padding}"] = get("attention", "attention", f"padding_{padding}", "ratio")
+    out["data_attention_packed_vs_padded"] = get("backbone_bert_base", "attention", "data", "ratio")
+    out["data_attention_sdpa_kernel_vs_packed"] = get(
+        "backbone_bert_base", "attention", "data", "packed_sdpa_vs_packed"
+    )
     out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
     out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
     out["bert_base_merged_mfu"] = get("mfu_bert_base", "train", "flash_merged", "mfu")
     out["bert_base_merged_vs_per_column"] = get("mfu_bert_base", "train", "merged_vs_flash")
+    out["bert_base_sdpa_kernel_mfu"] = get("mfu_bert_base", "train", "flash_sdpa", "mfu")
+    out["bert_base_sdpa_kernel_vs_varlen"] = get("mfu_bert_base", "train", "sdpa_vs_flash")
     out["bert_base_device_busy_fraction"] = get("profile_bert_base", "device_busy_fraction")
     out["bert_base_kernel_launches_per_step"] = get("profile_bert_base", "kernel_launches_per_step")
     out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
@@ -391,12 +399,21 @@ def markdown(report: dict) -> str:
             f"| attention op alone at {float(padding):.0%} padding, packed / padded SDPA | "
             f"{times(figures[f'attention_ratio_at_{padding}'])} | {target} |"
         )
+    rows.append(
+        "| attention op at the data's lengths (BERT-base heads, a batch of the shared sentences), speed of the "
+        "packed kernel / padded SDPA; of the `sdpa` kernel (padded regroup) / the packed kernel | "
+        f"{times(figures['data_attention_packed_vs_padded'])}; {times(figures['data_attention_sdpa_kernel_vs_packed'])}"
+        " | |"
+    )
     rows += [
         f"| BERT-base packed training MFU (bf16 weights), eager | {cell(figures['bert_base_packed_mfu'], 3)} | >= 0.40 "
         "(0.30 milestone) |",
         f"| BERT-base packed training MFU, both columns in one forward (st_contrast's losses) | "
         f"{cell(figures['bert_base_merged_mfu'], 3)} ({times(figures['bert_base_merged_vs_per_column'])} the tokens/s "
         "of one forward per column) | |",
+        "| BERT-base packed training MFU, attention by the padded `sdpa` kernel (`attention_backend: sdpa`) | "
+        f"{cell(figures['bert_base_sdpa_kernel_mfu'], 3)} ({times(figures['bert_base_sdpa_kernel_vs_varlen'])} the "
+        "tokens/s of the default kernel) | |",
         "| BERT-base packed step at 1024 pairs: kernels' time / step time (below 1: waiting on the host); kernel "
         f"launches per step | {cell(figures['bert_base_device_busy_fraction'])}; "
         f"{cell(figures['bert_base_kernel_launches_per_step'], 0)} | |",

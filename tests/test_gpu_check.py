@@ -54,6 +54,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert report["summary"]["minilm_train_first_sight_step_ratio"] > 0
     # Both backbones saw the same batches: the padded layout's padding is the same number for both.
     assert backbone["train"]["flash"]["padding_fraction"] == backbone["train"]["stock"]["padding_fraction"] > 0
+    data_attention = backbone["attention"]["data"]  # the op at the data's lengths, the three ways
+    assert min(data_attention[f"{way}_ms"] for way in ("packed", "padded_sdpa", "packed_sdpa")) > 0
     attention = parts["attention"]["result"]["attention"]
     for padding in (0.3, 0.45, 0.6):
         assert attention[f"padding_{padding:g}"]["padding_fraction"] == pytest.approx(padding, abs=0.01)
@@ -83,6 +85,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert compiled["train"]["compiled_vs_flash"] > 0 and compiled["train"]["flash_compiled"]["tokens_per_s"] > 0
     merged = parts["mfu_bert_base"]["result"]["train"]
     assert merged["merged_vs_flash"] > 0 and merged["flash_merged"]["tokens_per_s"] > 0
+    assert merged["sdpa_vs_flash"] > 0 and merged["flash_sdpa"]["tokens_per_s"] > 0  # the padded attention kernel
+    assert "attention by the padded `sdpa` kernel" in table
     # the benchmarks also reported each section as it finished (kept if a part is stopped at its limit)
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     partials = [json.loads(line.removeprefix(PREFIX)) for line in log.splitlines() if line.startswith(PREFIX)]
