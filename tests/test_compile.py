@@ -130,6 +130,16 @@ def test_varlen_kernel_is_traced_into_one_graph(tiny_model_factory, snli_sentenc
     assert len(dropout_warnings) == 1
 
 
+def test_compiled_model_with_a_kernel_it_cannot_run_raises_the_plain_error(tiny_model_factory):
+    """An explicit backend that cannot run on these tensors (``varlen`` on CPU) is refused with the same ValueError
+    compiled as eager, not a compiler-internal error."""
+    for compile in (False, {"backend": "eager"}):
+        backbone = FlashTransformer(tiny_model_factory("bert"), attention_backend="varlen", compile=compile)
+        model = SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu")
+        with pytest.raises(ValueError, match="attention_backend='varlen' cannot run here"):
+            model.encode(["a man plays a guitar"])
+
+
 def test_llm2vec_recipe_compiles_after_its_lora_adapter(tiny_model_factory, snli_sentences):
     path = tiny_model_factory("llama")
     with pytest.raises(ValueError, match="packed=True"):

@@ -154,11 +154,24 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
     return (half, half)
 
 
-@torch.compiler.assume_constant_result
 def _concrete_backend(backend: str, device: torch.device, dtype: torch.dtype, softcap: bool) -> str:
     """:func:`resolve_backend`, worked out once per compile under ``torch.compile`` (its availability checks, import
-    probes and caches stay out of the traced code; the graph is guarded on the device and dtype it was traced for)."""
-    return resolve_backend(backend, device, dtype, softcap=softcap)
+    probes and caches stay out of the traced code; the graph is guarded on the device and dtype it was traced for).
+    A backend that cannot run here raises its ValueError, compiled or not."""
+    name, problem = _resolution(backend, device, dtype, softcap)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+@torch.compiler.assume_constant_result
+def _resolution(backend: str, device: torch.device, dtype: torch.dtype, softcap: bool) -> tuple[str, str | None]:
+    """``(kernel, None)``, or ``("", why it cannot run)``: a constant for the compiler, which reports an exception
+    raised inside a constant-result function as its own internal error."""
+    try:
+        return resolve_backend(backend, device, dtype, softcap=softcap), None
+    except ValueError as error:
+        return "", str(error)
 
 
 _outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
