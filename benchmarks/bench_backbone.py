@@ -21,7 +21,11 @@ traces the model as inductor would but runs the traced graphs eagerly: a quick c
 :mod:`st_contrast.losses.merged_columns`; every other variant runs one forward per column, as ST's losses do for a
 pair) and ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
 the projections and MLPs still see real tokens; on short sentences a GPU varlen kernel can cost more than that, as it
-works in tiles of 64-128 rows per sequence). Ratios are against ``stock`` from the same run. CPU runs in fp32; CUDA
+works in tiles of 64-128 rows per sequence) and ``flash_merged_cudagraphs`` (``flash_merged`` compiled with CUDA
+graphs, ``torch.compile`` mode ``reduce-overhead``, with ``--compile-backend inductor``: a graph is recorded for each
+new batch shape and replayed when the shape comes back, so with ``--replay`` the timed steps are replays, what
+bucketed batch shapes would give; a step where the host, not the GPU, is the limit is what it can speed up). Ratios
+are against ``stock`` from the same run. CPU runs in fp32; CUDA
 in bf16 weights (``--dtype``).
 
 Usage::
@@ -63,6 +67,7 @@ from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
 SECTIONS = ("train", "encode", "attention")
+VARIANTS = ("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged", "flash_sdpa", "flash_merged_cudagraphs")
 
 
 def load_sentences(limit: int) -> list[str]:
@@ -103,6 +108,11 @@ def stock_unpad_backbone(model: str, device: torch.device, **common) -> Transfor
     return backbone
 
 
+def cudagraph_compile(backend: str) -> dict:
+    """``torch.compile`` arguments for CUDA graphs: inductor's ``reduce-overhead`` mode (another backend: tracing)."""
+    return {"backend": backend, "mode": "reduce-overhead"} if backend == "inductor" else {"backend": backend}
+
+
 def to_device(features: dict, device: torch.device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in features.items()}
 
@@ -119,9 +129,15 @@ class TrainRun:
     alike."""
 
     def __init__(
-        self, model: SentenceTransformer, batches: list[tuple[list[str], list[str]]], peak_flops, merged: bool = False
+        self,
+        model: SentenceTransformer,
+        batches: list[tuple[list[str], list[str]]],
+        peak_flops,
+        merged: bool = False,
+        cuda_graphs: bool = False,
     ) -> None:
         self.model, self.batches, self.peak_flops, self.merged = model, batches, peak_flops, merged
+        self.cuda_graphs = cuda_graphs  # a new training step for CUDA graph trees (the last step's outputs are done)
         self.device = model.device
         model.train()
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=True)
@@ -141,6 +157,8 @@ class TrainRun:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         if self.merged:
             a, p = (F.normalize(e.float(), dim=-1) for e in embed_columns(model, [dict(anchors), dict(positives)]))
         else:
@@ -184,7 +202,12 @@ def bench_train(
 ) -> dict:
     """Every variant's training steps, in turns. ``replay``: first one untimed pass over all the batches, so that each
     timed step meets shapes its variant has seen (see ``--replay``)."""
-    runs = {name: TrainRun(model, batches, peak_flops, merged=name == "flash_merged") for name, model in models.items()}
+    runs = {
+        name: TrainRun(
+            model, batches, peak_flops, merged=name.startswith("flash_merged"), cuda_graphs=name.endswith("graphs")
+        )
+        for name, model in models.items()
+    }
     if replay:
         for index in range(len(batches)):
             for run in runs.values():
@@ -301,6 +324,12 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         ),
         "flash_merged": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
         "flash_sdpa": lambda: FlashTransformer(args.model, attention_backend="sdpa", **common),
+        "flash_merged_cudagraphs": lambda: FlashTransformer(
+            args.model,
+            attention_backend=args.attention_backend,
+            compile=cudagraph_compile(args.compile_backend),
+            **common,
+        ),
     }
     names = args.variants or ["stock", "flash", "stock_unpad", *(["flash_compiled"] if args.compile else [])]
     variants: dict[str, Transformer | str] = {name: builders[name]() for name in names}
@@ -311,7 +340,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     packed_names = [name for name in models if name.startswith("flash")]
     packed = models[next((name for name in packed_names if name != "flash_sdpa"), packed_names[0])]
     report["flash_backend"] = resolved_attention_backend(packed[0])
-    if "flash_compiled" in models:
+    if "flash_compiled" in models or "flash_merged_cudagraphs" in models:
         report["compile_backend"] = args.compile_backend
     peak = peak_flops_per_device(device, "bf16" if dtype in (torch.bfloat16, torch.float16) else "fp32")
     report["peak_flops_per_device"] = peak
@@ -322,7 +351,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
         emit_partial(report)
     if "encode" in args.sections:
         encode_sentences = sentences[: args.encode_sentences]
-        encoders = {name: model for name, model in models.items() if name != "flash_merged"}  # encode: one column
+        encoders = {name: model for name, model in models.items() if not name.startswith("flash_merged")}  # one column
         encode = {name: bench_encode(model, encode_sentences, args.batch_size) for name, model in encoders.items()}
         add_ratios(encode)
         report["encode"] = encode
@@ -358,6 +387,9 @@ def add_ratios(section: dict) -> None:
         section["compiled_vs_flash"] = section["flash_compiled"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
     if "flash_merged" in section and "flash" in section:
         section["merged_vs_flash"] = section["flash_merged"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
+    if "flash_merged_cudagraphs" in section and "flash_merged" in section:
+        merged = section["flash_merged"]["tokens_per_s"]
+        section["cudagraphs_vs_merged"] = section["flash_merged_cudagraphs"]["tokens_per_s"] / merged
     if "flash_sdpa" in section and "flash" in section:
         section["sdpa_vs_flash"] = section["flash_sdpa"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
@@ -392,7 +424,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--variants", nargs="+", default=None,
-        choices=("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged", "flash_sdpa"),
+        choices=VARIANTS,
         help="the variants to time (default: stock, flash, stock_unpad, and flash_compiled with --compile)",
     )  # fmt: skip
     parser.add_argument("--dtype", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")

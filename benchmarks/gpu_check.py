@@ -29,7 +29,11 @@ runs out of time is logged with the figures it had reported, its processes are s
   ``backbone_bert_base``;
 - ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
   (on a CPU: the toy model, traced by dynamo and AOTAutograd as on the GPU but with the ``aot_eager`` backend, since
-  inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``).
+  inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``);
+- ``cudagraphs_bert_base``: the packed BERT-base step with both columns in one forward, eager vs compiled with CUDA
+  graphs (mode ``reduce-overhead``), each batch timed the second time it is seen (a replay of its recorded graphs):
+  what bucketed batch shapes would give a step of 256 pairs, which is host-bound on an H200 (on a CPU: traced with
+  ``aot_eager``, no graphs).
 
 A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
 trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, with
@@ -192,6 +196,14 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
              "train", "--compile-backend=aot_eager", *cpu_train],
             240,
         ),
+        Part(
+            "cudagraphs_bert_base",
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash_merged", "flash_merged_cudagraphs",
+             "--sections", "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256", "--replay"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", "flash_merged", "flash_merged_cudagraphs",
+             "--sections", "train", "--compile-backend=aot_eager", *cpu_train],
+            150,
+        ),
     ]  # fmt: skip
 
 
@@ -353,6 +365,7 @@ def summary(results: dict) -> dict:
     out["trainer_log_mfu"] = get("trainer_mfu", "mfu")
     out["bert_base_compiled_mfu"] = get("compile_bert_base", "train", "flash_compiled", "mfu")
     out["bert_base_compiled_vs_eager"] = get("compile_bert_base", "train", "compiled_vs_flash")
+    out["bert_base_cudagraphs_vs_eager"] = get("cudagraphs_bert_base", "train", "cudagraphs_vs_merged")
     for batch, figures in (get("losses", "batches") or {}).items():
         out[f"losses_{batch}_throughput_cached_vs_uncached"] = figures.get("throughput_ratio_cached_vs_uncached")
         out[f"losses_{batch}_cached_peak_mib"] = figures.get("cached", {}).get("peak_mib")
@@ -422,6 +435,8 @@ def markdown(report: dict) -> str:
         f"{cell(figures['trainer_log_tokens_per_second'], 0)}, {cell(figures['trainer_log_mfu'], 3)} | MFU shown |",
         f"| BERT-base packed training MFU, `compile=True` | {cell(figures['bert_base_compiled_mfu'], 3)} | |",
         f"| compiled / eager packed training step | {times(figures['bert_base_compiled_vs_eager'])} | > 1 |",
+        "| BERT-base packed step, both columns in one forward, 256 pairs: CUDA graphs (`compile` mode reduce-overhead, "
+        f"replayed shapes) / eager | {times(figures['bert_base_cudagraphs_vs_eager'])} | |",
     ]
     for key in sorted(k for k in figures if k.endswith("_throughput_cached_vs_uncached")):
         batch = key.split("_")[1]

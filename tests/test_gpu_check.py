@@ -36,7 +36,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert report["cuda"] is False
     assert list(parts) == [
         "cuda_tests", "attention", "backbone_bert_base", "mfu_bert_base", "profile_bert_base", "trainer_mfu", "losses",
-        "backbone_minilm", "compile_bert_base",
+        "backbone_minilm", "compile_bert_base", "cudagraphs_bert_base",
     ]  # fmt: skip
     skipped = {name for name, part in parts.items() if part["status"] == "skipped"}
     assert skipped == {"cuda_tests", "backbone_bert_base"}
@@ -83,6 +83,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     compiled = parts["compile_bert_base"]["result"]  # traced as on the GPU; inductor's CPU code is test_compile's
     assert compiled["compile_backend"] == "aot_eager"
     assert compiled["train"]["compiled_vs_flash"] > 0 and compiled["train"]["flash_compiled"]["tokens_per_s"] > 0
+    graphs = parts["cudagraphs_bert_base"]["result"]  # on a CPU: traced, no graphs
+    assert graphs["compile_backend"] == "aot_eager" and graphs["train"]["cudagraphs_vs_merged"] > 0
     merged = parts["mfu_bert_base"]["result"]["train"]
     assert merged["merged_vs_flash"] > 0 and merged["flash_merged"]["tokens_per_s"] > 0
     assert merged["sdpa_vs_flash"] > 0 and merged["flash_sdpa"]["tokens_per_s"] > 0  # the padded attention kernel
