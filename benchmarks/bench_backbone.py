@@ -22,10 +22,10 @@ traces the model as inductor would but runs the traced graphs eagerly: a quick c
 pair) and ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
 the projections and MLPs still see real tokens; on short sentences a GPU varlen kernel can cost more than that, as it
 works in tiles of 64-128 rows per sequence) and ``flash_merged_cudagraphs`` (``flash_merged`` compiled with CUDA
-graphs, ``torch.compile`` mode ``reduce-overhead``, with ``--compile-backend inductor``: a graph is recorded for each
-new batch shape and replayed when the shape comes back, so with ``--replay`` the timed steps are replays, what
-bucketed batch shapes would give; a step where the host, not the GPU, is the limit is what it can speed up). Ratios
-are against ``stock`` from the same run. CPU runs in fp32; CUDA
+graphs, ``torch.compile`` mode ``reduce-overhead``, with ``--compile-backend inductor``: on a GPU the packed batches
+are padded to bucketed shapes, :mod:`st_contrast.modules.shape_buckets`, and a graph recorded for one batch replays
+for later batches of the same bucket; with ``--replay`` every timed step replays; a step where the host, not the GPU,
+is the limit is what it can speed up). Ratios are against ``stock`` from the same run. CPU runs in fp32; CUDA
 in bf16 weights (``--dtype``).
 
 Usage::

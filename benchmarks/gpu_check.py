@@ -31,9 +31,9 @@ runs out of time is logged with the figures it had reported, its processes are s
   (on a CPU: the toy model, traced by dynamo and AOTAutograd as on the GPU but with the ``aot_eager`` backend, since
   inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``);
 - ``cudagraphs_bert_base``: the packed BERT-base step with both columns in one forward, eager vs compiled with CUDA
-  graphs (mode ``reduce-overhead``), each batch timed the second time it is seen (a replay of its recorded graphs):
-  what bucketed batch shapes would give a step of 256 pairs, which is host-bound on an H200 (on a CPU: traced with
-  ``aot_eager``, no graphs).
+  graphs (mode ``reduce-overhead``: packed shapes padded to buckets, graphs recorded once per bucket), each batch
+  timed the second time it is seen: whether graphs lift a step of 256 pairs, which is host-bound on an H200 (on a
+  CPU: traced with ``aot_eager``, no graphs).
 
 A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
 trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, with

@@ -164,3 +164,40 @@ def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_f
         torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=2e-2, rtol=2e-2)
     assert len(graphs) == 1, "a new batch shape recompiled the packed model"
     assert "torch_attn._varlen_attn" in graphs[0].code
+
+
+def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, snli_sentences):
+    """``compile={"mode": "reduce-overhead"}`` on a GPU: packed batches are padded to bucketed shapes and run as
+    recorded CUDA graphs. A cached loss keeps earlier mini-batches' embeddings while later ones replay the same graphs,
+    and replays them again in its backward: its loss and gradients must still be the eager model's."""
+    if "varlen" not in _gpu_backends():
+        pytest.skip(f"varlen: {available_backends()['varlen']}")
+    from st_contrast.losses import CachedInfoNCELoss
+
+    def model(compile):
+        torch.manual_seed(0)
+        backbone = FlashTransformer(
+            tiny_model_factory("bert"),
+            attention_backend="varlen",
+            compile=compile,
+            model_kwargs={"dtype": torch.bfloat16},
+            config_kwargs={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
+        )
+        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cuda").train()
+
+    def step(model, anchors, positives):
+        model.zero_grad(set_to_none=True)
+        features = [
+            {key: value.to("cuda") if torch.is_tensor(value) else value for key, value in model.preprocess(t).items()}
+            for t in (anchors, positives)
+        ]
+        loss = CachedInfoNCELoss(model, mini_batch_size=4)(features, None)
+        loss.backward()
+        return loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
+
+    eager, graphed = model(False), model({"mode": "reduce-overhead"})
+    for start in (0, 16, 32, 0):  # the last batch comes back: its graphs replay
+        anchors, positives = snli_sentences[start : start + 16], snli_sentences[start + 100 : start + 116]
+        torch.testing.assert_close(
+            step(graphed, anchors, positives), step(eager, anchors, positives), atol=3e-2, rtol=3e-2
+        )

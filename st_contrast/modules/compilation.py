@@ -10,6 +10,10 @@ whole backbone is one graph. Only the flash-attn package's kernel (``flash_attn`
 per attention layer; the projections, MLPs, norms and embeddings around it are still fused). One compile serves every
 batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
 
+CUDA graphs (``mode="reduce-overhead"`` or ``"max-autotune"``) record a graph per concrete shape: there, on a GPU, the
+packed inputs are padded to a few shapes first (:mod:`st_contrast.modules.shape_buckets`), so that the recorded graphs
+replay for later batches; ``bucket_shapes`` turns this on or off explicitly.
+
 The model compiles once per device type it runs on. On CPU, inductor draws dropout masks with torch's own random
 kernels (``fallback_random``) rather than generating them in its fused loops: its per-element generator is several
 times slower than the vectorized one on CPU (on GPU it is fast, and the default stays).
@@ -24,13 +28,16 @@ from sentence_transformers.base.modules import Transformer
 
 from st_contrast.attention.interface import is_packed_implementation
 from st_contrast.compat import attn_implementation
+from st_contrast.modules.shape_buckets import cut_packed_outputs, pad_packed_inputs
 
 __all__ = ["compile_backbone", "is_compiled", "uncompile_backbone"]
 
 _COMPILED = "_st_contrast_compiled"
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+"""``torch.compile`` modes that record CUDA graphs (on a GPU)."""
 
 
-def compile_backbone(module: Transformer, **options: Any) -> Transformer:
+def compile_backbone(module: Transformer, bucket_shapes: bool | None = None, **options: Any) -> Transformer:
     """Compile the transformers model inside a packed ``Transformer`` module, in place.
 
     Nothing of it is saved: ``model.save`` writes the same plain Sentence Transformers model, and
@@ -39,6 +46,9 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
 
     Args:
         module: A ``Transformer`` module packed with :func:`~st_contrast.modules.enable_packing`.
+        bucket_shapes: Pad each packed batch to one of a few shapes (:mod:`~st_contrast.modules.shape_buckets`) before
+            the compiled model runs. Default (None): on a GPU with a CUDA-graph ``mode`` (``"reduce-overhead"``,
+            ``"max-autotune"``), whose graphs replay only for shapes they were recorded for; True: on any device.
         **options: ``torch.compile`` arguments (``backend``, ``mode``, ``fullgraph``...); ``dynamic`` defaults to
             True (one compile for every packed shape).
 
@@ -58,23 +68,30 @@ def compile_backbone(module: Transformer, **options: Any) -> Transformer:
     forward = type(inner).forward.__get__(inner)
     if not _reads_pooler_output(module):
         forward = _with_pooler_output_detached(forward)
-    inner.forward = _compiled_per_device_type(inner, forward, options)
+    inner.forward = _compiled_per_device_type(inner, forward, options, bucket_shapes)
     setattr(inner, _COMPILED, options)
     return module
 
 
-def _compiled_per_device_type(model: torch.nn.Module, forward, options: dict[str, Any]):
-    """``forward`` compiled with the options of the device type that holds ``model``'s weights when it runs.
+def _compiled_per_device_type(model: torch.nn.Module, forward, options: dict[str, Any], bucket_shapes: bool | None):
+    """``forward`` compiled with the options of the device type that holds ``model``'s weights when it runs, its
+    packed inputs padded to a bucketed shape where ``bucket_shapes`` asks for it (see :func:`compile_backbone`).
 
     Both compiled callables exist from the start (``torch.compile`` compiles lazily, on a callable's first call), so a
     trainer that traces the whole model meets no ``torch.compile`` call inside its trace.
     """
     on_cpu = torch.compile(forward, **_device_compile_options(options, "cpu"))
     elsewhere = torch.compile(forward, **options)
+    graphs = options.get("mode") in CUDA_GRAPH_MODES
 
     def run(*args, **kwargs):
-        compiled = on_cpu if next(model.parameters()).device.type == "cpu" else elsewhere
-        return compiled(*args, **kwargs)
+        device_type = next(model.parameters()).device.type
+        compiled = on_cpu if device_type == "cpu" else elsewhere
+        bucket = bucket_shapes if bucket_shapes is not None else graphs and device_type == "cuda"
+        inputs, tokens = pad_packed_inputs(kwargs) if bucket and not args else (kwargs, None)
+        if tokens is None:
+            return compiled(*args, **kwargs)
+        return cut_packed_outputs(compiled(**inputs), tokens, inputs["input_ids"].shape[1])
 
     return run
 
