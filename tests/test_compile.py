@@ -165,6 +165,32 @@ def test_compile_needs_a_packed_backbone(tiny_model_factory):
     with pytest.raises(ConfigError, match="model.compile"):
         ModelSpec.from_dict({"name_or_path": "minilm", "packed": False, "compile": True})
     assert ModelSpec.from_dict({"name_or_path": "minilm", "compile": True}).compile is True
+    arguments = {"mode": "reduce-overhead", "bucket_shapes": True}  # CUDA graphs, from a config
+    assert ModelSpec.from_dict({"name_or_path": "minilm", "compile": arguments}).compile == arguments
+    with pytest.raises(ConfigError, match=r"unknown argument\(s\) \['modes'\]"):
+        ModelSpec.from_dict({"name_or_path": "minilm", "compile": {"modes": "reduce-overhead"}})
+
+
+def test_config_compile_mapping_reaches_the_compiler(tiny_model_factory, snli_sentences):
+    """``model.compile: {...}`` in a config: its ``torch.compile`` arguments and ``bucket_shapes`` are applied."""
+    torch._dynamo.reset()
+    token_counts = []
+
+    def recording_backend(graph, example_inputs):
+        token_counts.append(next(t.shape[1] for t in example_inputs if t.dtype == torch.long and t.ndim == 2))
+        return graph.forward
+
+    spec = {
+        "name_or_path": tiny_model_factory("bert"),
+        "attention_backend": "sdpa",
+        "compile": {"backend": recording_backend, "dynamic": False, "bucket_shapes": True},
+    }
+    model = build_model(spec)
+    compile_model(model, ModelSpec.from_dict(spec))
+    eager = build_model({**spec, "compile": False})
+    texts = snli_sentences[:4]
+    torch.testing.assert_close(model.encode(texts), eager.encode(texts), atol=1e-5, rtol=1e-5)
+    assert token_counts and all(count % 64 == 0 for count in token_counts)
 
 
 @pytest.mark.slow

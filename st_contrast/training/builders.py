@@ -83,9 +83,10 @@ def compile_model(model: SentenceTransformer, spec: ModelSpec) -> None:
     from st_contrast.modules import compile_backbone, is_packed
 
     if spec.compile:
+        arguments = spec.compile if isinstance(spec.compile, dict) else {}
         for module in model.modules():
             if is_packed(module):
-                compile_backbone(module)
+                compile_backbone(module, **arguments)
 
 
 def _load_open_clip(path: str, kwargs: dict[str, Any]) -> SentenceTransformer:

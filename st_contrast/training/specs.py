@@ -33,6 +33,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+_COMPILE_ARGUMENTS = ("backend", "mode", "fullgraph", "dynamic", "options", "disable", "bucket_shapes")
+"""What a ``model.compile`` mapping may set: ``torch.compile``'s arguments, ``compile_backbone``'s ``bucket_shapes``."""
 _BATCH_SAMPLERS = ("batch_sampler", "no_duplicates", "no_duplicates_hashed", "group_by_label", "token_budget")
 
 
@@ -47,7 +49,9 @@ class ModelSpec:
             an architecture that cannot run packed is refused with the alternative (``packed: false``).
         attention_backend: The packed kernel: ``auto``, ``varlen``, ``flash_attn`` or ``sdpa`` (``cpu``: old name).
         compile: ``torch.compile`` the packed backbone with dynamic shapes (one compile for every batch shape;
-            :func:`~st_contrast.modules.compile_backbone`), after the adapters are applied. Needs ``packed``.
+            :func:`~st_contrast.modules.compile_backbone`), after the adapters are applied. Needs ``packed``. A
+            mapping gives its arguments: ``torch.compile``'s (``mode: reduce-overhead`` for CUDA graphs, ``backend``,
+            ``fullgraph``, ``dynamic``, ``options``) and ``bucket_shapes``.
         max_seq_length: Truncation length (a positive integer).
         pooling: A ``Pooling`` mode replacing the model's (``mean``, ``cls``, ``lasttoken``, ...).
         normalize: Append a ``Normalize`` module when the model has none.
@@ -70,7 +74,7 @@ class ModelSpec:
     name_or_path: str
     packed: bool = True
     attention_backend: str = "auto"
-    compile: bool = False
+    compile: bool | dict = False
     max_seq_length: int | None = None
     pooling: str | None = None
     normalize: bool = False
@@ -103,6 +107,8 @@ class ModelSpec:
         positive("model.max_seq_length", spec.max_seq_length)
         if spec.compile and not spec.packed:
             raise ConfigError("model.compile compiles the packed backbone: set model.packed: true, or drop compile.")
+        if isinstance(spec.compile, dict) and (unknown := sorted(set(spec.compile) - set(_COMPILE_ARGUMENTS))):
+            raise ConfigError(f"model.compile: unknown argument(s) {unknown}; choose from {list(_COMPILE_ARGUMENTS)}.")
         from st_contrast.attention.backends import canonical_backend_name
 
         try:
