@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compile_helpers import RecordingBackend, packed_bert, training_step
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
 from sentence_transformers.sentence_transformer.modules import Pooling
@@ -33,37 +34,25 @@ def batches(sentences: list[str]) -> list[list[str]]:
     return [sentences[:5], sentences[10:17] + [" ".join(sentences[:9])], ["", *sentences[20:23]], sentences[30:41]]
 
 
-def step(model: SentenceTransformer, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    model.zero_grad(set_to_none=True)
-    embeddings = model(model.preprocess(texts))["sentence_embedding"]
-    embeddings.square().sum().backward()
-    return embeddings.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
-
 def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_sentences, tmp_path):
-    compiled_graphs = []
-
-    def counting_backend(graph, example_inputs):  # torch.compile's custom-backend API: called once per new graph
-        compiled_graphs.append(graph)
-        return graph.forward
-
+    recorder = RecordingBackend()  # torch.compile's custom-backend API: called once per new graph
     path = tiny_model_factory("bert")
-    eager, compiled = packed_model(path), packed_model(path, compile={"backend": counting_backend})
+    eager, compiled = packed_model(path), packed_model(path, compile={"backend": recorder})
     assert is_compiled(compiled[0]) and not is_compiled(eager[0])
     first, *others = batches(snli_sentences)
     for model in (eager, compiled):
         model.train()
-    torch.testing.assert_close(step(compiled, first), step(eager, first), atol=1e-5, rtol=1e-5)
-    after_first_batch = len(compiled_graphs)
+    torch.testing.assert_close(training_step(compiled, first), training_step(eager, first), atol=1e-5, rtol=1e-5)
+    after_first_batch = len(recorder.graphs)
     assert after_first_batch == 1, "the packed model broke into several graphs (the exact kernel is traced on CPU)"
     for texts in others:
-        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
-    assert len(compiled_graphs) == after_first_batch, "a new batch shape recompiled the packed model"
+        torch.testing.assert_close(training_step(compiled, texts), training_step(eager, texts), atol=1e-5, rtol=1e-5)
+    assert len(recorder.graphs) == after_first_batch, "a new batch shape recompiled the packed model"
     first_encode, second_encode = batches(snli_sentences)[1], snli_sentences[50:53]
     torch.testing.assert_close(compiled.encode(first_encode), eager.encode(first_encode), atol=1e-5, rtol=1e-5)
-    after_encode = len(compiled_graphs)  # encode (inference mode) compiles once more, then serves every shape too
+    after_encode = len(recorder.graphs)  # encode (inference mode) compiles once more, then serves every shape too
     torch.testing.assert_close(compiled.encode(second_encode), eager.encode(second_encode), atol=1e-5, rtol=1e-5)
-    assert len(compiled_graphs) == after_encode
+    assert len(recorder.graphs) == after_encode
 
     compiled.save(str(tmp_path / "saved"))  # compiling is not saved: a plain model with the same weights
     assert "st_contrast" not in (tmp_path / "saved" / "modules.json").read_text()
@@ -76,11 +65,7 @@ def test_one_compile_serves_every_packed_batch_shape(tiny_model_factory, snli_se
 
 
 def test_bidirectional_decoder_compiles_to_one_graph_and_stays_bidirectional(tiny_model_factory, snli_sentences):
-    graphs = []
-
-    def counting_backend(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
+    recorder = RecordingBackend()
 
     def model(compile):
         torch.manual_seed(0)
@@ -89,11 +74,11 @@ def test_bidirectional_decoder_compiles_to_one_graph_and_stays_bidirectional(tin
             modules=[backbone, Pooling(backbone.get_embedding_dimension(), "mean")], device="cpu"
         )
 
-    eager, compiled = model(False), model({"backend": counting_backend})
+    eager, compiled = model(False), model({"backend": recorder})
     assert is_compiled(compiled[0]) and is_bidirectional(compiled[0].model)
     for texts in batches(snli_sentences)[:3]:
-        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
-    assert len(graphs) == 1
+        torch.testing.assert_close(training_step(compiled, texts), training_step(eager, texts), atol=1e-5, rtol=1e-5)
+    assert len(recorder.graphs) == 1
     # bidirectional under compile too: the first token's output depends on a later token
     first, changed = compiled[0].preprocess(["a man plays a guitar"]), compiled[0].preprocess(["a man plays a drum"])
     with torch.no_grad():
@@ -105,27 +90,16 @@ def test_varlen_kernel_is_traced_into_one_graph(tiny_model_factory, snli_sentenc
     """The GPU kernel (torch's ``varlen_attn`` custom op, run here by CPU test kernels) is traced: the whole backbone is
     one graph (``fullgraph=True`` refuses any break) for every batch shape, with the eager exact kernel's embeddings and
     gradients. The model's attention dropout, which ``varlen`` leaves out, is still reported once, after the graph."""
-    graphs = []
-
-    def counting_backend(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    def model(backend, attention_dropout, compile):
-        torch.manual_seed(0)
-        config = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": attention_dropout}
-        backbone = FlashTransformer(
-            tiny_model_factory("bert"), attention_backend=backend, compile=compile, config_kwargs=config
-        )
-        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu").train()
-
+    recorder = RecordingBackend()
+    path = tiny_model_factory("bert")
     with varlen_kernels_on_cpu(monkeypatch), caplog.at_level("WARNING", logger="st_contrast.attention.backends"):
-        eager = model("sdpa", 0.0, False)
-        compiled = model("varlen", 0.1, {"backend": counting_backend, "fullgraph": True})
+        eager = packed_bert(path, "sdpa")
+        compiled = packed_bert(path, "varlen", {"backend": recorder, "fullgraph": True}, attention_dropout=0.1)
         for texts in batches(snli_sentences):
-            torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
-    assert len(graphs) == 1, "a new batch shape recompiled the packed model"
-    assert "torch.ops.torch_attn._varlen_attn" in graphs[0].code
+            expected = training_step(eager, texts)
+            torch.testing.assert_close(training_step(compiled, texts), expected, atol=1e-5, rtol=1e-5)
+    assert len(recorder.graphs) == 1, "a new batch shape recompiled the packed model"
+    assert "torch.ops.torch_attn._varlen_attn" in recorder.graphs[0].code
     dropout_warnings = [record for record in caplog.records if "no attention dropout" in record.getMessage()]
     assert len(dropout_warnings) == 1
 
@@ -156,7 +130,7 @@ def test_llm2vec_recipe_compiles_after_its_lora_adapter(tiny_model_factory, snli
     )
     assert is_compiled(compiled[0]) and any("lora_" in name for name, _ in compiled.named_parameters())
     for texts in batches(snli_sentences)[:2]:
-        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(training_step(compiled, texts), training_step(eager, texts), atol=1e-5, rtol=1e-5)
 
 
 def test_compile_needs_a_packed_backbone(tiny_model_factory):
@@ -174,23 +148,18 @@ def test_compile_needs_a_packed_backbone(tiny_model_factory):
 def test_config_compile_mapping_reaches_the_compiler(tiny_model_factory, snli_sentences):
     """``model.compile: {...}`` in a config: its ``torch.compile`` arguments and ``bucket_shapes`` are applied."""
     torch._dynamo.reset()
-    token_counts = []
-
-    def recording_backend(graph, example_inputs):
-        token_counts.append(next(t.shape[1] for t in example_inputs if t.dtype == torch.long and t.ndim == 2))
-        return graph.forward
-
+    recorder = RecordingBackend()
     spec = {
         "name_or_path": tiny_model_factory("bert"),
         "attention_backend": "sdpa",
-        "compile": {"backend": recording_backend, "dynamic": False, "bucket_shapes": True},
+        "compile": {"backend": recorder, "dynamic": False, "bucket_shapes": True},
     }
     model = build_model(spec)
     compile_model(model, ModelSpec.from_dict(spec))
     eager = build_model({**spec, "compile": False})
     texts = snli_sentences[:4]
     torch.testing.assert_close(model.encode(texts), eager.encode(texts), atol=1e-5, rtol=1e-5)
-    assert token_counts and all(count % 64 == 0 for count in token_counts)
+    assert recorder.token_counts and all(count % 64 == 0 for count in recorder.token_counts)
 
 
 @pytest.mark.slow
@@ -214,7 +183,7 @@ def test_inductor_compiled_training_matches_eager(tiny_model_factory, snli_sente
 
     def seeded_step(model, texts, seed):
         torch.manual_seed(seed)
-        return step(model, texts)
+        return training_step(model, texts)
 
     for seed, texts in enumerate(batches(snli_sentences)[:3]):
         expected = seeded_step(eager, texts, seed)

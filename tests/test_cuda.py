@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from compile_helpers import RecordingBackend, packed_bert, training_step
 from conftest import DECODERS, ENCODERS, NO_SDPA
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
@@ -130,40 +131,13 @@ def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_f
     serves every batch shape, and the compiled model's embeddings and gradients are the eager packed model's."""
     if "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")
-    graphs = []
-
-    def counting_backend(graph, example_inputs):
-        graphs.append(graph)
-        return graph.forward
-
-    def model(compile):
-        torch.manual_seed(0)
-        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        backbone = FlashTransformer(
-            tiny_model_factory("bert"),
-            attention_backend="varlen",
-            compile=compile,
-            model_kwargs={"dtype": torch.bfloat16},
-            config_kwargs=no_dropout,
-        )
-        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cuda").train()
-
-    def step(model, texts):
-        model.zero_grad(set_to_none=True)
-        features = {
-            key: value.to("cuda") if torch.is_tensor(value) else value for key, value in model.preprocess(texts).items()
-        }
-        embeddings = model(features)["sentence_embedding"]
-        embeddings.float().square().sum().backward()
-        return embeddings.detach().float(), {
-            name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None
-        }
-
-    eager, compiled = model(False), model({"backend": counting_backend, "fullgraph": True})
+    recorder, path, bf16 = RecordingBackend(), tiny_model_factory("bert"), torch.bfloat16
+    eager = packed_bert(path, "varlen", device="cuda", dtype=bf16)
+    compiled = packed_bert(path, "varlen", {"backend": recorder, "fullgraph": True}, device="cuda", dtype=bf16)
     for texts in (snli_sentences[:8], [*snli_sentences[8:20], " ".join(snli_sentences[:30])], snli_sentences[40:43]):
-        torch.testing.assert_close(step(compiled, texts), step(eager, texts), atol=2e-2, rtol=2e-2)
-    assert len(graphs) == 1, "a new batch shape recompiled the packed model"
-    assert "torch_attn._varlen_attn" in graphs[0].code
+        torch.testing.assert_close(training_step(compiled, texts), training_step(eager, texts), atol=2e-2, rtol=2e-2)
+    assert len(recorder.graphs) == 1, "a new batch shape recompiled the packed model"
+    assert "torch_attn._varlen_attn" in recorder.graphs[0].code
 
 
 def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, snli_sentences):
@@ -173,17 +147,6 @@ def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, s
     if "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")
     from st_contrast.losses import CachedInfoNCELoss
-
-    def model(compile):
-        torch.manual_seed(0)
-        backbone = FlashTransformer(
-            tiny_model_factory("bert"),
-            attention_backend="varlen",
-            compile=compile,
-            model_kwargs={"dtype": torch.bfloat16},
-            config_kwargs={"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0},
-        )
-        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cuda").train()
 
     def step(model, anchors, positives):
         model.zero_grad(set_to_none=True)
@@ -195,9 +158,10 @@ def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, s
         loss.backward()
         return loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
 
-    eager, graphed = model(False), model({"mode": "reduce-overhead"})
+    path, bf16 = tiny_model_factory("bert"), torch.bfloat16
+    eager = packed_bert(path, "varlen", device="cuda", dtype=bf16)
+    graphed = packed_bert(path, "varlen", {"mode": "reduce-overhead"}, device="cuda", dtype=bf16)
     for start in (0, 16, 32, 0):  # the last batch comes back: its graphs replay
         anchors, positives = snli_sentences[start : start + 16], snli_sentences[start + 100 : start + 116]
-        torch.testing.assert_close(
-            step(graphed, anchors, positives), step(eager, anchors, positives), atol=3e-2, rtol=3e-2
-        )
+        expected = step(eager, anchors, positives)
+        torch.testing.assert_close(step(graphed, anchors, positives), expected, atol=3e-2, rtol=3e-2)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from sentence_transformers import SentenceTransformer
-from sentence_transformers.sentence_transformer.modules import Pooling
+from compile_helpers import RecordingBackend, packed_bert, training_step
 from varlen_on_cpu import varlen_kernels_on_cpu
 
-from st_contrast.modules import FlashTransformer
 from st_contrast.modules.shape_buckets import (
     FILLER_SEQUENCES,
     bucket_length,
@@ -82,38 +80,20 @@ def test_bucketed_compiled_model_matches_eager_and_reuses_its_graph(backend, tin
     different token counts and longest texts all run one graph, of a bucketed shape, with eager's embeddings and
     gradients (``varlen`` runs through torch's custom op here, with CPU test kernels)."""
     torch._dynamo.reset()  # count this test's compiles only (dynamo's caches are per process)
-    shapes = []
-
-    def recording_backend(graph, example_inputs):
-        shapes.append(tuple(next(t.shape for t in example_inputs if t.dtype == torch.long and t.ndim == 2)))
-        return graph.forward
-
-    def model(compile):
-        torch.manual_seed(0)
-        no_dropout = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-        backbone = FlashTransformer(
-            tiny_model_factory("bert"), attention_backend=backend, compile=compile, config_kwargs=no_dropout
-        )
-        return SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu").train()
-
-    def step(model, texts):
-        model.zero_grad(set_to_none=True)
-        embeddings = model(model.preprocess(texts))["sentence_embedding"]
-        embeddings.square().sum().backward()
-        return embeddings.detach(), {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
-
+    recorder = RecordingBackend()
     texts = [
         ["a man plays a guitar", "two dogs", "a child is reading a book in the park", "rain"],
         ["the sun is out", "a cat sleeps on the warm windowsill all day long", "people dance", "cars"],
         ["hi", "a woman rides a bike", "birds fly south", "an old man walks his dog along the quiet beach"],
     ]
+    path = tiny_model_factory("bert")
     with varlen_kernels_on_cpu(monkeypatch):
-        eager = model(False)
-        compiled = model({"backend": recording_backend, "dynamic": False, "bucket_shapes": True})
-        token_counts = {compiled.preprocess(batch)["input_ids"].shape[1] for batch in texts}
-        assert len(token_counts) == 3  # without buckets, three shapes
+        eager = packed_bert(path, backend)
+        compiled = packed_bert(path, backend, {"backend": recorder, "dynamic": False, "bucket_shapes": True})
+        assert len({compiled.preprocess(batch)["input_ids"].shape[1] for batch in texts}) == 3  # unpadded: 3 shapes
         for batch in texts:
-            torch.testing.assert_close(step(compiled, batch), step(eager, batch), atol=1e-5, rtol=1e-5)
-        assert shapes == [(1, 64)]
+            expected = training_step(eager, batch)
+            torch.testing.assert_close(training_step(compiled, batch), expected, atol=1e-5, rtol=1e-5)
+        assert recorder.token_counts == [64]
         compiled.eval()
         torch.testing.assert_close(compiled.encode(texts[0]), eager.encode(texts[0]), atol=1e-5, rtol=1e-5)
