@@ -36,6 +36,7 @@ def test_filler_is_sequences_of_its_own():
         "input_ids": torch.arange(1, 11)[None],
         "position_ids": torch.tensor([[0, 1, 2, 0, 1, 2, 3, 4, 5, 6]]),
         "seq_idx": torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1, 1]], dtype=torch.int32),
+        "labels": torch.arange(10)[None],
         "cu_seq_lens_q": cu,
         "cu_seq_lens_k": cu,
         "max_length_q": 7,
@@ -50,6 +51,7 @@ def test_filler_is_sequences_of_its_own():
     assert len(lengths) == FILLER_SEQUENCES and lengths.min() >= 1 and lengths.sum() == 54
     assert torch.equal(padded["cu_seq_lens_k"], ends) and padded["max_length_q"] == padded["max_length_k"] == 64
     assert padded["input_ids"][0, 10:].eq(0).all() and padded["position_ids"][0, 10:].eq(0).all()
+    assert padded["labels"][0, 10:].eq(-100).all() and torch.equal(padded["labels"][0, :10], torch.arange(10))
     # each filler token is in its own filler sequence (index 2 + piece), as transformers' collator numbers them
     expected_seq_idx = torch.repeat_interleave(torch.arange(2, 2 + FILLER_SEQUENCES), lengths.long())
     assert torch.equal(padded["seq_idx"][0, 10:], expected_seq_idx.to(torch.int32))

@@ -52,9 +52,9 @@ def pad_packed_inputs(inputs: dict[str, Any]) -> tuple[dict[str, Any], int | Non
     """``inputs`` of a packed forward with filler tokens added up to :func:`bucket_tokens`, and the real token count.
 
     Every ``[1, tokens, ...]`` tensor gets the filler's values (``position_ids`` the first token's position, ``seq_idx``
-    the filler sequence's index, anything else zeros), ``cu_seq_lens_q`` / ``_k`` the filler sequences' ends and
-    ``max_length_q`` / ``_k`` a bound for them. Inputs that are not packed (no ``cu_seq_lens_q``) are returned as they
-    are, with None.
+    the filler sequence's index, ``labels`` -100, which transformers' losses ignore, anything else zeros),
+    ``cu_seq_lens_q`` / ``_k`` the filler sequences' ends and ``max_length_q`` / ``_k`` a bound for them. Inputs that
+    are not packed (no ``cu_seq_lens_q``) are returned as they are, with None.
     """
     cu_seqlens = inputs.get("cu_seq_lens_q")
     input_ids = inputs.get("input_ids")
@@ -83,6 +83,8 @@ def _filler(key: str, value: torch.Tensor, filler: int, piece_ends: torch.Tensor
     shape = (1, filler, *value.shape[2:])
     if key == "position_ids":
         return value[:, :1].expand(shape)
+    if key == "labels":  # a model computing its own loss (masked LM) must not score the filler
+        return value.new_full(shape, -100)
     if key == "seq_idx":
         offsets = torch.arange(filler, device=value.device)
         return (sequences + torch.searchsorted(piece_ends, offsets, right=True)).to(value.dtype)[None]
