@@ -1,5 +1,5 @@
 """Shared pieces of the compile tests: a ``torch.compile`` backend that records what it is given, a packed tiny BERT,
-and one training step's embeddings and gradients."""
+and one training step's embeddings (or cached loss) and gradients."""
 
 from __future__ import annotations
 
@@ -49,10 +49,28 @@ def packed_bert(
 def training_step(model: SentenceTransformer, texts: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Embeddings (fp32) and parameter gradients of ``sum(embeddings ** 2)``, on the model's device."""
     model.zero_grad(set_to_none=True)
-    features = {
-        key: value.to(model.device) if torch.is_tensor(value) else value
-        for key, value in model.preprocess(texts).items()
-    }
-    embeddings = model(features)["sentence_embedding"].float()
+    embeddings = model(_features(model, texts))["sentence_embedding"].float()
     embeddings.square().sum().backward()
-    return embeddings.detach(), {name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None}
+    return embeddings.detach(), _gradients(model)
+
+
+def cached_loss_step(
+    model: SentenceTransformer, anchors: list[str], positives: list[str]
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss (fp32) and parameter gradients of a CachedInfoNCELoss step in mini-batches of 4: GradCache keeps the
+    mini-batches' embeddings, then embeds them again in its backward."""
+    from st_contrast.losses import CachedInfoNCELoss
+
+    model.zero_grad(set_to_none=True)
+    loss = CachedInfoNCELoss(model, mini_batch_size=4)([_features(model, anchors), _features(model, positives)], None)
+    loss.backward()
+    return loss.detach().float(), _gradients(model)
+
+
+def _features(model: SentenceTransformer, texts: list[str]) -> dict:
+    features = model.preprocess(texts)
+    return {key: value.to(model.device) if torch.is_tensor(value) else value for key, value in features.items()}
+
+
+def _gradients(model: SentenceTransformer) -> dict[str, torch.Tensor]:
+    return {name: p.grad.float() for name, p in model.named_parameters() if p.grad is not None}

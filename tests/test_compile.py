@@ -23,6 +23,13 @@ from st_contrast.training.builders import build_model, compile_model
 from st_contrast.training.specs import ConfigError, ModelSpec
 
 
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test starts with empty compile caches: dynamo's are per process and per code object (the model classes'
+    forwards), so compiles of earlier tests would count against this one's recompile limit and graph counts."""
+    torch._dynamo.reset()
+
+
 def packed_model(path: str, compile=False) -> SentenceTransformer:
     torch.manual_seed(0)
     backbone = FlashTransformer(path, attention_backend="sdpa", compile=compile)
@@ -110,11 +117,8 @@ def test_compiled_model_with_a_kernel_it_cannot_run_raises_the_plain_error(tiny_
     for compile in (False, {"backend": "eager"}):
         backbone = FlashTransformer(tiny_model_factory("bert"), attention_backend="varlen", compile=compile)
         model = SentenceTransformer(modules=[backbone, Pooling(32, "mean")], device="cpu")
-        try:
-            with pytest.raises(ValueError, match="attention_backend='varlen' cannot run here"):
-                model.encode(["a man plays a guitar"])
-        finally:
-            torch._dynamo.reset()  # the failed trace left the model's forwards to run eagerly in this process
+        with pytest.raises(ValueError, match="attention_backend='varlen' cannot run here"):
+            model.encode(["a man plays a guitar"])
 
 
 def test_llm2vec_recipe_compiles_after_its_lora_adapter(tiny_model_factory, snli_sentences):
@@ -147,7 +151,6 @@ def test_compile_needs_a_packed_backbone(tiny_model_factory):
 
 def test_config_compile_mapping_reaches_the_compiler(tiny_model_factory, snli_sentences):
     """``model.compile: {...}`` in a config: its ``torch.compile`` arguments and ``bucket_shapes`` are applied."""
-    torch._dynamo.reset()
     recorder = RecordingBackend()
     spec = {
         "name_or_path": tiny_model_factory("bert"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compile_helpers import RecordingBackend, packed_bert, training_step
+from compile_helpers import RecordingBackend, cached_loss_step, packed_bert, training_step
 from conftest import DECODERS, ENCODERS, NO_SDPA
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Transformer
@@ -131,6 +131,7 @@ def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_f
     serves every batch shape, and the compiled model's embeddings and gradients are the eager packed model's."""
     if "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")
+    torch._dynamo.reset()  # dynamo's caches are per process: count this test's graphs only
     recorder, path, bf16 = RecordingBackend(), tiny_model_factory("bert"), torch.bfloat16
     eager = packed_bert(path, "varlen", device="cuda", dtype=bf16)
     compiled = packed_bert(path, "varlen", {"backend": recorder, "fullgraph": True}, device="cuda", dtype=bf16)
@@ -146,22 +147,10 @@ def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, s
     and replays them again in its backward: its loss and gradients must still be the eager model's."""
     if "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")
-    from st_contrast.losses import CachedInfoNCELoss
-
-    def step(model, anchors, positives):
-        model.zero_grad(set_to_none=True)
-        features = [
-            {key: value.to("cuda") if torch.is_tensor(value) else value for key, value in model.preprocess(t).items()}
-            for t in (anchors, positives)
-        ]
-        loss = CachedInfoNCELoss(model, mini_batch_size=4)(features, None)
-        loss.backward()
-        return loss.detach().float(), {n: p.grad.float() for n, p in model.named_parameters() if p.grad is not None}
-
     path, bf16 = tiny_model_factory("bert"), torch.bfloat16
     eager = packed_bert(path, "varlen", device="cuda", dtype=bf16)
     graphed = packed_bert(path, "varlen", {"mode": "reduce-overhead"}, device="cuda", dtype=bf16)
     for start in (0, 16, 32, 0):  # the last batch comes back: its graphs replay
         anchors, positives = snli_sentences[start : start + 16], snli_sentences[start + 100 : start + 116]
-        expected = step(eager, anchors, positives)
-        torch.testing.assert_close(step(graphed, anchors, positives), expected, atol=3e-2, rtol=3e-2)
+        expected = cached_loss_step(eager, anchors, positives)
+        torch.testing.assert_close(cached_loss_step(graphed, anchors, positives), expected, atol=3e-2, rtol=3e-2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from compile_helpers import RecordingBackend, packed_bert, training_step
+from compile_helpers import RecordingBackend, cached_loss_step, packed_bert, training_step
 from varlen_on_cpu import varlen_kernels_on_cpu
 
 from st_contrast.modules.shape_buckets import (
@@ -15,6 +15,13 @@ from st_contrast.modules.shape_buckets import (
     cut_packed_outputs,
     pad_packed_inputs,
 )
+
+
+@pytest.fixture(autouse=True)
+def fresh_compiler():
+    """Each test starts with empty compile caches: dynamo's are per process and per code object (the model classes'
+    forwards), so compiles of earlier tests would count against this one's recompile limit and graph counts."""
+    torch._dynamo.reset()
 
 
 def test_token_buckets_are_few_and_waste_little():
@@ -81,7 +88,6 @@ def test_bucketed_compiled_model_matches_eager_and_reuses_its_graph(backend, tin
     """``dynamic=False``: each new input shape would compile again; padded to buckets, batches of 4 texts with
     different token counts and longest texts all run one graph, of a bucketed shape, with eager's embeddings and
     gradients (``varlen`` runs through torch's custom op here, with CPU test kernels)."""
-    torch._dynamo.reset()  # count this test's compiles only (dynamo's caches are per process)
     recorder = RecordingBackend()
     texts = [
         ["a man plays a guitar", "two dogs", "a child is reading a book in the park", "rain"],
@@ -99,3 +105,15 @@ def test_bucketed_compiled_model_matches_eager_and_reuses_its_graph(backend, tin
         assert recorder.token_counts == [64]
         compiled.eval()
         torch.testing.assert_close(compiled.encode(texts[0]), eager.encode(texts[0]), atol=1e-5, rtol=1e-5)
+
+
+def test_cached_loss_over_bucketed_shapes_matches_eager(tiny_model_factory, snli_sentences):
+    """GradCache embeds a batch in mini-batches, keeps their embeddings and replays them in its backward: over
+    bucketed (padded, cut and copied) outputs its loss and gradients are those of the unbucketed eager model."""
+    path = tiny_model_factory("bert")
+    eager = packed_bert(path, "sdpa")
+    bucketed = packed_bert(path, "sdpa", {"backend": "eager", "bucket_shapes": True})
+    for start in (0, 16):
+        anchors, positives = snli_sentences[start : start + 16], snli_sentences[start + 100 : start + 116]
+        expected = cached_loss_step(eager, anchors, positives)
+        torch.testing.assert_close(cached_loss_step(bucketed, anchors, positives), expected, atol=1e-5, rtol=1e-5)
