@@ -309,3 +309,11 @@ def plain_sentence_transformers():
     plain = PlainSentenceTransformers()
     yield plain
     plain.close()
+
+
+@pytest.fixture
+def fresh_compiler():
+    """Empty compile caches for a test that counts graphs or compiles with ``fullgraph=True``: dynamo's caches are per
+    process and per code object (the model classes' forwards), so earlier tests' compiles would count against this
+    test's graph counts and recompile limit."""
+    torch._dynamo.reset()

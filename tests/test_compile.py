@@ -22,12 +22,7 @@ from st_contrast.recipes import llm2vec_model
 from st_contrast.training.builders import build_model, compile_model
 from st_contrast.training.specs import ConfigError, ModelSpec
 
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test starts with empty compile caches: dynamo's are per process and per code object (the model classes'
-    forwards), so compiles of earlier tests would count against this one's recompile limit and graph counts."""
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compiler")
 
 
 def packed_model(path: str, compile=False) -> SentenceTransformer:

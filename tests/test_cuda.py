@@ -126,12 +126,12 @@ def test_rotary_model_in_mixed_precision_runs_a_gpu_kernel(name, tiny_model_fact
     assert cosine.min() > 0.99, cosine.min()
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_factory, snli_sentences):
     """``compile=True`` on a GPU: torch's varlen kernel is traced (``fullgraph=True`` refuses a graph break), one graph
     serves every batch shape, and the compiled model's embeddings and gradients are the eager packed model's."""
     if "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")
-    torch._dynamo.reset()  # dynamo's caches are per process: count this test's graphs only
     recorder, path, bf16 = RecordingBackend(), tiny_model_factory("bert"), torch.bfloat16
     eager = packed_bert(path, "varlen", device="cuda", dtype=bf16)
     compiled = packed_bert(path, "varlen", {"backend": recorder, "fullgraph": True}, device="cuda", dtype=bf16)
@@ -141,6 +141,7 @@ def test_compiled_packed_model_traces_the_gpu_kernel_into_one_graph(tiny_model_f
     assert "torch_attn._varlen_attn" in recorder.graphs[0].code
 
 
+@pytest.mark.usefixtures("fresh_compiler")
 def test_cuda_graphs_over_bucketed_shapes_train_like_eager(tiny_model_factory, snli_sentences):
     """``compile={"mode": "reduce-overhead"}`` on a GPU: packed batches are padded to bucketed shapes and run as
     recorded CUDA graphs. A cached loss keeps earlier mini-batches' embeddings while later ones replay the same graphs,

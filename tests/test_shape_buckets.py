@@ -16,12 +16,7 @@ from st_contrast.modules.shape_buckets import (
     pad_packed_inputs,
 )
 
-
-@pytest.fixture(autouse=True)
-def fresh_compiler():
-    """Each test starts with empty compile caches: dynamo's are per process and per code object (the model classes'
-    forwards), so compiles of earlier tests would count against this one's recompile limit and graph counts."""
-    torch._dynamo.reset()
+pytestmark = pytest.mark.usefixtures("fresh_compiler")
 
 
 def test_token_buckets_are_few_and_waste_little():
