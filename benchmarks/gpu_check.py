@@ -1,11 +1,12 @@
 """Every GPU check in one command: the CUDA tests and the GPU benchmarks, each part guarded (``gpu_check.sh`` runs it).
 
-Parts, in the order they run: the figures with targets first, the compiled step (whose first compile takes longest)
-last. Each runs in its own process group, under its own time limit and the run's overall budget; a part that fails or
-runs out of time is logged with the figures it had reported, its processes are stopped, and the next one starts:
+Parts, in the order they run: the figures with targets first, then the compiled steps (whose first compile takes
+longest), the MiniLM-size backbone (BERT-base's figures at a smaller size) last. Each runs in its own process group,
+under its own time limit and the run's overall budget; a part that fails or runs out of time is logged with the
+figures it had reported, its processes are stopped, and the next one starts:
 
 - ``cuda_tests``: ``pytest -m cuda`` on the test files that have CUDA tests (kernels, bf16 parity of every packed
-  architecture, rotary models in mixed precision);
+  architecture, rotary models in mixed precision, the compiled model as one graph, CUDA graphs under a cached loss);
 - ``attention``: the attention op alone (forward + backward), packed kernel vs padded SDPA, at 30/45/60% padding,
   BERT-base heads, 128 sequences of up to 512 tokens (large enough that the kernels, not their launches, take the
   time; the backbone parts also time it at the data's lengths);
@@ -25,15 +26,15 @@ runs out of time is logged with the figures it had reported, its processes are s
 - ``losses``: ``bench_losses.py``, CachedInfoNCELoss vs InfoNCELoss vs stock CachedMNRL at 1k, 4k and 16k triplets
   (step time, ``max_memory_allocated``), mini-batches of 1024 sequences, every measurement in one process (a fresh
   process per measurement spends seconds on imports there: with nine of them the part once ran out of time);
-- ``backbone_minilm``: ``bench_backbone.py`` on a random MiniLM-sized model (384 wide, 6 layers, heads of 32), as
-  ``backbone_bert_base``;
 - ``compile_bert_base``: the packed BERT-base training step compiled (``FlashTransformer(compile=True)``) vs eager
   (on a CPU: the toy model, traced by dynamo and AOTAutograd as on the GPU but with the ``aot_eager`` backend, since
   inductor's C++ code generation takes a minute there and is tested by ``tests/test_compile.py``);
 - ``cudagraphs_bert_base``: the packed BERT-base step with both columns in one forward, eager vs compiled with CUDA
   graphs (mode ``reduce-overhead``: packed shapes padded to buckets, graphs recorded once per bucket), each batch
   timed the second time it is seen: whether graphs lift a step of 256 pairs, which is host-bound on an H200 (on a
-  CPU: traced with ``aot_eager``, no graphs).
+  CPU: traced with ``aot_eager``, no graphs);
+- ``backbone_minilm``: ``bench_backbone.py`` on a random MiniLM-sized model (384 wide, 6 layers, heads of 32), as
+  ``backbone_bert_base``.
 
 A part that needs what the machine lacks is skipped with the reason: the random models need the shared data, the
 trainer part needs ``datasets`` (the GPU machine has neither: ``gpu_prepare.sh`` packs both into ``.gpu_carry/``, with
@@ -140,7 +141,7 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         Part(
             "cuda_tests",
             [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-rs", "-p", "no:cacheprovider", *cuda_test_files()],
-            None, 150, cpu_skip=no_cuda, json_output=False, needs_models=False,
+            None, 210, cpu_skip=no_cuda, json_output=False, needs_models=False,
         ),
         Part(
             "attention",
@@ -183,12 +184,6 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             240,
         ),
         Part(
-            "backbone_minilm",
-            [*backbone, f"--model={models['minilm']}", *gpu_train],
-            [*backbone, f"--model={models['minilm']}", *cpu_train],
-            120,
-        ),
-        Part(
             "compile_bert_base",
             [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_compiled", "--sections",
              "train", "--batch-size=256", "--steps=8", "--warmup=3", "--max-seq-length=256"],
@@ -203,6 +198,12 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
             [*backbone, f"--model={models['bert_base']}", "--variants", "flash_merged", "flash_merged_cudagraphs",
              "--sections", "train", "--compile-backend=aot_eager", *cpu_train],
             150,
+        ),
+        Part(
+            "backbone_minilm",
+            [*backbone, f"--model={models['minilm']}", *gpu_train],
+            [*backbone, f"--model={models['minilm']}", *cpu_train],
+            120,
         ),
     ]  # fmt: skip
 
