@@ -19,7 +19,7 @@ otherwise), with ``--compile`` ``flash_compiled`` (``FlashTransformer(compile=Tr
 traces the model as inductor would but runs the traced graphs eagerly: a quick check of the tracing),
 ``flash_merged`` (packed, both columns in one forward, as st_contrast's losses embed a packed batch:
 :mod:`st_contrast.losses.merged_columns`; every other variant runs one forward per column, as ST's losses do for a
-pair) and ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
+pair), ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
 the projections and MLPs still see real tokens; on short sentences a GPU varlen kernel can cost more than that, as it
 works in tiles of 64-128 rows per sequence) and ``flash_merged_cudagraphs`` (``flash_merged`` compiled with CUDA
 graphs, ``torch.compile`` mode ``reduce-overhead``, with ``--compile-backend inductor``: on a GPU the packed batches
