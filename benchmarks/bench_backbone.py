@@ -21,7 +21,9 @@ traces the model as inductor would but runs the traced graphs eagerly: a quick c
 :mod:`st_contrast.losses.merged_columns`; every other variant runs one forward per column, as ST's losses do for a
 pair), ``flash_sdpa`` (packed, with the ``sdpa`` attention kernel: only attention is regrouped into a padded batch,
 the projections and MLPs still see real tokens; on short sentences a GPU varlen kernel can cost more than that, as it
-works in tiles of 64-128 rows per sequence) and ``flash_merged_cudagraphs`` (``flash_merged`` compiled with CUDA
+works in tiles of 64-128 rows per sequence), ``flash_block_diagonal`` (packed, with the ``block_diagonal`` kernel:
+several sequences share each padded row of attention, a block-diagonal mask keeps them apart; ``auto``'s kernel off
+the GPU's half-precision path) and ``flash_merged_cudagraphs`` (``flash_merged`` compiled with CUDA
 graphs, ``torch.compile`` mode ``reduce-overhead``, with ``--compile-backend inductor``: on a GPU the packed batches
 are padded to bucketed shapes, :mod:`st_contrast.modules.shape_buckets`, and a graph recorded for one batch replays
 for later batches of the same bucket; with ``--replay`` every timed step replays; a step where the host, not the GPU,
@@ -41,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gzip
 import importlib.util
 import json
@@ -67,7 +70,18 @@ from st_contrast.losses.merged_columns import embed_columns
 from st_contrast.modules import FlashTransformer, resolved_attention_backend
 
 SECTIONS = ("train", "encode", "attention")
-VARIANTS = ("stock", "flash", "stock_unpad", "flash_compiled", "flash_merged", "flash_sdpa", "flash_merged_cudagraphs")
+VARIANTS = (
+    "stock",
+    "flash",
+    "stock_unpad",
+    "flash_compiled",
+    "flash_merged",
+    "flash_sdpa",
+    "flash_block_diagonal",
+    "flash_merged_cudagraphs",
+)
+SINGLE_KERNEL_VARIANTS = {"flash_sdpa": "sdpa", "flash_block_diagonal": "block_diagonal"}
+"""Packed variants that pin an attention kernel instead of ``--attention-backend``."""
 
 
 def load_sentences(limit: int) -> list[str]:
@@ -251,8 +265,9 @@ def bench_encode(model: SentenceTransformer, sentences: list[str], batch_size: i
 def bench_attention(
     lengths: list[int], device: torch.device, dtype: torch.dtype, heads: int, dim: int, repeats: int
 ) -> dict:
-    """Packed kernel vs padded SDPA with a key mask on the same sequences (forward + backward), and the packed ``sdpa``
-    kernel (regrouping the packed tokens into that padded batch and back around the same SDPA call)."""
+    """Packed kernel vs padded SDPA with a key mask on the same sequences (forward + backward), the packed ``sdpa``
+    kernel (regrouping the packed tokens into that padded batch and back around the same SDPA call) and the
+    ``block_diagonal`` kernel (several sequences per padded row, a block-diagonal mask)."""
     backend = resolve_backend("auto", device, dtype)
     total, max_len, batch = sum(lengths), max(lengths), len(lengths)
     q, k, v = (torch.randn(total, heads, dim, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -268,7 +283,13 @@ def bench_attention(
         F.scaled_dot_product_attention(*padded, attn_mask=mask).sum().backward()
 
     timings = {}
-    for name, fn in (("packed", packed), ("padded_sdpa", dense), ("packed_sdpa", lambda: packed("sdpa"))):
+    variants = {
+        "packed": packed,
+        "padded_sdpa": dense,
+        "packed_sdpa": lambda: packed("sdpa"),
+        "packed_block_diagonal": lambda: packed("block_diagonal"),
+    }
+    for name, fn in variants.items():
         fn()
         synchronize(device)
         start = time.perf_counter()
@@ -284,8 +305,11 @@ def bench_attention(
         "packed_ms": timings["packed"] * 1e3,
         "padded_sdpa_ms": timings["padded_sdpa"] * 1e3,
         "packed_sdpa_ms": timings["packed_sdpa"] * 1e3,
+        "packed_block_diagonal_ms": timings["packed_block_diagonal"] * 1e3,
         "ratio": timings["padded_sdpa"] / timings["packed"],
         "packed_sdpa_vs_packed": timings["packed"] / timings["packed_sdpa"],
+        "block_diagonal_vs_packed": timings["packed"] / timings["packed_block_diagonal"],
+        "block_diagonal_vs_packed_sdpa": timings["packed_sdpa"] / timings["packed_block_diagonal"],
     }
 
 
@@ -323,7 +347,10 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
             args.model, attention_backend=args.attention_backend, compile={"backend": args.compile_backend}, **common
         ),
         "flash_merged": lambda: FlashTransformer(args.model, attention_backend=args.attention_backend, **common),
-        "flash_sdpa": lambda: FlashTransformer(args.model, attention_backend="sdpa", **common),
+        **{
+            name: functools.partial(FlashTransformer, args.model, attention_backend=kernel, **common)
+            for name, kernel in SINGLE_KERNEL_VARIANTS.items()
+        },
         "flash_merged_cudagraphs": lambda: FlashTransformer(
             args.model,
             attention_backend=args.attention_backend,
@@ -338,7 +365,7 @@ def bench_variants(args: argparse.Namespace, device: torch.device, dtype: torch.
     for name, reason in report["skipped"].items():
         print(f"SKIP {name}: {reason}", file=sys.stderr, flush=True)  # stdout is the JSON report
     packed_names = [name for name in models if name.startswith("flash")]
-    packed = models[next((name for name in packed_names if name != "flash_sdpa"), packed_names[0])]
+    packed = models[next((name for name in packed_names if name not in SINGLE_KERNEL_VARIANTS), packed_names[0])]
     report["flash_backend"] = resolved_attention_backend(packed[0])
     if "flash_compiled" in models or "flash_merged_cudagraphs" in models:
         report["compile_backend"] = args.compile_backend
@@ -390,8 +417,9 @@ def add_ratios(section: dict) -> None:
     if "flash_merged_cudagraphs" in section and "flash_merged" in section:
         merged = section["flash_merged"]["tokens_per_s"]
         section["cudagraphs_vs_merged"] = section["flash_merged_cudagraphs"]["tokens_per_s"] / merged
-    if "flash_sdpa" in section and "flash" in section:
-        section["sdpa_vs_flash"] = section["flash_sdpa"]["tokens_per_s"] / section["flash"]["tokens_per_s"]
+    for name, kernel in SINGLE_KERNEL_VARIANTS.items():
+        if name in section and "flash" in section:
+            section[f"{kernel}_vs_flash"] = section[name]["tokens_per_s"] / section["flash"]["tokens_per_s"]
 
 
 def main() -> None:

@@ -18,7 +18,8 @@ figures it had reported, its processes are stopped, and the next one starts:
 - ``mfu_bert_base``: BERT-base packed training at the shared NLI/STS sentence lengths, a large batch: tokens/s and MFU,
   with one forward per column, with both columns in one forward (``flash_merged``, as st_contrast's losses run) and
   with the padded ``sdpa`` attention kernel inside the packed model (``flash_sdpa``: on ~15-token sentences the varlen
-  kernel spends a whole tile per sequence);
+  kernel spends a whole tile per sequence) and with the ``block_diagonal`` kernel (``flash_block_diagonal``: several
+  sequences per padded row of the attention);
 - ``profile_bert_base``: ``profile_step.py`` on that step: the kernels' time against the step time (host-bound or
   device-bound), launches and host syncs per step, and the operators that take the time (in the log);
 - ``trainer_mfu``: ``st-contrast train`` of the packed BERT-base-sized model in bf16 (fp32 weights, autocast) for a
@@ -136,6 +137,7 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
                  "--replay"]  # fmt: skip
     attention = ["--config=bert", "--hidden-size=768", "--head-dim=64", "--sections", "attention"]
     pads = ["--attention-padding", "0.3", "0.45", "0.6"]
+    mfu_variants = ["flash", "flash_merged", "flash_sdpa", "flash_block_diagonal"]
     no_cuda = "no CUDA device (torch.cuda.is_available() is False)"
     return [
         Part(
@@ -157,11 +159,11 @@ def parts(models: dict[str, str], scratch: Path, cuda: bool) -> list[Part]:
         ),
         Part(
             "mfu_bert_base",
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "flash_sdpa",
-             "--sections", "train", "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
-            [*backbone, f"--model={models['bert_base']}", "--variants", "flash", "flash_merged", "flash_sdpa",
-             "--sections", "train", *cpu_train],
-            120,
+            [*backbone, f"--model={models['bert_base']}", "--variants", *mfu_variants, "--sections", "train",
+             "--batch-size=1024", "--steps=8", "--warmup=3", "--max-seq-length=256"],
+            [*backbone, f"--model={models['bert_base']}", "--variants", *mfu_variants, "--sections", "train",
+             *cpu_train],
+            150,
         ),
         Part(
             "profile_bert_base",
@@ -354,12 +356,17 @@ def summary(results: dict) -> dict:
     out["data_attention_sdpa_kernel_vs_packed"] = get(
         "backbone_bert_base", "attention", "data", "packed_sdpa_vs_packed"
     )
+    out["data_attention_block_diagonal_vs_packed"] = get(
+        "backbone_bert_base", "attention", "data", "block_diagonal_vs_packed"
+    )
     out["bert_base_packed_mfu"] = get("mfu_bert_base", "train", "flash", "mfu")
     out["bert_base_packed_tokens_per_s"] = get("mfu_bert_base", "train", "flash", "tokens_per_s")
     out["bert_base_merged_mfu"] = get("mfu_bert_base", "train", "flash_merged", "mfu")
     out["bert_base_merged_vs_per_column"] = get("mfu_bert_base", "train", "merged_vs_flash")
     out["bert_base_sdpa_kernel_mfu"] = get("mfu_bert_base", "train", "flash_sdpa", "mfu")
     out["bert_base_sdpa_kernel_vs_varlen"] = get("mfu_bert_base", "train", "sdpa_vs_flash")
+    out["bert_base_block_diagonal_mfu"] = get("mfu_bert_base", "train", "flash_block_diagonal", "mfu")
+    out["bert_base_block_diagonal_vs_varlen"] = get("mfu_bert_base", "train", "block_diagonal_vs_flash")
     out["bert_base_device_busy_fraction"] = get("profile_bert_base", "device_busy_fraction")
     out["bert_base_kernel_launches_per_step"] = get("profile_bert_base", "kernel_launches_per_step")
     out["trainer_log_tokens_per_second"] = get("trainer_mfu", "tokens_per_second")
@@ -415,9 +422,10 @@ def markdown(report: dict) -> str:
         )
     rows.append(
         "| attention op at the data's lengths (BERT-base heads, a batch of the shared sentences), speed of the "
-        "packed kernel / padded SDPA; of the `sdpa` kernel (padded regroup) / the packed kernel | "
+        "packed kernel / padded SDPA; of the `sdpa` kernel (padded regroup) / the packed kernel; of the "
+        "`block_diagonal` kernel / the packed kernel | "
         f"{times(figures['data_attention_packed_vs_padded'])}; {times(figures['data_attention_sdpa_kernel_vs_packed'])}"
-        " | |"
+        f"; {times(figures['data_attention_block_diagonal_vs_packed'])} | |"
     )
     rows += [
         f"| BERT-base packed training MFU (bf16 weights), eager | {cell(figures['bert_base_packed_mfu'], 3)} | >= 0.40 "
@@ -428,6 +436,9 @@ def markdown(report: dict) -> str:
         "| BERT-base packed training MFU, attention by the padded `sdpa` kernel (`attention_backend: sdpa`) | "
         f"{cell(figures['bert_base_sdpa_kernel_mfu'], 3)} ({times(figures['bert_base_sdpa_kernel_vs_varlen'])} the "
         "tokens/s of the default kernel) | |",
+        "| BERT-base packed training MFU, attention by the `block_diagonal` kernel (sequences sharing padded rows) | "
+        f"{cell(figures['bert_base_block_diagonal_mfu'], 3)} ({times(figures['bert_base_block_diagonal_vs_varlen'])} "
+        "the tokens/s of the default kernel) | |",
         "| BERT-base packed step at 1024 pairs: kernels' time / step time (below 1: waiting on the host); kernel "
         f"launches per step | {cell(figures['bert_base_device_busy_fraction'])}; "
         f"{cell(figures['bert_base_kernel_launches_per_step'], 0)} | |",

@@ -95,7 +95,8 @@ def load_model(
         model_name_or_path: A directory written by ``model.save(...)`` or a hub id.
         packed: Pack every module whose architecture supports it (others stay padded, logged); ``False`` loads
             padded, as plain Sentence Transformers does.
-        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
+        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``,
+            ``"block_diagonal"``).
         model_class: ``SentenceTransformer`` (default) or another Sentence Transformers model class.
         **kwargs: Forwarded to the model class (``device``, ``model_kwargs``, ``trust_remote_code``...).
 

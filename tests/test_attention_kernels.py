@@ -9,6 +9,8 @@ import torch
 
 from st_contrast.attention import (
     PackedLayout,
+    SharedRowsLayout,
+    block_diagonal_attention,
     cu_seqlens_from_attention_mask,
     cu_seqlens_from_lengths,
     packed_position_ids,
@@ -17,6 +19,8 @@ from st_contrast.attention import (
 )
 
 LENGTHS = [1, 7, 3, 12, 5]
+"""Shared rows 12 slots wide hold [1, 7, 3], [12] and [5]: rows with several sequences, a full row, a padded one."""
+EXACT_KERNELS = {"sdpa": sdpa_varlen_attention, "block_diagonal": block_diagonal_attention}
 
 
 def reference_attention(q, k, v, lengths, *, causal, scale, window, softcap=None):
@@ -48,7 +52,8 @@ def reference_attention(q, k, v, lengths, *, causal, scale, window, softcap=None
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", [None, (2, 2)])
 @pytest.mark.parametrize("kv_heads", [4, 2])
-def test_cpu_kernel_matches_reference(causal, window, kv_heads, softcap):
+@pytest.mark.parametrize("kernel", list(EXACT_KERNELS))
+def test_cpu_kernel_matches_reference(kernel, causal, window, kv_heads, softcap):
     torch.manual_seed(0)
     total, heads, dim = sum(LENGTHS), 4, 8
     q = torch.randn(total, heads, dim, dtype=torch.float64, requires_grad=True)
@@ -56,7 +61,7 @@ def test_cpu_kernel_matches_reference(causal, window, kv_heads, softcap):
     v = torch.randn(total, kv_heads, dim, dtype=torch.float64, requires_grad=True)
     cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
     scale = 0.3
-    out = sdpa_varlen_attention(
+    out = EXACT_KERNELS[kernel](
         q, k, v, cu, max(LENGTHS), causal=causal, scale=scale, dropout=0.0, window=window, softcap=softcap
     )
     expected = reference_attention(q, k, v, LENGTHS, causal=causal, scale=scale, window=window, softcap=softcap)
@@ -72,11 +77,12 @@ def test_cpu_kernel_matches_reference(causal, window, kv_heads, softcap):
         torch.testing.assert_close(grad, expected_grad)
 
 
-def test_default_scale_is_inverse_sqrt_dim():
+@pytest.mark.parametrize("kernel", list(EXACT_KERNELS))
+def test_default_scale_is_inverse_sqrt_dim(kernel):
     torch.manual_seed(1)
     q, k, v = (torch.randn(sum(LENGTHS), 2, 16) for _ in range(3))
     cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
-    out = sdpa_varlen_attention(q, k, v, cu, max(LENGTHS), causal=False, scale=None, dropout=0.0, window=None)
+    out = EXACT_KERNELS[kernel](q, k, v, cu, max(LENGTHS), causal=False, scale=None, dropout=0.0, window=None)
     expected = reference_attention(q, k, v, LENGTHS, causal=False, scale=1 / math.sqrt(16), window=None)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
 
@@ -117,14 +123,47 @@ def test_layout_moves_have_the_gradients_of_indexing():
     torch.testing.assert_close(grad, expected)
 
 
+def test_shared_rows_fill_rows_in_order_and_move_tokens_both_ways():
+    layout = SharedRowsLayout(cu_seqlens_from_lengths(torch.tensor(LENGTHS)))
+    assert (layout.rows, layout.width) == (3, 12) and not layout.one_sequence_per_row
+    assert layout.segment[0].tolist() == [0] + [1] * 7 + [2] * 3 + [-1]
+    assert layout.segment[1].tolist() == [3] * 12
+    assert layout.segment[2].tolist() == [4] * 5 + [-1] * 7
+    packed = torch.randn(sum(LENGTHS), 2, 3, dtype=torch.float64, requires_grad=True)
+    padded = layout.to_padded(packed)
+    torch.testing.assert_close(padded[0, 1:8], packed[1:8])  # the second sequence, right after the first
+    assert padded[~layout.valid].eq(0).all()
+    torch.testing.assert_close(layout.to_packed(padded), packed)
+    assert torch.autograd.gradcheck(layout.to_padded, (packed,))
+    assert torch.autograd.gradcheck(layout.to_packed, (padded.detach().requires_grad_(),))
+
+    mask = layout.attention_mask(causal=True, window=None)[0, 0]
+    assert mask[3].tolist() == [False, True, True, True] + [False] * 8  # slot 3: sequence 1's third token
+    assert SharedRowsLayout(cu_seqlens_from_lengths(torch.tensor([5, 4, 5]))).one_sequence_per_row
+
+
+def test_dropout_in_block_diagonal_rows_stays_inside_each_sequence():
+    """With attention dropout, a token's output still only mixes values of its own sequence."""
+    torch.manual_seed(2)
+    cu = cu_seqlens_from_lengths(torch.tensor(LENGTHS))
+    q, k = torch.randn(2, sum(LENGTHS), 2, 8)
+    value = torch.zeros(sum(LENGTHS), 2, 8)
+    value[1:8] = 1.0  # only the second sequence carries values
+    out = block_diagonal_attention(q, k, value, cu, max(LENGTHS), causal=False, scale=None, dropout=0.5, window=None)
+    outside = torch.ones(sum(LENGTHS), dtype=torch.bool)
+    outside[1:8] = False
+    assert out[outside].eq(0).all() and out[1:8].ne(0).any()
+
+
 def test_empty_sequences_are_refused():
     with pytest.raises(ValueError, match="at least one token"):
         cu_seqlens_from_lengths(torch.tensor([3, 0, 2]))
 
 
 def test_auto_resolution_on_cpu():
-    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "sdpa"
-    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "sdpa"
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "block_diagonal"
+    assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "block_diagonal"
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32, compiling=True) == "sdpa"  # traceable
     assert resolve_backend("cpu", torch.device("cpu"), torch.float32) == "sdpa"  # the former name still works
     with pytest.raises(ValueError, match="Unknown attention backend"):
         resolve_backend("xformers", torch.device("cpu"), torch.float32)
@@ -135,10 +174,11 @@ def test_softcap_is_refused_by_the_varlen_kernel_and_skipped_by_auto():
 
     q = torch.randn(4, 2, 8)
     cu = cu_seqlens_from_lengths(torch.tensor([4]))
-    with pytest.raises(ValueError, match="'varlen' has no attention logit soft-capping.*'flash_attn' or 'sdpa'"):
+    with pytest.raises(ValueError, match="'varlen' has no attention logit soft-capping.*'block_diagonal' or 'sdpa'"):
         torch_varlen_attention(q, q, q, cu, 4, causal=False, scale=None, dropout=0.0, window=None, softcap=50.0)
     if torch.cuda.is_available():
-        assert resolve_backend("auto", torch.device("cuda"), torch.bfloat16, softcap=True) in ("sdpa", "flash_attn")
+        auto = resolve_backend("auto", torch.device("cuda"), torch.bfloat16, softcap=True)
+        assert auto in ("block_diagonal", "flash_attn")
 
 
 def test_a_flash_attn_that_does_not_import_is_passed_over(tmp_path, monkeypatch):

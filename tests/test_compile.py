@@ -106,6 +106,23 @@ def test_varlen_kernel_is_traced_into_one_graph(tiny_model_factory, snli_sentenc
     assert len(dropout_warnings) == 1
 
 
+def test_auto_traces_the_exact_kernel_and_block_diagonal_runs_between_graphs(tiny_model_factory, snli_sentences):
+    """Eager, ``auto`` runs ``block_diagonal`` on CPU, which reads the sequence lengths on the host; compiled, ``auto``
+    picks the traceable ``sdpa`` kernel (one graph, ``fullgraph=True``), and an explicit ``block_diagonal`` runs
+    eagerly between the compiled graphs. All three give the eager embeddings and gradients."""
+    path = tiny_model_factory("bert")
+    eager = packed_bert(path, "auto")
+    traced, broken = RecordingBackend(), RecordingBackend()
+    whole = packed_bert(path, "auto", {"backend": traced, "fullgraph": True})
+    split = packed_bert(path, "block_diagonal", {"backend": broken})
+    for texts in batches(snli_sentences)[:2]:
+        expected = training_step(eager, texts)
+        for compiled in (whole, split):
+            torch.testing.assert_close(training_step(compiled, texts), expected, atol=1e-5, rtol=1e-5)
+    assert len(traced.graphs) == 1 and "scaled_dot_product_attention" in traced.graphs[0].code
+    assert len(broken.graphs) > 1 and not any("scaled_dot_product_attention" in g.code for g in broken.graphs)
+
+
 def test_compiled_model_with_a_kernel_it_cannot_run_raises_the_plain_error(tiny_model_factory):
     """An explicit backend that cannot run on these tensors (``varlen`` on CPU) is refused with the same ValueError
     compiled as eager, not a compiler-internal error."""

@@ -140,7 +140,7 @@ def test_save_writes_a_plain_model_and_load_model_packs_it_again(
 
 def test_backend_is_switchable_and_reported(tiny_model_factory):
     backbone = FlashTransformer(tiny_model_factory("bert"))
-    assert attention_backend(backbone) == "auto" and resolved_attention_backend(backbone) == "sdpa"
+    assert attention_backend(backbone) == "auto" and resolved_attention_backend(backbone) == "block_diagonal"
     set_attention_backend(backbone, "cpu")  # the former name of the exact SDPA path
     assert attention_backend(backbone) == "sdpa"
     assert backbone.model.config._attn_implementation == "st_packed_exact"

@@ -44,7 +44,7 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     assert all(part["status"] == "ok" for name, part in parts.items() if name not in skipped), parts
 
     backbone = parts["backbone_minilm"]["result"]
-    assert backbone["flash_backend"] == "sdpa"
+    assert backbone["flash_backend"] == "block_diagonal"
     for section in ("train", "encode"):
         assert backbone[section]["ratio"] > 0
         assert backbone[section]["flash"]["tokens_per_s"] > 0 and backbone[section]["stock"]["tokens_per_s"] > 0
@@ -88,7 +88,8 @@ def test_gpu_check_runs_end_to_end_on_cpu(tmp_path):
     merged = parts["mfu_bert_base"]["result"]["train"]
     assert merged["merged_vs_flash"] > 0 and merged["flash_merged"]["tokens_per_s"] > 0
     assert merged["sdpa_vs_flash"] > 0 and merged["flash_sdpa"]["tokens_per_s"] > 0  # the padded attention kernel
-    assert "attention by the padded `sdpa` kernel" in table
+    assert merged["block_diagonal_vs_flash"] > 0 and merged["flash_block_diagonal"]["tokens_per_s"] > 0
+    assert "attention by the padded `sdpa` kernel" in table and "attention by the `block_diagonal` kernel" in table
     # the benchmarks also reported each section as it finished (kept if a part is stopped at its limit)
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     partials = [json.loads(line.removeprefix(PREFIX)) for line in log.splitlines() if line.startswith(PREFIX)]

@@ -86,8 +86,8 @@ def varlen_kernels_on_cpu(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     pytest.importorskip("torch.nn.attention.varlen")
     resolve = interface.resolve_backend
 
-    def resolve_varlen_on_cpu(name, device, dtype, softcap=False):
-        return "varlen" if name == "varlen" else resolve(name, device, dtype, softcap=softcap)
+    def resolve_varlen_on_cpu(name, device, dtype, **kwargs):
+        return "varlen" if name == "varlen" else resolve(name, device, dtype, **kwargs)
 
     with torch.library._scoped_library("torch_attn", "IMPL") as library:
         library.impl("_varlen_attn", varlen_forward, "CPU")

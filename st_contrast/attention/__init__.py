@@ -6,6 +6,7 @@ from st_contrast.attention.backends import (
     ATTENTION_BACKENDS,
     BACKEND_ALIASES,
     available_backends,
+    block_diagonal_attention,
     canonical_backend_name,
     flash_attn_varlen_attention,
     resolve_backend,
@@ -23,12 +24,15 @@ from st_contrast.attention.packing import (
     cu_seqlens_from_lengths,
     packed_position_ids,
 )
+from st_contrast.attention.shared_rows import SharedRowsLayout
 
 __all__ = [
     "ATTENTION_BACKENDS",
     "BACKEND_ALIASES",
     "canonical_backend_name",
     "PackedLayout",
+    "SharedRowsLayout",
+    "block_diagonal_attention",
     "attention_implementation_name",
     "available_backends",
     "cu_seqlens_from_attention_mask",

@@ -11,8 +11,14 @@ Every kernel takes packed ``q [total, heads, dim]``, ``k``/``v [total, kv_heads,
   padded batch, run through :func:`torch.nn.functional.scaled_dot_product_attention` with a key mask and
   scattered back. The projections and MLPs around it still only see real tokens. ``cpu`` is its former
   name, still accepted (saved configurations and scripts use it).
-- ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; ``sdpa``
-  otherwise. Resolved per call from the tensors, so the same model runs on CPU and GPU.
+- ``block_diagonal``: exact on any device and dtype, like ``sdpa``, but several sequences share each padded row
+  (:class:`~st_contrast.attention.shared_rows.SharedRowsLayout`) and a block-diagonal mask keeps them apart: about
+  ``total_tokens * max_len`` attention scores instead of ``batch * max_len**2``, the difference on short sentences
+  with a few long ones. It reads the sequence lengths on the host once per forward pass, so under ``torch.compile``
+  it runs between the compiled graphs.
+- ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; otherwise
+  ``block_diagonal``, or ``sdpa`` while compiling (traced into the graph). Resolved per call from the tensors, so
+  the same model runs on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -29,12 +35,14 @@ import torch
 import torch.nn.functional as F
 
 from st_contrast.attention.packing import packed_layout
+from st_contrast.attention.shared_rows import shared_rows_layout
 
 __all__ = [
     "ATTENTION_BACKENDS",
     "available_backends",
     "resolve_backend",
     "sdpa_varlen_attention",
+    "block_diagonal_attention",
     "torch_varlen_attention",
     "flash_attn_varlen_attention",
     "BACKEND_ALIASES",
@@ -45,7 +53,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "sdpa")
+ATTENTION_BACKENDS = ("auto", "varlen", "flash_attn", "sdpa", "block_diagonal")
 BACKEND_ALIASES = {"cpu": "sdpa"}
 """Former backend names, accepted wherever a backend is named."""
 _HALF_DTYPES = (torch.float16, torch.bfloat16)
@@ -105,6 +113,46 @@ def sdpa_varlen_attention(
     return layout.to_packed(out.transpose(1, 2))
 
 
+def block_diagonal_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_len: int,
+    *,
+    causal: bool,
+    scale: float | None,
+    dropout: float,
+    window: tuple[int, int] | None,
+    softcap: float | None = None,
+) -> torch.Tensor:
+    """Exact kernel over rows shared by several sequences (``max_len`` is not needed: the rows are as wide as the
+    longest sequence). When no row holds two sequences, the layout is the ``sdpa`` kernel's, which runs instead."""
+    layout = shared_rows_layout(cu_seqlens)
+    if layout.one_sequence_per_row:
+        return sdpa_varlen_attention(
+            query,
+            key,
+            value,
+            cu_seqlens,
+            layout.width,
+            causal=causal,
+            scale=scale,
+            dropout=dropout,
+            window=window,
+            softcap=softcap,
+        )
+    q, k, v = (layout.to_padded(t).transpose(1, 2) for t in (query, key, value))
+    mask = layout.attention_mask(causal, window)
+    if softcap is not None:
+        out = _softcapped_attention(q, k, v, mask, causal=False, scale=scale, dropout=dropout, softcap=softcap)
+    else:
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=dropout, scale=scale, enable_gqa=k.shape[1] != q.shape[1]
+        )
+    return layout.to_packed(out.transpose(1, 2))
+
+
 def _softcapped_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -153,7 +201,7 @@ def _warn_no_varlen_dropout() -> None:
     graph is traced (a constant-result function), so it warns without breaking the graph."""
     _warn_once(
         "torch varlen_attn has no attention dropout: the model's attention dropout is not applied in training. "
-        "Use attention_backend='flash_attn' or 'sdpa' to keep it."
+        "Use attention_backend='flash_attn', 'sdpa' or 'block_diagonal' to keep it."
     )
 
 
@@ -180,8 +228,8 @@ def torch_varlen_attention(
 
     if softcap is not None:
         raise ValueError(
-            "attention_backend='varlen' has no attention logit soft-capping (Gemma2); use 'flash_attn' or 'sdpa' "
-            "('auto' picks one of them)."
+            "attention_backend='varlen' has no attention logit soft-capping (Gemma2); use 'flash_attn', "
+            "'block_diagonal' or 'sdpa' ('auto' picks one of them)."
         )
     params = _torch_varlen_parameters()
     if dropout > 0.0:
@@ -193,7 +241,7 @@ def torch_varlen_attention(
         if window is not None:
             raise ValueError(
                 "This torch version's varlen_attn has no sliding-window support; upgrade torch (>= 2.11) "
-                "or use attention_backend='flash_attn' or 'sdpa'."
+                "or use attention_backend='flash_attn', 'block_diagonal' or 'sdpa'."
             )
         kwargs["is_causal"] = causal
     if scale is not None:
@@ -248,6 +296,7 @@ _KERNELS: dict[str, VarlenAttention] = {
     "varlen": torch_varlen_attention,
     "flash_attn": flash_attn_varlen_attention,
     "sdpa": sdpa_varlen_attention,
+    "block_diagonal": block_diagonal_attention,
 }
 
 
@@ -286,6 +335,7 @@ def _availability() -> dict[str, str | None]:
     return {
         "auto": None,
         "sdpa": None,
+        "block_diagonal": None,
         "varlen": None
         if _has_torch_varlen() and cuda
         else ("needs CUDA" if _has_torch_varlen() else f"torch {torch.__version__} has no torch.nn.attention.varlen"),
@@ -306,12 +356,15 @@ def check_backend_name(name: str) -> None:
         raise ValueError(f"Unknown attention backend {name!r}. Choose one of {list(ATTENTION_BACKENDS)}.")
 
 
-def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, softcap: bool = False) -> str:
+def resolve_backend(
+    name: str, device: torch.device, dtype: torch.dtype, softcap: bool = False, compiling: bool = False
+) -> str:
     """The concrete backend ``name`` runs on for tensors of ``device`` / ``dtype``.
 
     ``auto`` never fails; an explicit backend that cannot run on these tensors raises a ValueError
     that says why and what to use instead. ``softcap``: the attention soft-caps its logits (Gemma2), which
-    ``varlen`` cannot do, so ``auto`` skips it.
+    ``varlen`` cannot do, so ``auto`` skips it. ``compiling``: ``torch.compile`` is tracing the call, so ``auto``
+    picks a kernel it can trace (``sdpa`` rather than ``block_diagonal``).
     """
     name = canonical_backend_name(name)
     on_cuda_half = device.type == "cuda" and dtype in _HALF_DTYPES
@@ -320,7 +373,7 @@ def resolve_backend(name: str, device: torch.device, dtype: torch.dtype, softcap
             return "flash_attn"
         if on_cuda_half and _has_torch_varlen() and not softcap:
             return "varlen"
-        return "sdpa"
+        return "sdpa" if compiling else "block_diagonal"
     if name in ("varlen", "flash_attn"):
         reason = _availability()[name]
         if reason is None and not on_cuda_half:

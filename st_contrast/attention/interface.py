@@ -158,32 +158,37 @@ def _concrete_backend(backend: str, device: torch.device, dtype: torch.dtype, so
     """:func:`resolve_backend`, worked out once per compile under ``torch.compile`` (its availability checks, import
     probes and caches stay out of the traced code; the graph is guarded on the device and dtype it was traced for).
     A backend that cannot run here raises its ValueError, compiled or not."""
-    name, problem = _resolution(backend, device, dtype, softcap)
+    name, problem = _resolution(backend, device, dtype, softcap, torch.compiler.is_compiling())
     if problem is not None:
         raise ValueError(problem)
     return name
 
 
 @torch.compiler.assume_constant_result
-def _resolution(backend: str, device: torch.device, dtype: torch.dtype, softcap: bool) -> tuple[str, str | None]:
+def _resolution(
+    backend: str, device: torch.device, dtype: torch.dtype, softcap: bool, compiling: bool
+) -> tuple[str, str | None]:
     """``(kernel, None)``, or ``("", why it cannot run)``: a constant for the compiler, which reports an exception
     raised inside a constant-result function as its own internal error."""
     try:
-        return resolve_backend(backend, device, dtype, softcap=softcap), None
+        return resolve_backend(backend, device, dtype, softcap=softcap, compiling=compiling), None
     except ValueError as error:
         return "", str(error)
 
 
 _outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
-"""The flash-attn package's kernel under ``torch.compile`` (:func:`st_contrast.modules.compile_backbone`): a graph
-break, the kernel runs eagerly and the rest is compiled. The ``varlen`` (torch's custom op, with its own shape
-function and backward) and ``sdpa`` kernels are traced into the graph: one graph for the whole backbone."""
+"""The flash-attn package's kernel and ``block_diagonal`` (which reads the sequence lengths on the host) under
+``torch.compile`` (:func:`st_contrast.modules.compile_backbone`): a graph break, the kernel runs eagerly and the rest
+is compiled. The ``varlen`` (torch's custom op, with its own shape function and backward) and ``sdpa`` kernels are
+traced into the graph: one graph for the whole backbone (``auto`` picks one of them while compiling)."""
+
+_UNTRACEABLE = ("flash_attn", "block_diagonal")
 
 
-def _runs_flash_attn_package(backend: str, query: torch.Tensor, value: torch.Tensor) -> bool:
-    """Whether this attention call resolves to the flash-attn package's kernel (run between compiled graphs); logit
+def _runs_between_graphs(backend: str, query: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether this attention call, being compiled, resolves to a kernel that runs between the compiled graphs; logit
     soft-capping only steers ``auto`` away from ``varlen``, so it does not change the answer."""
-    return _concrete_backend(backend, query.device, kernel_dtype(query, value), False) == "flash_attn"
+    return _concrete_backend(backend, query.device, kernel_dtype(query, value), False) in _UNTRACEABLE
 
 
 _registered = False
@@ -202,7 +207,7 @@ def register_packed_attention() -> None:
     for backend in ATTENTION_BACKENDS:
 
         def forward(module, query, key, value, *args, _backend: str = backend, **kwargs):
-            if torch.compiler.is_compiling() and _runs_flash_attn_package(_backend, query, value):
+            if torch.compiler.is_compiling() and _runs_between_graphs(_backend, query, value):
                 return _outside_compiled_graphs(module, query, key, value, *args, backend=_backend, **kwargs)
             return packed_attention_forward(module, query, key, value, *args, backend=_backend, **kwargs)
 

@@ -240,8 +240,8 @@ class BidirectionalFlashTransformer(BidirectionalTransformer, metaclass=PackedMo
     """:class:`BidirectionalTransformer`, packed (:func:`~st_contrast.modules.enable_packing`).
 
     Same arguments as :class:`BidirectionalTransformer` plus ``attention_backend`` (``"auto"``,
-    ``"varlen"``, ``"flash_attn"``, ``"sdpa"``) and ``compile`` (as :class:`FlashTransformer`'s: ``torch.compile``
-    with dynamic shapes, :func:`~st_contrast.modules.compile_backbone`; apply LoRA first, then
+    ``"varlen"``, ``"flash_attn"``, ``"sdpa"``, ``"block_diagonal"``) and ``compile`` (as :class:`FlashTransformer`'s:
+    ``torch.compile`` with dynamic shapes, :func:`~st_contrast.modules.compile_backbone`; apply LoRA first, then
     ``compile_backbone``); the packed kernels run non-causal. Calling it returns a packed
     ``BidirectionalTransformer``; ``isinstance(module, BidirectionalFlashTransformer)`` tells whether a
     ``BidirectionalTransformer`` runs packed. Models saved by st_contrast 0.1 under this name load through it.

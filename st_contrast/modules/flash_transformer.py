@@ -38,8 +38,10 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
       (CUDA, fp16/bf16; no ``flash-attn`` compile needed).
     - ``"flash_attn"``: ``flash_attn_varlen_func`` from the ``flash-attn`` package.
     - ``"sdpa"``: exact masked SDPA over the regrouped sequences, on any device and dtype (``"cpu"``: former name).
-    - ``"auto"`` (default): ``flash_attn``, then ``varlen`` for fp16/bf16 CUDA tensors, else ``"sdpa"``;
-      chosen per call, so one model runs on a laptop and on a GPU.
+    - ``"block_diagonal"``: exact too, with several sequences per regrouped row and a block-diagonal mask (far less
+      attention work on short sentences beside a few long ones).
+    - ``"auto"`` (default): ``flash_attn``, then ``varlen`` for fp16/bf16 CUDA tensors, else ``"block_diagonal"``
+      (``"sdpa"`` while ``torch.compile`` traces); chosen per call, so one model runs on a laptop and on a GPU.
 
     ``FlashTransformer(...)`` returns a stock ``Transformer`` with packing switched on
     (:func:`~st_contrast.modules.enable_packing`); ``isinstance(module, FlashTransformer)`` tells whether a module
@@ -55,7 +57,7 @@ class FlashTransformer(Transformer, metaclass=PackedModuleType):
 
     Args:
         model_name_or_path: Hugging Face model id or local directory, as for ``Transformer``.
-        attention_backend: One of ``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``.
+        attention_backend: One of ``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``, ``"block_diagonal"``.
         compile: ``torch.compile`` the packed model with dynamic shapes (one compile for every batch shape,
             :func:`~st_contrast.modules.compile_backbone`); a dict gives
             ``torch.compile`` arguments (``{"mode": "max-autotune"}``). Not saved.
@@ -111,7 +113,8 @@ def to_flash(model: SentenceTransformer, attention_backend: str = "auto") -> Sen
 
     Args:
         model: A loaded model, e.g. ``SentenceTransformer("sentence-transformers/all-MiniLM-L6-v2")``.
-        attention_backend: The packed backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
+        attention_backend: The packed backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``,
+            ``"block_diagonal"``).
 
     Returns:
         The same ``model`` object, for chaining.

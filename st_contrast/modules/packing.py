@@ -85,8 +85,9 @@ def enable_packing(
     Args:
         module: A ``Transformer`` (or subclass) whose architecture is in :data:`SUPPORTED_MODEL_TYPES`.
         attention_backend: ``"auto"`` (``flash_attn``, then PyTorch's ``varlen`` for fp16/bf16 CUDA tensors, else
-            ``"sdpa"``), ``"varlen"``, ``"flash_attn"`` or ``"sdpa"`` (exact masked SDPA over the regrouped
-            sequences, any device and dtype; ``"cpu"`` is accepted as its former name).
+            ``"block_diagonal"``, ``"sdpa"`` while compiling), ``"varlen"``, ``"flash_attn"``, ``"sdpa"`` (exact
+            masked SDPA over the regrouped sequences, any device and dtype; ``"cpu"`` is accepted as its former name)
+            or ``"block_diagonal"`` (exact, several sequences per regrouped row).
         compile: ``torch.compile`` the packed model with dynamic shapes (one compile for every batch shape; see
             :func:`~st_contrast.modules.compile_backbone`); a dict gives ``torch.compile`` arguments.
 

@@ -78,7 +78,8 @@ def load_mlm_model(
         packed: Run attention packed (padding-free, as contrastors pretrains): the model gets st_contrast's packed
             attention implementation and :func:`train_masked_lm` packs its batches; the loss is the padded one.
             Architectures that cannot run packed are refused with the reason.
-        attention_backend: The packed kernel (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
+        attention_backend: The packed kernel (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``,
+            ``"block_diagonal"``).
 
     Example:
         ::

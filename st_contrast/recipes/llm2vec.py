@@ -40,7 +40,8 @@ def llm2vec_model(
         pooling_mode: ``"mean"`` (LLM2Vec's best), ``"weightedmean"``, ``"lasttoken"``, ...
         packed: Run packed (:func:`~st_contrast.modules.enable_packing`); padded (default) uses the transformers
             attention that ``model_kwargs`` picks (eager / sdpa / flash_attention_2).
-        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
+        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``,
+            ``"block_diagonal"``).
         attention_dropout: Overrides the config's attention dropout: LLM2Vec's unsupervised SimCSE stage
             uses it as the dropout noise (0.3 in the paper), as decoders like Llama have no other dropout.
         lora: ``{"r": 16, "alpha": 32, "dropout": 0.05}`` adds a LoRA adapter (preset ``"decoder"``).

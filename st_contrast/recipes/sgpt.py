@@ -76,7 +76,8 @@ def sgpt_bitfit_model(
     Args:
         model_name_or_path: Decoder id or path (needs bias terms, e.g. GPT-Neo or Qwen2).
         packed: Run the backbone packed (:func:`~st_contrast.modules.enable_packing`) for supported architectures.
-        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``).
+        attention_backend: The packed attention backend (``"auto"``, ``"varlen"``, ``"flash_attn"``, ``"sdpa"``,
+            ``"block_diagonal"``).
         pooling_mode: ST ``Pooling`` mode.
         linear_before: Number of identity-initialised linear layers on the token embeddings.
         linear_after: Number of identity-initialised linear layers on the sentence embedding.
