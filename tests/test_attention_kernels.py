@@ -124,7 +124,7 @@ def test_layout_moves_have_the_gradients_of_indexing():
 
 
 def test_shared_rows_fill_rows_in_order_and_move_tokens_both_ways():
-    layout = SharedRowsLayout(cu_seqlens_from_lengths(torch.tensor(LENGTHS)))
+    layout = SharedRowsLayout.from_cu_seqlens(cu_seqlens_from_lengths(torch.tensor(LENGTHS)))
     assert (layout.rows, layout.width) == (3, 12) and not layout.one_sequence_per_row
     assert layout.segment[0].tolist() == [0] + [1] * 7 + [2] * 3 + [-1]
     assert layout.segment[1].tolist() == [3] * 12
@@ -139,7 +139,7 @@ def test_shared_rows_fill_rows_in_order_and_move_tokens_both_ways():
 
     mask = layout.attention_mask(causal=True, window=None)[0, 0]
     assert mask[3].tolist() == [False, True, True, True] + [False] * 8  # slot 3: sequence 1's third token
-    assert SharedRowsLayout(cu_seqlens_from_lengths(torch.tensor([5, 4, 5]))).one_sequence_per_row
+    assert SharedRowsLayout.from_cu_seqlens(cu_seqlens_from_lengths(torch.tensor([5, 4, 5]))).one_sequence_per_row
 
 
 def test_dropout_in_block_diagonal_rows_stays_inside_each_sequence():
@@ -163,7 +163,7 @@ def test_empty_sequences_are_refused():
 def test_auto_resolution_on_cpu():
     assert resolve_backend("auto", torch.device("cpu"), torch.float32) == "block_diagonal"
     assert resolve_backend("auto", torch.device("cpu"), torch.bfloat16) == "block_diagonal"
-    assert resolve_backend("auto", torch.device("cpu"), torch.float32, compiling=True) == "sdpa"  # traceable
+    assert resolve_backend("auto", torch.device("cpu"), torch.float32, lengths_on_host=False) == "sdpa"  # traced
     assert resolve_backend("cpu", torch.device("cpu"), torch.float32) == "sdpa"  # the former name still works
     with pytest.raises(ValueError, match="Unknown attention backend"):
         resolve_backend("xformers", torch.device("cpu"), torch.float32)

@@ -106,20 +106,24 @@ def test_varlen_kernel_is_traced_into_one_graph(tiny_model_factory, snli_sentenc
     assert len(dropout_warnings) == 1
 
 
-def test_auto_traces_the_exact_kernel_and_block_diagonal_runs_between_graphs(tiny_model_factory, snli_sentences):
-    """Eager, ``auto`` runs ``block_diagonal`` on CPU, which reads the sequence lengths on the host; compiled, ``auto``
-    picks the traceable ``sdpa`` kernel (one graph, ``fullgraph=True``), and an explicit ``block_diagonal`` runs
-    eagerly between the compiled graphs. All three give the eager embeddings and gradients."""
-    path = tiny_model_factory("bert")
+@pytest.mark.parametrize("model_type", ["bert", "qwen2"])  # bidirectional; causal with grouped key-value heads
+def test_block_diagonal_kernel_is_traced_with_its_layout_handed_in(model_type, tiny_model_factory, snli_sentences):
+    """``auto`` runs ``block_diagonal`` on CPU, which places the sequences in shared rows on the host. Compiled, the
+    layout is worked out before the graph and handed in, so the kernel is traced: one graph (``fullgraph=True``) over
+    batches of different row counts and widths, with the eager embeddings and gradients. Bucketed shapes go without
+    the layout: there the kernel runs between the compiled graphs (and still gives the same results)."""
+    path = tiny_model_factory(model_type)
     eager = packed_bert(path, "auto")
     traced, broken = RecordingBackend(), RecordingBackend()
     whole = packed_bert(path, "auto", {"backend": traced, "fullgraph": True})
-    split = packed_bert(path, "block_diagonal", {"backend": broken})
-    for texts in batches(snli_sentences)[:2]:
+    split = packed_bert(path, "block_diagonal", {"backend": broken, "bucket_shapes": True})
+    for texts in batches(snli_sentences):
         expected = training_step(eager, texts)
         for compiled in (whole, split):
             torch.testing.assert_close(training_step(compiled, texts), expected, atol=1e-5, rtol=1e-5)
-    assert len(traced.graphs) == 1 and "scaled_dot_product_attention" in traced.graphs[0].code
+    assert len(traced.graphs) == 1, "a new batch shape recompiled the packed model"
+    assert "scaled_dot_product_attention" in traced.graphs[0].code
+    assert "shared_rows_segment" in traced.graphs[0].code
     assert len(broken.graphs) > 1 and not any("scaled_dot_product_attention" in g.code for g in broken.graphs)
 
 

@@ -25,10 +25,10 @@ LENGTHS = [1, 37, 5, 128, 64, 9]
 def _gpu_backends() -> list[str]:
     if not torch.cuda.is_available():
         return []
-    return [name for name in ("varlen", "flash_attn") if available_backends()[name] is None]
+    return [name for name in ("varlen", "flash_attn", "block_diagonal") if available_backends()[name] is None]
 
 
-@pytest.mark.parametrize("backend", ["varlen", "flash_attn"])
+@pytest.mark.parametrize("backend", ["varlen", "flash_attn", "block_diagonal"])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("window", [None, (15, 15)])
 def test_gpu_kernel_matches_exact_kernel(backend, causal, window):
@@ -50,7 +50,7 @@ def test_gpu_kernel_matches_exact_kernel(backend, causal, window):
     assert all(torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
-@pytest.mark.parametrize("backend", ["auto", "varlen", "sdpa"])
+@pytest.mark.parametrize("backend", ["auto", "varlen", "sdpa", "block_diagonal"])
 def test_bf16_minilm_matches_padded_stock(backend, minilm_path, snli_sentences):
     if backend == "varlen" and "varlen" not in _gpu_backends():
         pytest.skip(f"varlen: {available_backends()['varlen']}")

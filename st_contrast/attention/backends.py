@@ -14,11 +14,12 @@ Every kernel takes packed ``q [total, heads, dim]``, ``k``/``v [total, kv_heads,
 - ``block_diagonal``: exact on any device and dtype, like ``sdpa``, but several sequences share each padded row
   (:class:`~st_contrast.attention.shared_rows.SharedRowsLayout`) and a block-diagonal mask keeps them apart: about
   ``total_tokens * max_len`` attention scores instead of ``batch * max_len**2``, the difference on short sentences
-  with a few long ones. It reads the sequence lengths on the host once per forward pass, so under ``torch.compile``
-  it runs between the compiled graphs.
+  with a few long ones. It reads the sequence lengths on the host once per forward pass; a backbone compiled by
+  :func:`~st_contrast.modules.compile_backbone` does so before its graph and traces the kernel, elsewhere under
+  ``torch.compile`` it runs between the compiled graphs.
 - ``auto``: ``flash_attn`` if importable, else ``varlen``, for fp16/bf16 CUDA tensors; otherwise
-  ``block_diagonal``, or ``sdpa`` while compiling (traced into the graph). Resolved per call from the tensors, so
-  the same model runs on CPU and GPU.
+  ``block_diagonal``, or ``sdpa`` where ``torch.compile`` traces a call that has no layout handed in. Resolved per
+  call from the tensors, so the same model runs on CPU and GPU.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from st_contrast.attention.packing import packed_layout
-from st_contrast.attention.shared_rows import shared_rows_layout
+from st_contrast.attention.shared_rows import SharedRowsLayout, shared_rows_layout
 
 __all__ = [
     "ATTENTION_BACKENDS",
@@ -125,10 +126,12 @@ def block_diagonal_attention(
     dropout: float,
     window: tuple[int, int] | None,
     softcap: float | None = None,
+    layout: SharedRowsLayout | None = None,
 ) -> torch.Tensor:
     """Exact kernel over rows shared by several sequences (``max_len`` is not needed: the rows are as wide as the
-    longest sequence). When no row holds two sequences, the layout is the ``sdpa`` kernel's, which runs instead."""
-    layout = shared_rows_layout(cu_seqlens)
+    longest sequence). When no row holds two sequences, the layout is the ``sdpa`` kernel's, which runs instead.
+    ``layout``: worked out already (a compiled backbone's); by default built from ``cu_seqlens`` on the host."""
+    layout = layout if layout is not None else shared_rows_layout(cu_seqlens)
     if layout.one_sequence_per_row:
         return sdpa_varlen_attention(
             query,
@@ -357,14 +360,15 @@ def check_backend_name(name: str) -> None:
 
 
 def resolve_backend(
-    name: str, device: torch.device, dtype: torch.dtype, softcap: bool = False, compiling: bool = False
+    name: str, device: torch.device, dtype: torch.dtype, softcap: bool = False, lengths_on_host: bool = True
 ) -> str:
     """The concrete backend ``name`` runs on for tensors of ``device`` / ``dtype``.
 
     ``auto`` never fails; an explicit backend that cannot run on these tensors raises a ValueError
     that says why and what to use instead. ``softcap``: the attention soft-caps its logits (Gemma2), which
-    ``varlen`` cannot do, so ``auto`` skips it. ``compiling``: ``torch.compile`` is tracing the call, so ``auto``
-    picks a kernel it can trace (``sdpa`` rather than ``block_diagonal``).
+    ``varlen`` cannot do, so ``auto`` skips it. ``lengths_on_host``: False where ``torch.compile`` traces a call that
+    was handed no shared-rows layout, so ``auto`` picks a kernel it can trace (``sdpa`` rather than
+    ``block_diagonal``).
     """
     name = canonical_backend_name(name)
     on_cuda_half = device.type == "cuda" and dtype in _HALF_DTYPES
@@ -373,7 +377,7 @@ def resolve_backend(
             return "flash_attn"
         if on_cuda_half and _has_torch_varlen() and not softcap:
             return "varlen"
-        return "sdpa" if compiling else "block_diagonal"
+        return "block_diagonal" if lengths_on_host else "sdpa"
     if name in ("varlen", "flash_attn"):
         reason = _availability()[name]
         if reason is None and not on_cuda_half:

@@ -14,10 +14,13 @@ from __future__ import annotations
 import torch
 
 from st_contrast.attention.backends import ATTENTION_BACKENDS, canonical_backend_name, get_kernel, resolve_backend
+from st_contrast.attention.shared_rows import SharedRowsLayout
 from st_contrast.compat import register_attention_function
 
 __all__ = [
     "attention_implementation_name",
+    "backend_of_implementation",
+    "runs_shared_rows",
     "is_packed_implementation",
     "register_packed_attention",
     "packed_attention_forward",
@@ -95,8 +98,10 @@ def packed_attention_forward(
     def packed(t: torch.Tensor) -> torch.Tensor:
         return t.transpose(1, 2).reshape(batch * seq_len, t.shape[1], t.shape[3])
 
-    kernel = get_kernel(_concrete_backend(backend, query.device, query.dtype, softcap is not None))
-    out = kernel(
+    layout = SharedRowsLayout.from_kwargs(kwargs)
+    concrete = _concrete_backend(backend, query.device, query.dtype, softcap is not None, layout is not None)
+    extra = {"layout": layout} if concrete == "block_diagonal" and layout is not None else {}
+    out = get_kernel(concrete)(
         packed(query),
         packed(key),
         packed(value),
@@ -107,6 +112,7 @@ def packed_attention_forward(
         dropout=dropout,
         window=window,
         softcap=softcap,
+        **extra,
     )
     return out.reshape(batch, seq_len, heads, value.shape[-1]), None
 
@@ -154,11 +160,15 @@ def _window(module: torch.nn.Module, sliding_window: int, causal: bool) -> tuple
     return (half, half)
 
 
-def _concrete_backend(backend: str, device: torch.device, dtype: torch.dtype, softcap: bool) -> str:
+def _concrete_backend(
+    backend: str, device: torch.device, dtype: torch.dtype, softcap: bool, layout_given: bool = False
+) -> str:
     """:func:`resolve_backend`, worked out once per compile under ``torch.compile`` (its availability checks, import
     probes and caches stay out of the traced code; the graph is guarded on the device and dtype it was traced for).
-    A backend that cannot run here raises its ValueError, compiled or not."""
-    name, problem = _resolution(backend, device, dtype, softcap, torch.compiler.is_compiling())
+    While compiling, the sequence lengths can only be read on the host if a shared-rows layout was handed in
+    (``layout_given``). A backend that cannot run here raises its ValueError, compiled or not."""
+    lengths_on_host = layout_given or not torch.compiler.is_compiling()
+    name, problem = _resolution(backend, device, dtype, softcap, lengths_on_host)
     if problem is not None:
         raise ValueError(problem)
     return name
@@ -166,29 +176,50 @@ def _concrete_backend(backend: str, device: torch.device, dtype: torch.dtype, so
 
 @torch.compiler.assume_constant_result
 def _resolution(
-    backend: str, device: torch.device, dtype: torch.dtype, softcap: bool, compiling: bool
+    backend: str, device: torch.device, dtype: torch.dtype, softcap: bool, lengths_on_host: bool
 ) -> tuple[str, str | None]:
     """``(kernel, None)``, or ``("", why it cannot run)``: a constant for the compiler, which reports an exception
     raised inside a constant-result function as its own internal error."""
     try:
-        return resolve_backend(backend, device, dtype, softcap=softcap, compiling=compiling), None
+        return resolve_backend(backend, device, dtype, softcap=softcap, lengths_on_host=lengths_on_host), None
     except ValueError as error:
         return "", str(error)
 
 
+def backend_of_implementation(name: str | None) -> str | None:
+    """The attention backend of one of st_contrast's packed implementation names (None for any other name)."""
+    if not is_packed_implementation(name):
+        return None
+    suffix = name.removeprefix(_PREFIX)
+    return next((backend for backend, registered in _NAMES.items() if registered == suffix), suffix)
+
+
+def runs_shared_rows(implementation: str | None, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether a model with this attention implementation runs the ``block_diagonal`` kernel on tensors of ``device``
+    and ``dtype`` (autocast's dtype where autocast is on), i.e. whether a compiled backbone should hand it a
+    :class:`~st_contrast.attention.shared_rows.SharedRowsLayout` (:func:`~st_contrast.modules.compile_backbone`)."""
+    backend = backend_of_implementation(implementation)
+    if backend is None:
+        return False
+    if torch.is_autocast_enabled(device.type):
+        dtype = torch.get_autocast_dtype(device.type)
+    name, problem = _resolution(backend, device, dtype, False, True)
+    return problem is None and name == "block_diagonal"
+
+
 _outside_compiled_graphs = torch.compiler.disable(packed_attention_forward)
-"""The flash-attn package's kernel and ``block_diagonal`` (which reads the sequence lengths on the host) under
-``torch.compile`` (:func:`st_contrast.modules.compile_backbone`): a graph break, the kernel runs eagerly and the rest
-is compiled. The ``varlen`` (torch's custom op, with its own shape function and backward) and ``sdpa`` kernels are
-traced into the graph: one graph for the whole backbone (``auto`` picks one of them while compiling)."""
-
-_UNTRACEABLE = ("flash_attn", "block_diagonal")
+"""The flash-attn package's kernel, and ``block_diagonal`` where no layout was handed in (it then reads the sequence
+lengths on the host), under ``torch.compile``: a graph break, the kernel runs eagerly and the rest is compiled. The
+``varlen`` (torch's custom op, with its own shape function and backward), ``sdpa`` and, given its layout,
+``block_diagonal`` kernels are traced into the graph: one graph for the whole backbone."""
 
 
-def _runs_between_graphs(backend: str, query: torch.Tensor, value: torch.Tensor) -> bool:
+def _runs_between_graphs(backend: str, query: torch.Tensor, value: torch.Tensor, kwargs: dict) -> bool:
     """Whether this attention call, being compiled, resolves to a kernel that runs between the compiled graphs; logit
     soft-capping only steers ``auto`` away from ``varlen``, so it does not change the answer."""
-    return _concrete_backend(backend, query.device, kernel_dtype(query, value), False) in _UNTRACEABLE
+    layout_given = SharedRowsLayout.from_kwargs(kwargs) is not None
+    name = _concrete_backend(backend, query.device, kernel_dtype(query, value), False, layout_given)
+    return name == "flash_attn" or (name == "block_diagonal" and not layout_given)
 
 
 _registered = False
@@ -207,7 +238,7 @@ def register_packed_attention() -> None:
     for backend in ATTENTION_BACKENDS:
 
         def forward(module, query, key, value, *args, _backend: str = backend, **kwargs):
-            if torch.compiler.is_compiling() and _runs_between_graphs(_backend, query, value):
+            if torch.compiler.is_compiling() and _runs_between_graphs(_backend, query, value, kwargs):
                 return _outside_compiled_graphs(module, query, key, value, *args, backend=_backend, **kwargs)
             return packed_attention_forward(module, query, key, value, *args, backend=_backend, **kwargs)
 

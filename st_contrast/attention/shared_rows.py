@@ -8,7 +8,9 @@ does not fit where the current row ends starts the next row), and a block-diagon
 batch costs about ``total_tokens * max_len`` scores.
 
 The row of each sequence is worked out on the host, from ``cu_seqlens`` read once per forward pass (a device sync on
-a GPU), and the layout is reused by every attention layer of that pass.
+a GPU), and the layout is reused by every attention layer of that pass: found by the ``cu_seqlens`` tensor in eager
+mode, passed in as keyword arguments to a compiled backbone (worked out before its graph, so the graph holds the
+kernel).
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import torch
 
 from st_contrast.attention.packing import _ToPacked, _ToPadded
 
-__all__ = ["SharedRowsLayout", "shared_rows_layout"]
+__all__ = ["SHARED_ROWS_KWARGS", "SharedRowsLayout", "shared_rows_layout"]
+
+SHARED_ROWS_KWARGS = ("shared_rows_packed_index", "shared_rows_padded_index", "shared_rows_segment")
+"""The keyword arguments that carry a :class:`SharedRowsLayout` through a transformers model to its attention."""
 
 
 def next_fit_starts(lengths: list[int], width: int) -> tuple[list[int], int]:
@@ -38,55 +43,75 @@ def next_fit_starts(lengths: list[int], width: int) -> tuple[list[int], int]:
 class SharedRowsLayout:
     """Where each token of a packed batch sits in rows shared by several sequences, and back.
 
-    Args:
-        cu_seqlens: ``[batch + 1]`` cumulative sequence lengths of the packed batch (any device).
+    Built from ``cu_seqlens`` by :meth:`from_cu_seqlens` (on the host). A compiled backbone
+    (:func:`~st_contrast.modules.compile_backbone`) builds it before its graph and hands it to every attention layer as
+    keyword arguments (:meth:`as_kwargs`, :meth:`from_kwargs`), so the kernel is traced into the graph.
 
-    Attributes:
-        width: Slots per row: the longest sequence's length.
-        rows: Number of rows.
-        padded_index: ``[rows, width]`` packed index of every slot's token (pad slots hold 0 and are zeroed).
-        valid: ``[rows, width]`` True where the slot holds a real token.
+    Args:
         packed_index: ``[total_tokens]`` flat slot index (into ``[rows * width]``) of every packed token.
+        padded_index: ``[rows, width]`` packed index of every slot's token (pad slots hold 0 and are zeroed).
         segment: ``[rows, width]`` the sequence each slot belongs to, -1 for pad slots.
+        one_sequence_per_row: No row holds two sequences (the layout is then the ``sdpa`` kernel's, mask included).
 
     Example:
         ::
 
-            layout = SharedRowsLayout(cu_seqlens_from_lengths(torch.tensor([3, 1, 4, 2])))
+            layout = SharedRowsLayout.from_cu_seqlens(cu_seqlens_from_lengths(torch.tensor([3, 1, 4, 2])))
             layout.rows, layout.width  # (3, 4): [3, 1], [4], [2]
     """
 
-    cu_seqlens: torch.Tensor
-    width: int = field(init=False)
-    rows: int = field(init=False)
-    padded_index: torch.Tensor = field(init=False)
+    packed_index: torch.Tensor
+    padded_index: torch.Tensor
+    segment: torch.Tensor
+    one_sequence_per_row: bool = False
     valid: torch.Tensor = field(init=False)
-    packed_index: torch.Tensor = field(init=False)
-    segment: torch.Tensor = field(init=False)
     _masks: dict = field(init=False, default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        bounds = self.cu_seqlens.long().cpu()
+        self.valid = self.segment >= 0
+
+    @classmethod
+    def from_cu_seqlens(cls, cu_seqlens: torch.Tensor) -> SharedRowsLayout:
+        """The layout of the packed batch ``cu_seqlens`` (``[batch + 1]`` cumulative lengths, any device), its rows
+        as wide as its longest sequence; the index tensors are made on the host and moved to ``cu_seqlens``' device."""
+        bounds = cu_seqlens.long().cpu()
         lengths = bounds.diff()
-        self.width = int(lengths.max())
-        slot_starts, self.rows = next_fit_starts(lengths.tolist(), self.width)
+        width = int(lengths.max())
+        slot_starts, rows = next_fit_starts(lengths.tolist(), width)
         total = int(bounds[-1])
         sequence = torch.repeat_interleave(torch.arange(len(lengths)), lengths, output_size=total)
         tokens = torch.arange(total)
         packed_index = torch.tensor(slot_starts)[sequence] + tokens - bounds[:-1][sequence]
-        slots = self.rows * self.width
-        segment = torch.full((slots,), -1).scatter(0, packed_index, sequence)
-        padded_index = torch.zeros(slots, dtype=torch.long).scatter(0, packed_index, tokens)
-        device = self.cu_seqlens.device
-        self.packed_index = packed_index.to(device)
-        self.segment = segment.view(self.rows, self.width).to(device)
-        self.padded_index = padded_index.view(self.rows, self.width).to(device)
-        self.valid = self.segment >= 0
+        segment = torch.full((rows * width,), -1).scatter(0, packed_index, sequence)
+        padded_index = torch.zeros(rows * width, dtype=torch.long).scatter(0, packed_index, tokens)
+        device = cu_seqlens.device
+        return cls(
+            packed_index.to(device),
+            padded_index.view(rows, width).to(device),
+            segment.view(rows, width).to(device),
+            one_sequence_per_row=rows == len(lengths),
+        )
 
     @property
-    def one_sequence_per_row(self) -> bool:
-        """Whether no row holds two sequences (the layout is then the ``sdpa`` kernel's, mask included)."""
-        return self.rows == self.cu_seqlens.numel() - 1
+    def rows(self) -> int:
+        return self.segment.shape[0]
+
+    @property
+    def width(self) -> int:
+        """Slots per row: the longest sequence's length."""
+        return self.segment.shape[1]
+
+    def as_kwargs(self) -> dict[str, torch.Tensor]:
+        """The layout as keyword arguments of a transformers model's forward, which hands them to every attention
+        layer (as it does ``cu_seq_lens_q``)."""
+        return dict(zip(SHARED_ROWS_KWARGS, (self.packed_index, self.padded_index, self.segment), strict=True))
+
+    @classmethod
+    def from_kwargs(cls, kwargs: dict) -> SharedRowsLayout | None:
+        """The layout :meth:`as_kwargs` put into an attention layer's keyword arguments, or None."""
+        if SHARED_ROWS_KWARGS[0] not in kwargs:
+            return None
+        return cls(*(kwargs[name] for name in SHARED_ROWS_KWARGS))
 
     def to_padded(self, packed: torch.Tensor) -> torch.Tensor:
         """``[total_tokens, ...]`` -> ``[rows, width, ...]``, zeros in the pad slots (its backward is a gather)."""
@@ -109,11 +134,11 @@ class SharedRowsLayout:
                 distance = slots.unsqueeze(1) - slots.unsqueeze(0)  # query - key
                 left, right = window if window is not None else (-1, -1)
                 if left >= 0:
-                    mask &= distance <= left
+                    mask = mask & (distance <= left)
                 if causal:
-                    mask &= distance >= 0
+                    mask = mask & (distance >= 0)
                 elif right >= 0:
-                    mask &= -distance <= right
+                    mask = mask & (-distance <= right)
             self._masks[key] = mask.unsqueeze(1)
         return self._masks[key]
 
@@ -127,5 +152,5 @@ def shared_rows_layout(cu_seqlens: torch.Tensor) -> SharedRowsLayout:
     tensor, so its id cannot be recycled)."""
     global _layout_cache
     if _layout_cache is None or _layout_cache[0] is not cu_seqlens:
-        _layout_cache = (cu_seqlens, SharedRowsLayout(cu_seqlens))
+        _layout_cache = (cu_seqlens, SharedRowsLayout.from_cu_seqlens(cu_seqlens))
     return _layout_cache[1]

@@ -4,10 +4,12 @@ A packed batch is one run of ``total_tokens`` tokens whose length, number of seq
 every step. Compiled naively, each new shape would recompile (and torch gives up after a few recompiles, silently
 running eager). Here the backbone's transformers model is compiled with dynamic shapes (``dynamic=True``: the token
 and sequence counts and ``max_len`` are symbolic from the first compile). The attention kernels are traced into the
-graph: the exact one (``sdpa``: CPU, fp32; its padded layout's shapes follow ``max_len`` and the token count, no
-data-dependent shape) and torch's GPU kernel (``varlen``: a custom op with its own shape function and backward), so the
-whole backbone is one graph. Only the flash-attn package's kernel (``flash_attn``) runs between graphs (a graph break
-per attention layer; the projections, MLPs, norms and embeddings around it are still fused). One compile serves every
+graph: the exact ones (``block_diagonal``, ``auto``'s choice on CPU and in fp32: its shared-rows layout is worked out
+before the graph and handed in, its rows and width dynamic sizes; ``sdpa``: its padded layout's shapes follow
+``max_len`` and the token count, no data-dependent shape) and torch's GPU kernel (``varlen``: a custom op with its own
+shape function and backward), so the whole backbone is one graph. Only the flash-attn package's kernel
+(``flash_attn``) runs between graphs (a graph break per attention layer; the projections, MLPs, norms and embeddings
+around it are still fused). One compile serves every
 batch; a mode change (training, evaluation, ``inference_mode``) compiles once more.
 
 CUDA graphs (``mode="reduce-overhead"`` or ``"max-autotune"``) record a graph per concrete shape: there, on a GPU, the
@@ -26,7 +28,8 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Transformer
 
-from st_contrast.attention.interface import is_packed_implementation
+from st_contrast.attention.interface import is_packed_implementation, runs_shared_rows
+from st_contrast.attention.shared_rows import SharedRowsLayout
 from st_contrast.compat import attn_implementation
 from st_contrast.modules.shape_buckets import cut_packed_outputs, pad_packed_inputs
 
@@ -85,15 +88,26 @@ def _compiled_per_device_type(model: torch.nn.Module, forward, options: dict[str
     graphs = options.get("mode") in CUDA_GRAPH_MODES
 
     def run(*args, **kwargs):
-        device_type = next(model.parameters()).device.type
-        compiled = on_cpu if device_type == "cpu" else elsewhere
-        bucket = bucket_shapes if bucket_shapes is not None else graphs and device_type == "cuda"
+        parameter = next(model.parameters())
+        compiled = on_cpu if parameter.device.type == "cpu" else elsewhere
+        bucket = bucket_shapes if bucket_shapes is not None else graphs and parameter.device.type == "cuda"
         inputs, tokens = pad_packed_inputs(kwargs) if bucket and not args else (kwargs, None)
         if tokens is None:
-            return compiled(*args, **kwargs)
+            return compiled(*args, **_with_shared_rows(model, parameter, kwargs))
         return cut_packed_outputs(compiled(**inputs), tokens, inputs["input_ids"].shape[1])
 
     return run
+
+
+def _with_shared_rows(model: torch.nn.Module, parameter: torch.Tensor, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with the :class:`~st_contrast.attention.shared_rows.SharedRowsLayout` of their packed batch where the
+    model runs the ``block_diagonal`` kernel: worked out here, before the graph, from the host's view of
+    ``cu_seq_lens_q``, so the kernel is traced into the graph (its rows and width are dynamic sizes). Bucketed shapes
+    (CUDA graphs) go without it: the rows would change the shapes the buckets fix."""
+    cu_seqlens = kwargs.get("cu_seq_lens_q")
+    if cu_seqlens is None or not runs_shared_rows(attn_implementation(model.config), parameter.device, parameter.dtype):
+        return kwargs
+    return {**kwargs, **SharedRowsLayout.from_cu_seqlens(cu_seqlens).as_kwargs()}
 
 
 def _device_compile_options(options: dict[str, Any], device_type: str) -> dict[str, Any]:
