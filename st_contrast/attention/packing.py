@@ -186,8 +186,9 @@ def packed_layout(cu_seqlens: torch.Tensor, max_len: int, total_tokens: int | No
     global _layout_cache
     if torch.compiler.is_compiling():
         return PackedLayout(cu_seqlens, max_len, total_tokens)
-    if _layout_cache is not None and _layout_cache[0] is cu_seqlens and _layout_cache[1].max_len == max_len:
-        return _layout_cache[1]
+    cached = _layout_cache  # one read: another thread (nn.DataParallel's replicas) may replace it meanwhile
+    if cached is not None and cached[0] is cu_seqlens and cached[1].max_len == max_len:
+        return cached[1]
     layout = PackedLayout(cu_seqlens, max_len, total_tokens)
     _layout_cache = (cu_seqlens, layout)
     return layout

@@ -151,6 +151,9 @@ def shared_rows_layout(cu_seqlens: torch.Tensor) -> SharedRowsLayout:
     receives the same ``cu_seqlens`` tensor object, so the last layout is reused by identity (the cache holds that
     tensor, so its id cannot be recycled)."""
     global _layout_cache
-    if _layout_cache is None or _layout_cache[0] is not cu_seqlens:
-        _layout_cache = (cu_seqlens, SharedRowsLayout.from_cu_seqlens(cu_seqlens))
-    return _layout_cache[1]
+    cached = _layout_cache  # one read: another thread (nn.DataParallel's replicas) may replace it meanwhile
+    if cached is not None and cached[0] is cu_seqlens:
+        return cached[1]
+    layout = SharedRowsLayout.from_cu_seqlens(cu_seqlens)
+    _layout_cache = (cu_seqlens, layout)
+    return layout
